@@ -1,0 +1,1 @@
+//! The operator interface: REST API, Prometheus exposition and the web dashboard.

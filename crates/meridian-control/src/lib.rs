@@ -1,0 +1,2 @@
+//! The control plane driver: probes every node, feeds `meridian-core`'s health and failover
+//! decisions, carries out their actions and keeps the store.

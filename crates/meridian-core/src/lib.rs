@@ -1,0 +1,9 @@
+//! Meridian's decisions, in pure code: no tokio, no sockets, no clock.
+//!
+//! Everything here is a function of its inputs (state, observation, `now`) so that it can be
+//! tested exhaustively without servers. The async crates gather inputs and carry out the
+//! decisions.
+
+pub mod lsn;
+
+pub use lsn::Lsn;

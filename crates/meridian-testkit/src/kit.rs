@@ -1,0 +1,75 @@
+//! What every cluster of one process shares: binaries, the server user, the template.
+//!
+//! Resolved once per process on first use and immutable afterwards (a cache, not state that
+//! changes): locating the binaries, creating the server user and building the template are
+//! slow or have side effects, and their answers never change while the process runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+
+use crate::pg_bin::PgBin;
+use crate::process;
+use crate::run_as::RunAs;
+use crate::template;
+
+/// The environment variable naming the kit's base directory (default: `$TMPDIR/meridian-testkit`).
+pub const BASE_DIR_ENV: &str = "MERIDIAN_TESTKIT_DIR";
+
+/// Binaries, server user and template, shared by every cluster of the process.
+#[derive(Debug)]
+pub struct Kit {
+    bin: PgBin,
+    run_as: RunAs,
+    base: PathBuf,
+    template: PathBuf,
+}
+
+impl Kit {
+    /// The process's kit, set up on first call.
+    pub fn get() -> anyhow::Result<Arc<Kit>> {
+        static KIT: OnceLock<Result<Arc<Kit>, String>> = OnceLock::new();
+        KIT.get_or_init(|| Kit::set_up().map(Arc::new).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow::anyhow!("cannot set up the PostgreSQL test kit: {e}"))
+    }
+
+    fn set_up() -> anyhow::Result<Kit> {
+        process::become_subreaper();
+        let bin = PgBin::locate()?;
+        let run_as = RunAs::resolve()?;
+        let base = std::env::var_os(BASE_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"));
+        std::fs::create_dir_all(&base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
+        let template = template::ensure(&bin, &run_as, &base)?;
+        Ok(Kit {
+            bin,
+            run_as,
+            base,
+            template,
+        })
+    }
+
+    /// The PostgreSQL binaries.
+    pub fn bin(&self) -> &PgBin {
+        &self.bin
+    }
+
+    /// The user that runs the servers.
+    pub fn run_as(&self) -> &RunAs {
+        &self.run_as
+    }
+
+    /// Where clusters get their directories unless told otherwise.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The template data directory.
+    pub(crate) fn template(&self) -> &Path {
+        &self.template
+    }
+}

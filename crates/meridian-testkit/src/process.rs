@@ -1,0 +1,124 @@
+//! Signals to a server's process tree, and reaping what dies.
+//!
+//! A PostgreSQL server is a postmaster and its children (backends, WAL sender and receiver,
+//! checkpointer, ...). Each child calls `setsid()` at start (see `InitPostmasterChild` in the
+//! PostgreSQL sources), so the children are *not* in the postmaster's process group and a
+//! `killpg` would miss them: the tree is found by parent PID in `/proc` instead.
+//!
+//! When a postmaster is SIGKILLed its children are orphaned. This machine's PID 1 does not reap
+//! orphans, so the kit marks the test process a *child subreaper* (`PR_SET_CHILD_SUBREAPER`):
+//! the orphans become its children and are reaped here, and no `postgres` zombie is left.
+
+use std::collections::HashMap;
+use std::fs;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Makes orphaned descendants of this process its own children, so that they can be reaped.
+pub(crate) fn become_subreaper() {
+    // Failure only means orphans go to PID 1 instead; nothing the kit does depends on it.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+}
+
+/// Every descendant of `root`, parents before children, from one reading of `/proc`.
+pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = parent_of(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![root.as_raw()];
+    while let Some(pid) = queue.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            found.push(Pid::from_raw(child));
+            queue.push(child);
+        }
+    }
+    found
+}
+
+/// The parent PID from `/proc/PID/stat` (`pid (comm) state ppid ...`; comm may hold spaces).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Stops (`SIGSTOP`) a server: the postmaster first, so it forks nothing new, then the rest.
+pub(crate) fn pause_tree(postmaster: Pid) {
+    let _ = kill(postmaster, Signal::SIGSTOP);
+    for pid in descendants(postmaster) {
+        let _ = kill(pid, Signal::SIGSTOP);
+    }
+}
+
+/// Continues (`SIGCONT`) a stopped server: the children first, then the postmaster.
+pub(crate) fn resume_tree(postmaster: Pid) {
+    for pid in descendants(postmaster) {
+        let _ = kill(pid, Signal::SIGCONT);
+    }
+    let _ = kill(postmaster, Signal::SIGCONT);
+}
+
+/// SIGKILLs a whole server at once and reaps the postmaster and, as subreaper, its children.
+pub(crate) fn kill_tree(postmaster: Pid) {
+    // Frozen first so that the set of children cannot change under us.
+    let _ = kill(postmaster, Signal::SIGSTOP);
+    let children = descendants(postmaster);
+    for &pid in &children {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let _ = kill(postmaster, Signal::SIGKILL);
+    let _ = waitpid(postmaster, None);
+    // After the postmaster is reaped its children are ours (subreaper); ECHILD if they are not.
+    for pid in children {
+        let _ = waitpid(pid, None);
+    }
+}
+
+/// Whether our child `pid` has exited, reaping it if so.
+pub(crate) fn has_exited(pid: Pid) -> bool {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        // Not our child any more: it was reaped already.
+        Err(Errno::ECHILD) => true,
+        Err(_) => false,
+    }
+}
+
+/// Sends `signal` and waits up to `grace` for the postmaster to exit, reaping it; then, if it
+/// is still alive, kills the whole tree. Returns whether it exited within the grace period.
+pub(crate) fn shut_down(postmaster: Pid, signal: Signal, grace: Duration) -> bool {
+    // A paused server would keep the signal pending forever.
+    resume_tree(postmaster);
+    let _ = kill(postmaster, signal);
+    let deadline = std::time::Instant::now() + grace;
+    let mut pause = Duration::from_millis(2);
+    while std::time::Instant::now() < deadline {
+        if has_exited(postmaster) {
+            return true;
+        }
+        // Polling a process exit with a deadline: there is no portable blocking wait with a
+        // timeout for a child process.
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    kill_tree(postmaster);
+    false
+}
