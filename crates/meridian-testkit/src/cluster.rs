@@ -133,7 +133,7 @@ impl ClusterBuilder {
             nodes: Vec::new(),
             links: HashMap::new(),
             dir,
-            _guardian: guardian.clone(),
+            guardian: guardian.clone(),
             keep: std::env::var_os(KEEP_ENV).is_some(),
         };
         // From here on, a failure drops `cluster`, which stops whatever was started.
@@ -239,7 +239,7 @@ pub struct TestCluster {
     nodes: Vec<Node>,
     links: HashMap<String, FaultLink>,
     dir: PathBuf,
-    _guardian: Arc<Guardian>,
+    guardian: Arc<Guardian>,
     keep: bool,
 }
 
@@ -310,12 +310,14 @@ impl TestCluster {
 
         if let Some(names) = plan.sync_names.first() {
             let primary = &self.nodes[0];
+            // ALTER SYSTEM cannot share an implicit transaction with other statements.
             primary
                 .execute(&format!(
-                    "ALTER SYSTEM SET synchronous_standby_names = '{}'; SELECT pg_reload_conf();",
+                    "ALTER SYSTEM SET synchronous_standby_names = '{}'",
                     names.replace('\'', "''")
                 ))
                 .await?;
+            primary.execute("SELECT pg_reload_conf()").await?;
         }
         for (i, planned) in plan.nodes.iter().enumerate() {
             if let Some(upstream) = planned.upstream {
@@ -370,6 +372,12 @@ impl TestCluster {
         &self.dir
     }
 
+    /// The PID of the watchdog process that stops this cluster's servers if the test process
+    /// dies (for tests of the kit itself).
+    pub fn watchdog_pid(&self) -> Option<u32> {
+        self.guardian.pid()
+    }
+
     /// Waits until every running replica has replayed the primary's current WAL position.
     pub async fn wait_replicated(&self, timeout: Duration) -> anyhow::Result<()> {
         let target = self.primary().lsn().await?;
@@ -410,7 +418,7 @@ impl Drop for TestCluster {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-        self._guardian.dismiss();
+        self.guardian.dismiss();
     }
 }
 

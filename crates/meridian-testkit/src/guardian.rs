@@ -69,6 +69,12 @@ impl Guardian {
         })
     }
 
+    /// The watchdog's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.as_ref().map(|(child, _)| child.id())
+    }
+
     /// Records a live postmaster.
     pub fn watch(&self, pid: u32) {
         self.send(&format!("+{pid}"));

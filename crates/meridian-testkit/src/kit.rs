@@ -36,7 +36,7 @@ impl Kit {
     }
 
     fn set_up() -> anyhow::Result<Kit> {
-        process::become_subreaper();
+        process::adopt_orphans();
         let bin = PgBin::locate()?;
         let run_as = RunAs::resolve()?;
         let base = std::env::var_os(BASE_DIR_ENV)

@@ -45,5 +45,6 @@ pub use fault_link::{Direction, Fault, FaultLink};
 pub use kit::{BASE_DIR_ENV, Kit};
 pub use node::Node;
 pub use pg_bin::{PG_BIN_ENV, PgBin};
+pub use process::adopt_orphans;
 pub use run_as::{DEFAULT_PG_USER, PG_USER_ENV, RunAs};
 pub use wait::{Check, wait_until};

@@ -18,8 +18,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-/// Makes orphaned descendants of this process its own children, so that they can be reaped.
-pub(crate) fn become_subreaper() {
+/// Makes orphaned descendants of this process its own children, so that they can be reaped
+/// (see the module note). The kit does this when it is first used; a test that kills a
+/// process which started servers calls it first so that their processes come back to it.
+pub fn adopt_orphans() {
     // Failure only means orphans go to PID 1 instead; nothing the kit does depends on it.
     let _ = nix::sys::prctl::set_child_subreaper(true);
 }
@@ -54,25 +56,56 @@ pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
 
 /// The parent PID from `/proc/PID/stat` (`pid (comm) state ppid ...`; comm may hold spaces).
 fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// The state letter from `/proc/PID/stat`: `T` stopped, `Z` zombie, `R`/`S`/`D` alive.
+fn state_of(pid: Pid) -> Option<char> {
+    stat_fields(pid.as_raw())?.first()?.chars().next()
+}
+
+/// The fields of `/proc/PID/stat` after the command name.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(1)?.parse().ok()
+    Some(after_comm.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Signal delivery is asynchronous: waits (briefly, with a deadline) until each process shows
+/// the expected state, so that "paused" is true when `pause` returns.
+fn await_states(pids: &[Pid], stopped: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for &pid in pids {
+        while std::time::Instant::now() < deadline {
+            match state_of(pid) {
+                None | Some('Z') | Some('X') => break,
+                Some(state) if (state == 'T') == stopped => break,
+                Some(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
 }
 
 /// Stops (`SIGSTOP`) a server: the postmaster first, so it forks nothing new, then the rest.
 pub(crate) fn pause_tree(postmaster: Pid) {
     let _ = kill(postmaster, Signal::SIGSTOP);
-    for pid in descendants(postmaster) {
+    await_states(&[postmaster], true);
+    let children = descendants(postmaster);
+    for &pid in &children {
         let _ = kill(pid, Signal::SIGSTOP);
     }
+    await_states(&children, true);
 }
 
 /// Continues (`SIGCONT`) a stopped server: the children first, then the postmaster.
 pub(crate) fn resume_tree(postmaster: Pid) {
-    for pid in descendants(postmaster) {
+    let children = descendants(postmaster);
+    for &pid in &children {
         let _ = kill(pid, Signal::SIGCONT);
     }
     let _ = kill(postmaster, Signal::SIGCONT);
+    await_states(&children, false);
+    await_states(&[postmaster], false);
 }
 
 /// SIGKILLs a whole server at once and reaps the postmaster and, as subreaper, its children.

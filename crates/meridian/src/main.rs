@@ -3,12 +3,8 @@
 use clap::{CommandFactory, Parser};
 
 /// Multi-region PostgreSQL failover, routing and pooling.
-///
-/// Applications connect to Meridian as if it were PostgreSQL; it pools server connections,
-/// sends writes to the primary and reads to replicas, and replaces a dead primary within
-/// seconds.
 #[derive(Debug, Parser)]
-#[command(name = "meridian", version, about, long_about)]
+#[command(name = "meridian", version, about)]
 struct Cli {}
 
 fn main() {
