@@ -64,7 +64,10 @@ async fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
 async fn assert_silent(stream: &mut TcpStream, window: Duration) {
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(window, stream.read(&mut byte)).await;
-    assert!(read.is_err(), "the link delivered while it should hold: {read:?}");
+    assert!(
+        read.is_err(),
+        "the link delivered while it should hold: {read:?}"
+    );
 }
 
 /// A new connection is reset: at connect if the RST beats the handshake's completion, else at
@@ -74,7 +77,9 @@ async fn assert_new_connection_reset(addr: SocketAddr) {
         Err(error) => error,
         Ok(mut stream) => {
             let mut byte = [0u8; 1];
-            let read = tokio::time::timeout(TIMEOUT, stream.read(&mut byte)).await.unwrap();
+            let read = tokio::time::timeout(TIMEOUT, stream.read(&mut byte))
+                .await
+                .unwrap();
             read.expect_err("a new connection should be reset, not served or closed cleanly")
         }
     };
@@ -102,13 +107,19 @@ async fn latency_delays_each_direction() {
     let started = Instant::now();
     assert_eq!(round_trip(&mut stream, b"slow").await, b"slow");
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(200), "round trip took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "round trip took {elapsed:?}"
+    );
 
     link.set(Direction::ToClient, Fault::Pass);
     let started = Instant::now();
     round_trip(&mut stream, b"half").await;
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(100), "round trip took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(100),
+        "round trip took {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -121,7 +132,11 @@ async fn blackhole_holds_bytes_and_loses_none() {
     link.blackhole();
     stream.write_all(b"during").await.unwrap();
     assert_silent(&mut stream, Duration::from_millis(300)).await;
-    assert_eq!(echo.received.load(Ordering::SeqCst), b"before".len(), "the server got bytes");
+    assert_eq!(
+        echo.received.load(Ordering::SeqCst),
+        b"before".len(),
+        "the server got bytes"
+    );
     // A new connection is accepted by the link but does not reach the server.
     let mut late = TcpStream::connect(link.addr()).await.unwrap();
     late.write_all(b"late").await.unwrap();
@@ -129,10 +144,16 @@ async fn blackhole_holds_bytes_and_loses_none() {
 
     link.pass();
     let mut reply = [0u8; 6];
-    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut reply)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&reply, b"during");
     let mut reply = [0u8; 4];
-    tokio::time::timeout(TIMEOUT, late.read_exact(&mut reply)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, late.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&reply, b"late");
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 2);
 }
@@ -164,12 +185,18 @@ async fn reset_cuts_open_connections_and_refuses_new_ones() {
 
     link.reset();
     let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(TIMEOUT, stream.read(&mut byte)).await.unwrap();
+    let read = tokio::time::timeout(TIMEOUT, stream.read(&mut byte))
+        .await
+        .unwrap();
     let error = read.expect_err("an open connection should be reset, not closed cleanly");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 
     assert_new_connection_reset(link.addr()).await;
-    assert_eq!(echo.accepted.load(Ordering::SeqCst), 1, "a reset link contacted the server");
+    assert_eq!(
+        echo.accepted.load(Ordering::SeqCst),
+        1,
+        "a reset link contacted the server"
+    );
 
     link.pass();
     let mut healed = TcpStream::connect(link.addr()).await.unwrap();
@@ -208,14 +235,34 @@ async fn a_blackholed_replication_link_stops_replay_until_it_heals() {
     cluster.wait_replicated(TIMEOUT).await.unwrap();
 
     link.blackhole();
-    primary.execute("INSERT INTO t SELECT generate_series(1, 1000)").await.unwrap();
+    primary
+        .execute("INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .unwrap();
     let written = primary.lsn().await.unwrap();
     // The replica cannot see the write while partitioned.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(replica.lsn().await.unwrap() < written, "the write crossed a blackholed link");
-    assert_eq!(replica.query_one("SELECT count(*) FROM t").await.unwrap().as_deref(), Some("0"));
+    assert!(
+        replica.lsn().await.unwrap() < written,
+        "the write crossed a blackholed link"
+    );
+    assert_eq!(
+        replica
+            .query_one("SELECT count(*) FROM t")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("0")
+    );
 
     link.pass();
     cluster.wait_replicated(TIMEOUT).await.unwrap();
-    assert_eq!(replica.query_one("SELECT count(*) FROM t").await.unwrap().as_deref(), Some("1000"));
+    assert_eq!(
+        replica
+            .query_one("SELECT count(*) FROM t")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1000")
+    );
 }

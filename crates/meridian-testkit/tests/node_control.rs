@@ -17,13 +17,19 @@ fn process_state(pid: u32) -> Option<char> {
 fn children_of(pid: u32) -> Vec<u32> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
             continue;
         };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let ppid = stat[close + 1..].split_whitespace().nth(1);
         if ppid == Some(&*pid.to_string()) {
             children.push(child);
@@ -36,7 +42,9 @@ fn children_of(pid: u32) -> Vec<u32> {
 async fn kill_is_a_crash_and_start_recovers_committed_data() {
     let cluster = TestCluster::builder().start().await.unwrap();
     let node = cluster.primary();
-    node.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (42)").await.unwrap();
+    node.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (42)")
+        .await
+        .unwrap();
     let session = node.client().await.unwrap();
     let postmaster = node.pid().unwrap();
     let children = children_of(postmaster);
@@ -50,13 +58,24 @@ async fn kill_is_a_crash_and_start_recovers_committed_data() {
         assert_eq!(process_state(pid), None, "process {pid} survived the kill");
     }
     let error = session.simple_query("SELECT 1").await.unwrap_err();
-    assert!(error.is_closed(), "the session should be cut, got: {error:?}");
-    assert!(node.client().await.is_err(), "a killed server accepted a connection");
+    assert!(
+        error.is_closed(),
+        "the session should be cut, got: {error:?}"
+    );
+    assert!(
+        node.client().await.is_err(),
+        "a killed server accepted a connection"
+    );
 
     node.start().await.unwrap();
-    assert_eq!(node.query_one("SELECT id FROM t").await.unwrap().as_deref(), Some("42"));
+    assert_eq!(
+        node.query_one("SELECT id FROM t").await.unwrap().as_deref(),
+        Some("42")
+    );
     assert!(
-        std::fs::read_to_string(node.log_path()).unwrap().contains("database system was interrupted"),
+        std::fs::read_to_string(node.log_path())
+            .unwrap()
+            .contains("database system was interrupted"),
         "the restart after a kill should run crash recovery"
     );
 }
@@ -71,7 +90,11 @@ async fn pause_hangs_every_process_and_resume_brings_it_back() {
     node.pause();
 
     for pid in std::iter::once(postmaster).chain(children_of(postmaster)) {
-        assert_eq!(process_state(pid), Some('T'), "process {pid} is not stopped");
+        assert_eq!(
+            process_state(pid),
+            Some('T'),
+            "process {pid} is not stopped"
+        );
     }
     let query = tokio::spawn(async move {
         let rows = session.simple_query("SELECT 1").await.map(|_| ());
@@ -87,7 +110,11 @@ async fn pause_hangs_every_process_and_resume_brings_it_back() {
     let (_session, answered) = tokio::time::timeout(TIMEOUT, query).await.unwrap().unwrap();
     answered.unwrap();
     for pid in std::iter::once(postmaster).chain(children_of(postmaster)) {
-        assert_ne!(process_state(pid), Some('T'), "process {pid} is still stopped");
+        assert_ne!(
+            process_state(pid),
+            Some('T'),
+            "process {pid} is still stopped"
+        );
     }
     assert!(node.is_running());
 }
@@ -109,12 +136,18 @@ async fn promote_turns_a_replica_into_a_writable_primary_on_a_new_timeline() {
     };
     let before = timeline("main-2").await;
     assert!(replica.is_in_recovery().await.unwrap());
-    assert!(replica.execute("CREATE TABLE t (id int)").await.is_err(), "a replica took a write");
+    assert!(
+        replica.execute("CREATE TABLE t (id int)").await.is_err(),
+        "a replica took a write"
+    );
 
     replica.promote().await.unwrap();
 
     assert!(!replica.is_in_recovery().await.unwrap());
-    replica.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)").await.unwrap();
+    replica
+        .execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     replica.execute("CHECKPOINT").await.unwrap();
     assert!(timeline("main-2").await > before);
 }
@@ -124,17 +157,31 @@ async fn stop_and_start_keep_the_data_and_the_port() {
     let cluster = TestCluster::builder().start().await.unwrap();
     let node = cluster.primary();
     let port = node.port();
-    node.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (7)").await.unwrap();
+    node.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (7)")
+        .await
+        .unwrap();
 
     node.stop().await.unwrap();
     assert!(!node.is_running());
-    assert!(node.client().await.is_err(), "a stopped server accepted a connection");
-    assert!(node.stop().await.is_err(), "stopping a stopped server should say so");
+    assert!(
+        node.client().await.is_err(),
+        "a stopped server accepted a connection"
+    );
+    assert!(
+        node.stop().await.is_err(),
+        "stopping a stopped server should say so"
+    );
 
     node.start().await.unwrap();
     assert_eq!(node.port(), port);
-    assert_eq!(node.query_one("SELECT id FROM t").await.unwrap().as_deref(), Some("7"));
-    assert!(node.start().await.is_err(), "starting a running server should say so");
+    assert_eq!(
+        node.query_one("SELECT id FROM t").await.unwrap().as_deref(),
+        Some("7")
+    );
+    assert!(
+        node.start().await.is_err(),
+        "starting a running server should say so"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,11 @@ async fn one_primary_two_replicas_start_quickly_and_replicate() {
         .await
         .unwrap();
     for replica in cluster.replicas() {
-        assert!(replica.is_in_recovery().await.unwrap(), "{} is not a replica", replica.name());
+        assert!(
+            replica.is_in_recovery().await.unwrap(),
+            "{} is not a replica",
+            replica.name()
+        );
         let count = wait_until(TIMEOUT, &format!("rows on {}", replica.name()), || async {
             match replica.query_one("SELECT count(*) FROM t").await {
                 Ok(n) => Check::when(n.as_deref() == Some("3"), n, "count"),
@@ -48,7 +52,14 @@ async fn regions_cascade_from_their_leader_and_every_replica_gets_the_writes() {
     let names: Vec<&str> = cluster.nodes().iter().map(|n| n.name()).collect();
     assert_eq!(
         names,
-        ["us-east-1", "us-east-2", "eu-west-1", "eu-west-2", "eu-west-3", "ap-south-1"]
+        [
+            "us-east-1",
+            "us-east-2",
+            "eu-west-1",
+            "eu-west-2",
+            "eu-west-3",
+            "ap-south-1"
+        ]
     );
 
     // Who streams from whom, as each upstream's walsenders report it.
@@ -67,14 +78,21 @@ async fn regions_cascade_from_their_leader_and_every_replica_gets_the_writes() {
             ))
             .await
             .unwrap();
-        assert_eq!(state.as_deref(), Some("streaming"), "{replica} from {upstream}");
+        assert_eq!(
+            state.as_deref(),
+            Some("streaming"),
+            "{replica} from {upstream}"
+        );
     }
     let primary_senders = cluster
         .primary()
         .query_one("SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication")
         .await
         .unwrap();
-    assert_eq!(primary_senders.as_deref(), Some("ap-south-1,eu-west-1,us-east-2"));
+    assert_eq!(
+        primary_senders.as_deref(),
+        Some("ap-south-1,eu-west-1,us-east-2")
+    );
 
     cluster
         .primary()
@@ -90,9 +108,17 @@ async fn regions_cascade_from_their_leader_and_every_replica_gets_the_writes() {
 
 #[tokio::test]
 async fn synchronous_commit_waits_while_no_synchronous_replica_is_up() {
-    let cluster = TestCluster::builder().replicas(1).synchronous(1).start().await.unwrap();
+    let cluster = TestCluster::builder()
+        .replicas(1)
+        .synchronous(1)
+        .start()
+        .await
+        .unwrap();
     let primary = cluster.primary();
-    let names = primary.query_one("SHOW synchronous_standby_names").await.unwrap();
+    let names = primary
+        .query_one("SHOW synchronous_standby_names")
+        .await
+        .unwrap();
     assert_eq!(names.as_deref(), Some("ANY 1 (\"main-2\")"));
     primary.execute("CREATE TABLE t (id int)").await.unwrap();
 
@@ -113,7 +139,10 @@ async fn synchronous_commit_waits_while_no_synchronous_replica_is_up() {
     })
     .await
     .unwrap();
-    assert!(!commit.is_finished(), "the commit returned with no synchronous replica");
+    assert!(
+        !commit.is_finished(),
+        "the commit returned with no synchronous replica"
+    );
 
     replica.start().await.unwrap();
     let inserted = tokio::time::timeout(TIMEOUT, commit)

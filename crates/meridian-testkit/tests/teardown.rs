@@ -54,7 +54,8 @@ fn children_of(pid: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&child| {
             std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
-                stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1).map(str::to_owned))
+                stat.rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().nth(1).map(str::to_owned))
                     == Some(pid.to_string())
             })
         })
@@ -63,7 +64,12 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 fn spawn_probe(mode: &str, report: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "probe_starts_a_cluster_then_fails", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "probe_starts_a_cluster_then_fails",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(REPORT_ENV, report)
         .env(MODE_ENV, mode)
         .stdout(Stdio::null())
@@ -113,7 +119,10 @@ async fn no_server_survives_a_panicking_test() {
     let status = spawn_probe("panic", &report_path).wait().unwrap();
     assert!(!status.success(), "the probe was meant to fail");
     let report = read_report(&report_path);
-    assert!(report.complete, "the probe did not get to start its cluster: {report:?}");
+    assert!(
+        report.complete,
+        "the probe did not get to start its cluster: {report:?}"
+    );
     assert!(report.pids.len() > 2, "{report:?}");
     assert_nothing_left(&report).await;
 }

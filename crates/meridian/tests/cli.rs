@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn meridian(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_meridian")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -21,7 +24,10 @@ fn help_says_what_meridian_is() {
     let output = meridian(&["--help"]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.contains("PostgreSQL failover, routing and pooling"), "{text}");
+    assert!(
+        text.contains("PostgreSQL failover, routing and pooling"),
+        "{text}"
+    );
     assert!(text.contains("--version"), "{text}");
 }
 
