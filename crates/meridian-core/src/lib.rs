@@ -5,5 +5,7 @@
 //! decisions.
 
 pub mod lsn;
+pub mod routing;
+pub mod topology;
 
 pub use lsn::Lsn;

@@ -33,7 +33,10 @@ impl TransactionStatus {
             b'I' => Ok(TransactionStatus::Idle),
             b'T' => Ok(TransactionStatus::InTransaction),
             b'E' => Ok(TransactionStatus::Failed),
-            _ => Err(WireError::malformed("ReadyForQuery", "unknown transaction status")),
+            _ => Err(WireError::malformed(
+                "ReadyForQuery",
+                "unknown transaction status",
+            )),
         }
     }
 }
@@ -98,7 +101,10 @@ impl ErrorFields {
 
     /// The value of a field by its code byte.
     pub fn get(&self, code: u8) -> Option<&str> {
-        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The SQLSTATE (`C`).
@@ -225,7 +231,10 @@ impl BackendMessage {
                 let process_id = r.i32()?;
                 let secret_key = r.rest();
                 if secret_key.len() < 4 {
-                    return Err(WireError::malformed("BackendKeyData", "secret key too short"));
+                    return Err(WireError::malformed(
+                        "BackendKeyData",
+                        "secret key too short",
+                    ));
                 }
                 BackendMessage::BackendKeyData {
                     process_id,
@@ -269,7 +278,10 @@ impl BackendMessage {
             }
             b'1' | b'2' | b'3' => {
                 if !body.is_empty() {
-                    return Err(WireError::malformed("ParseComplete/BindComplete/CloseComplete", "has a body"));
+                    return Err(WireError::malformed(
+                        "ParseComplete/BindComplete/CloseComplete",
+                        "has a body",
+                    ));
                 }
                 match tag {
                     b'1' => BackendMessage::ParseComplete,
@@ -403,7 +415,11 @@ pub fn encode_close_complete(buf: &mut BytesMut) {
 }
 
 /// Writes NegotiateProtocolVersion.
-pub fn encode_negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unrecognized: &[&str]) {
+pub fn encode_negotiate_protocol_version(
+    buf: &mut BytesMut,
+    newest_minor: i32,
+    unrecognized: &[&str],
+) {
     write(buf, b'v', |b| {
         b.put_i32(newest_minor);
         b.put_i32(unrecognized.len() as i32);
@@ -436,10 +452,24 @@ mod tests {
 D\0\0\0\x0b\0\x01\0\0\0\x010C\0\0\0\rSELECT 1\0Z\0\0\0\x05I";
         let messages = decode_all(recorded);
         assert_eq!(messages[0], BackendMessage::BindComplete);
-        assert!(matches!(&messages[1], BackendMessage::Other(Frame { tag: b'T', .. })));
-        assert!(matches!(&messages[2], BackendMessage::Other(Frame { tag: b'D', .. })));
-        assert_eq!(messages[3], BackendMessage::CommandComplete { tag: Bytes::from_static(b"SELECT 1") });
-        assert_eq!(messages[4], BackendMessage::ReadyForQuery(TransactionStatus::Idle));
+        assert!(matches!(
+            &messages[1],
+            BackendMessage::Other(Frame { tag: b'T', .. })
+        ));
+        assert!(matches!(
+            &messages[2],
+            BackendMessage::Other(Frame { tag: b'D', .. })
+        ));
+        assert_eq!(
+            messages[3],
+            BackendMessage::CommandComplete {
+                tag: Bytes::from_static(b"SELECT 1")
+            }
+        );
+        assert_eq!(
+            messages[4],
+            BackendMessage::ReadyForQuery(TransactionStatus::Idle)
+        );
     }
 
     #[test]
@@ -447,14 +477,23 @@ D\0\0\0\x0b\0\x01\0\0\0\x010C\0\0\0\rSELECT 1\0Z\0\0\0\x05I";
         let recorded: &[u8] = b"R\0\0\0\x08\0\0\0\0S\0\0\0\x17in_hot_standby\0off\0\
 S\0\0\0\x15TimeZone\0Etc/UTC\0K\0\0\0\x0c\0\0\x12\x34\xde\xad\xbe\xefZ\0\0\0\x05I";
         let messages = decode_all(recorded);
-        assert_eq!(messages[0], BackendMessage::Authentication(Authentication::Ok));
+        assert_eq!(
+            messages[0],
+            BackendMessage::Authentication(Authentication::Ok)
+        );
         assert_eq!(
             messages[1],
-            BackendMessage::ParameterStatus { name: "in_hot_standby".into(), value: "off".into() }
+            BackendMessage::ParameterStatus {
+                name: "in_hot_standby".into(),
+                value: "off".into()
+            }
         );
         assert_eq!(
             messages[3],
-            BackendMessage::BackendKeyData { process_id: 0x1234, secret_key: Bytes::from_static(b"\xde\xad\xbe\xef") }
+            BackendMessage::BackendKeyData {
+                process_id: 0x1234,
+                secret_key: Bytes::from_static(b"\xde\xad\xbe\xef")
+            }
         );
     }
 
@@ -468,9 +507,13 @@ S\0\0\0\x15TimeZone\0Etc/UTC\0K\0\0\0\x0c\0\0\x12\x34\xde\xad\xbe\xefZ\0\0\0\x05
         encode_authentication_ok(&mut buf);
         encode_parameter_status(&mut buf, "server_version", "15.18");
         encode_backend_key_data(&mut buf, 7, &[9, 9, 9, 9]);
-        let error = ErrorFields::new(Severity::Fatal, "28P01", "password authentication failed for user \"app\"")
-            .detail("details")
-            .hint("a hint");
+        let error = ErrorFields::new(
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed for user \"app\"",
+        )
+        .detail("details")
+        .hint("a hint");
         encode_error_response(&mut buf, &error);
         encode_command_complete(&mut buf, b"SET");
         encode_parse_complete(&mut buf);
@@ -480,23 +523,38 @@ S\0\0\0\x15TimeZone\0Etc/UTC\0K\0\0\0\x0c\0\0\x12\x34\xde\xad\xbe\xefZ\0\0\0\x05
         let messages = decode_all(&buf);
         assert_eq!(
             messages[0],
-            BackendMessage::Authentication(Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] })
+            BackendMessage::Authentication(Authentication::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256".into()]
+            })
         );
-        assert_eq!(messages[1], BackendMessage::Authentication(Authentication::Md5Password { salt: [1, 2, 3, 4] }));
+        assert_eq!(
+            messages[1],
+            BackendMessage::Authentication(Authentication::Md5Password { salt: [1, 2, 3, 4] })
+        );
         assert_eq!(
             messages[2],
-            BackendMessage::Authentication(Authentication::SaslContinue(Bytes::from_static(b"r=abc")))
+            BackendMessage::Authentication(Authentication::SaslContinue(Bytes::from_static(
+                b"r=abc"
+            )))
         );
-        let BackendMessage::ErrorResponse(decoded) = &messages[7] else { panic!("{:?}", messages[7]) };
+        let BackendMessage::ErrorResponse(decoded) = &messages[7] else {
+            panic!("{:?}", messages[7])
+        };
         assert_eq!(decoded, &error);
         assert_eq!(decoded.code(), "28P01");
         assert_eq!(decoded.severity(), "FATAL");
         assert_eq!(decoded.get(b'H'), Some("a hint"));
         assert_eq!(
             messages[11],
-            BackendMessage::NegotiateProtocolVersion { newest_minor: 0, unrecognized: vec!["_pq_.compression".into()] }
+            BackendMessage::NegotiateProtocolVersion {
+                newest_minor: 0,
+                unrecognized: vec!["_pq_.compression".into()]
+            }
         );
-        assert_eq!(messages[12], BackendMessage::ReadyForQuery(TransactionStatus::InTransaction));
+        assert_eq!(
+            messages[12],
+            BackendMessage::ReadyForQuery(TransactionStatus::InTransaction)
+        );
     }
 
     #[test]
@@ -511,7 +569,10 @@ S\0\0\0\x15TimeZone\0Etc/UTC\0K\0\0\0\x0c\0\0\x12\x34\xde\xad\xbe\xefZ\0\0\0\x05
             (b'1', b"x"),
         ];
         for &(tag, body) in cases {
-            let frame = Frame { tag, body: Bytes::copy_from_slice(body) };
+            let frame = Frame {
+                tag,
+                body: Bytes::copy_from_slice(body),
+            };
             assert!(BackendMessage::decode(frame).is_err(), "{tag:?} {body:?}");
         }
     }

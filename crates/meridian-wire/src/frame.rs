@@ -123,7 +123,10 @@ impl Reader {
             .body
             .iter()
             .position(|&b| b == 0)
-            .ok_or(WireError::malformed(self.message, "string without terminator"))?;
+            .ok_or(WireError::malformed(
+                self.message,
+                "string without terminator",
+            ))?;
         let text = self.body.split_to(end);
         self.body.advance(1);
         Ok(text)
@@ -132,7 +135,8 @@ impl Reader {
     /// A NUL-terminated string that must be UTF-8 (names and parameters, not SQL text).
     pub fn utf8(&mut self) -> Result<String, WireError> {
         let bytes = self.cstr()?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| WireError::malformed(self.message, "string is not UTF-8"))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| WireError::malformed(self.message, "string is not UTF-8"))
     }
 
     /// A byte.
@@ -182,7 +186,10 @@ impl Reader {
         if self.body.is_empty() {
             Ok(())
         } else {
-            Err(WireError::malformed(self.message, "trailing bytes after its fields"))
+            Err(WireError::malformed(
+                self.message,
+                "trailing bytes after its fields",
+            ))
         }
     }
 }
@@ -195,17 +202,29 @@ mod tests {
     fn check_waits_for_the_header_then_reports_the_frame_size() {
         assert_eq!(check(b"Q\0\0", 100), Ok(None));
         let header = check(b"Q\0\0\0\x0dSELECT", 100).unwrap().unwrap();
-        assert_eq!(header, FrameHeader { tag: b'Q', frame_len: 14 });
+        assert_eq!(
+            header,
+            FrameHeader {
+                tag: b'Q',
+                frame_len: 14
+            }
+        );
         assert_eq!(header.body_len(), 9);
     }
 
     #[test]
     fn check_refuses_bad_and_oversized_lengths_before_allocating() {
         assert_eq!(check(b"Q\0\0\0\x03", 100), Err(WireError::BadLength(3)));
-        assert_eq!(check(b"Q\xff\xff\xff\xff", 100), Err(WireError::BadLength(-1)));
+        assert_eq!(
+            check(b"Q\xff\xff\xff\xff", 100),
+            Err(WireError::BadLength(-1))
+        );
         assert_eq!(
             check(b"D\x7f\xff\xff\xff", 1 << 20),
-            Err(WireError::TooLarge { len: 0x7fff_fffb, max: 1 << 20 })
+            Err(WireError::TooLarge {
+                len: 0x7fff_fffb,
+                max: 1 << 20
+            })
         );
     }
 
@@ -213,7 +232,13 @@ mod tests {
     fn decode_splits_whole_frames_only() {
         let mut buf = BytesMut::from(&b"Z\0\0\0\x05IQ\0\0\0\x0bSEL"[..]);
         let frame = decode(&mut buf, 100).unwrap().unwrap();
-        assert_eq!(frame, Frame { tag: b'Z', body: Bytes::from_static(b"I") });
+        assert_eq!(
+            frame,
+            Frame {
+                tag: b'Z',
+                body: Bytes::from_static(b"I")
+            }
+        );
         assert_eq!(decode(&mut buf, 100), Ok(None));
         buf.extend_from_slice(b"ECT\0");
         let frame = decode(&mut buf, 100).unwrap().unwrap();

@@ -23,7 +23,10 @@ impl Target {
         match byte {
             b'S' => Ok(Target::Statement),
             b'P' => Ok(Target::Portal),
-            _ => Err(WireError::malformed(message, "target is neither 'S' nor 'P'")),
+            _ => Err(WireError::malformed(
+                message,
+                "target is neither 'S' nor 'P'",
+            )),
         }
     }
 
@@ -166,7 +169,10 @@ impl FrontendMessage {
             }
             b'S' | b'H' | b'X' | b'c' => {
                 if !body.is_empty() {
-                    return Err(WireError::malformed("Sync/Flush/Terminate/CopyDone", "has a body"));
+                    return Err(WireError::malformed(
+                        "Sync/Flush/Terminate/CopyDone",
+                        "has a body",
+                    ));
                 }
                 match tag {
                     b'S' => FrontendMessage::Sync,
@@ -274,7 +280,11 @@ pub fn decode_sasl_initial_response(body: Bytes) -> Result<(String, Bytes), Wire
     let mut r = Reader::new(body, "SASLInitialResponse");
     let mechanism = r.utf8()?;
     let len = r.i32()?;
-    let data = if len < 0 { Bytes::new() } else { r.bytes(len as usize)? };
+    let data = if len < 0 {
+        Bytes::new()
+    } else {
+        r.bytes(len as usize)?
+    };
     r.finish()?;
     Ok((mechanism, data))
 }
@@ -316,7 +326,9 @@ D\0\0\0\x06P\0E\0\0\0\t\0\0\0\0\0S\0\0\0\x04";
             vec![
                 FrontendMessage::Parse {
                     name: Bytes::from_static(b"P_0"),
-                    sql: Bytes::from_static(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"),
+                    sql: Bytes::from_static(
+                        b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+                    ),
                     param_types: vec![],
                 },
                 FrontendMessage::Sync,
@@ -330,8 +342,14 @@ D\0\0\0\x06P\0E\0\0\0\t\0\0\0\0\0S\0\0\0\x04";
                     statement: Bytes::from_static(b"P_0"),
                     rest: Bytes::from_static(b"\0\0\0\x01\0\0\0\x0587754\0\x01\0\0"),
                 },
-                FrontendMessage::Describe { target: Target::Portal, name: Bytes::new() },
-                FrontendMessage::Execute { portal: Bytes::new(), max_rows: 0 },
+                FrontendMessage::Describe {
+                    target: Target::Portal,
+                    name: Bytes::new()
+                },
+                FrontendMessage::Execute {
+                    portal: Bytes::new(),
+                    max_rows: 0
+                },
                 FrontendMessage::Sync,
             ]
         );
@@ -350,9 +368,28 @@ D\0\0\0\x06P\0E\0\0\0\t\0\0\0\0\0S\0\0\0\x04";
         encode_terminate(&mut buf);
         let messages = decode_all(buf);
         assert_eq!(messages.len(), 8);
-        assert_eq!(messages[1], FrontendMessage::Parse { name: Bytes::from_static(b"s1"), sql: Bytes::from_static(b"SELECT $1"), param_types: vec![23] });
-        assert_eq!(messages[4], FrontendMessage::Execute { portal: Bytes::new(), max_rows: 10 });
-        assert_eq!(messages[5], FrontendMessage::Close { target: Target::Statement, name: Bytes::from_static(b"s1") });
+        assert_eq!(
+            messages[1],
+            FrontendMessage::Parse {
+                name: Bytes::from_static(b"s1"),
+                sql: Bytes::from_static(b"SELECT $1"),
+                param_types: vec![23]
+            }
+        );
+        assert_eq!(
+            messages[4],
+            FrontendMessage::Execute {
+                portal: Bytes::new(),
+                max_rows: 10
+            }
+        );
+        assert_eq!(
+            messages[5],
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name: Bytes::from_static(b"s1")
+            }
+        );
         assert_eq!(messages[7], FrontendMessage::Terminate);
     }
 
@@ -382,7 +419,10 @@ D\0\0\0\x06P\0E\0\0\0\t\0\0\0\0\0S\0\0\0\x04";
             (b'Z', b""),
         ];
         for &(tag, body) in cases {
-            let frame = Frame { tag, body: Bytes::copy_from_slice(body) };
+            let frame = Frame {
+                tag,
+                body: Bytes::copy_from_slice(body),
+            };
             let error = FrontendMessage::decode(frame).unwrap_err();
             assert_eq!(error.sqlstate(), "08P01", "{tag:?} {body:?}");
         }

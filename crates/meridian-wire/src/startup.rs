@@ -46,9 +46,10 @@ impl StartupPacket {
     /// The value of a startup parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
         match self {
-            StartupPacket::Startup { params, .. } => {
-                params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-            }
+            StartupPacket::Startup { params, .. } => params
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str()),
             _ => None,
         }
     }
@@ -85,7 +86,10 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireError> {
             let process_id = reader.i32()?;
             let secret_key = reader.rest();
             if !(4..=256).contains(&secret_key.len()) {
-                return Err(WireError::malformed("CancelRequest", "secret key of a wrong length"));
+                return Err(WireError::malformed(
+                    "CancelRequest",
+                    "secret key of a wrong length",
+                ));
             }
             return Ok(Some(StartupPacket::CancelRequest {
                 process_id,
@@ -102,7 +106,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireError> {
                 let value = reader.utf8()?;
                 params.push((name, value));
             }
-            return reader.finish().map(|()| Some(StartupPacket::Startup { version, params }));
+            return reader
+                .finish()
+                .map(|()| Some(StartupPacket::Startup { version, params }));
         }
         version => return Err(WireError::UnsupportedProtocol(version)),
     };
@@ -155,7 +161,13 @@ mod tests {
         assert_eq!(packet.param("user"), Some("app"));
         assert_eq!(packet.param("database"), Some("shop"));
         assert_eq!(packet.param("application_name"), Some("psql"));
-        assert!(matches!(packet, StartupPacket::Startup { version: PROTOCOL_3_0, .. }));
+        assert!(matches!(
+            packet,
+            StartupPacket::Startup {
+                version: PROTOCOL_3_0,
+                ..
+            }
+        ));
         assert!(buf.is_empty());
     }
 
@@ -164,7 +176,11 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_startup(
             &mut buf,
-            &[("user", "app"), ("database", "shop"), ("application_name", "psql")],
+            &[
+                ("user", "app"),
+                ("database", "shop"),
+                ("application_name", "psql"),
+            ],
         );
         assert_eq!(&buf[..], PSQL_STARTUP);
         let mut buf = BytesMut::new();
@@ -174,14 +190,20 @@ mod tests {
         encode_cancel_request(&mut buf, 4242, &[1, 2, 3, 4]);
         assert_eq!(
             decode(&mut buf).unwrap(),
-            Some(StartupPacket::CancelRequest { process_id: 4242, secret_key: Bytes::from_static(&[1, 2, 3, 4]) })
+            Some(StartupPacket::CancelRequest {
+                process_id: 4242,
+                secret_key: Bytes::from_static(&[1, 2, 3, 4])
+            })
         );
     }
 
     #[test]
     fn gssenc_request_is_recognised() {
         let mut buf = BytesMut::from(&b"\0\0\0\x08\x04\xd2\x16\x30"[..]);
-        assert_eq!(decode(&mut buf).unwrap(), Some(StartupPacket::GssEncRequest));
+        assert_eq!(
+            decode(&mut buf).unwrap(),
+            Some(StartupPacket::GssEncRequest)
+        );
     }
 
     #[test]
@@ -195,7 +217,10 @@ mod tests {
     #[test]
     fn refuses_what_postgres_refuses() {
         let mut too_long = BytesMut::from(&b"\0\x01\0\0\0\x03\0\0"[..]);
-        assert!(matches!(decode(&mut too_long), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&mut too_long),
+            Err(WireError::TooLarge { .. })
+        ));
         let mut too_short = BytesMut::from(&b"\0\0\0\x04\0\x03\0\0"[..]);
         assert_eq!(decode(&mut too_short), Err(WireError::BadLength(4)));
         let mut protocol_2 = BytesMut::from(&b"\0\0\0\x09\0\x02\0\0\0"[..]);
@@ -203,8 +228,14 @@ mod tests {
         assert_eq!(error, WireError::UnsupportedProtocol(2 << 16));
         assert_eq!(error.sqlstate(), "0A000");
         let mut unterminated = BytesMut::from(&b"\0\0\0\x0d\0\x03\0\0user\0"[..]);
-        assert!(matches!(decode(&mut unterminated), Err(WireError::Malformed { .. })));
+        assert!(matches!(
+            decode(&mut unterminated),
+            Err(WireError::Malformed { .. })
+        ));
         let mut trailing = BytesMut::from(&b"\0\0\0\x0d\x04\xd2\x16\x2fxxxxx"[..]);
-        assert!(matches!(decode(&mut trailing), Err(WireError::Malformed { .. })));
+        assert!(matches!(
+            decode(&mut trailing),
+            Err(WireError::Malformed { .. })
+        ));
     }
 }

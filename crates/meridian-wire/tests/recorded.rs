@@ -11,7 +11,11 @@ use meridian_wire::startup::{self, StartupPacket};
 use meridian_wire::{DEFAULT_MAX_MESSAGE_SIZE, frame};
 
 fn records() -> Vec<(u8, Vec<u8>)> {
-    let data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pgbench-prepared-select.bin")).unwrap();
+    let data = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pgbench-prepared-select.bin"
+    ))
+    .unwrap();
     let mut out = Vec::new();
     let mut i = 0;
     while i < data.len() {
@@ -51,8 +55,18 @@ fn every_message_of_a_real_conversation_decodes() {
     }
     assert!(from_client.is_empty() && from_server.is_empty());
     assert_eq!(startups, 2);
-    assert!(frontend.iter().any(|m| matches!(m, FrontendMessage::Parse { name, .. } if &name[..] == b"P_0")));
-    assert_eq!(frontend.iter().filter(|m| matches!(m, FrontendMessage::Terminate)).count(), 2);
+    assert!(
+        frontend
+            .iter()
+            .any(|m| matches!(m, FrontendMessage::Parse { name, .. } if &name[..] == b"P_0"))
+    );
+    assert_eq!(
+        frontend
+            .iter()
+            .filter(|m| matches!(m, FrontendMessage::Terminate))
+            .count(),
+        2
+    );
     let ready = backend
         .iter()
         .filter(|m| matches!(m, BackendMessage::ReadyForQuery(TransactionStatus::Idle)))
