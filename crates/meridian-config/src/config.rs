@@ -1,0 +1,250 @@
+//! The validated configuration: what the proxy and the control plane read.
+//!
+//! Every value here has passed validation ([`crate::Config::load`] is the only way the crate
+//! builds one), so consumers need no checks of their own: sizes are in range, names are unique and
+//! well formed, paths are resolved (relative to the config file's directory when they came from
+//! the file, as written when they came from the environment). "Never" for a timeout is `None`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::secret::{PasswordSpec, Secret};
+
+/// The whole configuration of one Meridian process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The proxy listener.
+    pub listen: SocketAddr,
+    /// The directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Client-facing proxy settings.
+    pub proxy: ProxyConfig,
+    /// Server connection pools.
+    pub pool: PoolConfig,
+    /// TLS for clients connecting to Meridian; `None` = plaintext only.
+    pub tls: Option<TlsConfig>,
+    /// TLS from Meridian to the PostgreSQL servers.
+    pub server_tls: ServerTlsConfig,
+    /// Who may connect through Meridian.
+    pub users: Vec<UserConfig>,
+    /// The cluster's regions and their nodes; never empty, and no region is empty.
+    pub regions: Vec<RegionConfig>,
+}
+
+/// `[proxy]`: the client side of the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// When a server connection returns to the pool.
+    pub pool_mode: PoolMode,
+    /// Client connections accepted at once; at least 1.
+    pub max_client_connections: u32,
+    /// Sent when a server connection returns to the pool; `None` when configured as "".
+    pub server_reset_query: Option<String>,
+    /// Time a client has to finish startup and authentication.
+    pub client_login_timeout: Duration,
+    /// How long open transactions may run on at a graceful shutdown.
+    pub shutdown_timeout: Duration,
+    /// Largest protocol message accepted from clients or servers, in bytes
+    /// (1024 ..= 1 GiB).
+    pub max_message_size: u32,
+}
+
+/// `[pool]`: server connection pools, one per (node, user, database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle server connections kept per pool.
+    pub min_size: u32,
+    /// Server connections per pool; at least 1 and at least `min_size`.
+    pub max_size: u32,
+    /// Time allowed to open a server connection.
+    pub connect_timeout: Duration,
+    /// How long a transaction waits for a server connection before SQLSTATE 53300.
+    pub checkout_timeout: Duration,
+    /// Idle server connections are closed after this; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Server connections are closed once this old; `None` = never.
+    pub max_lifetime: Option<Duration>,
+}
+
+/// `[tls]`: the certificate Meridian presents to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[server_tls]`: TLS toward the PostgreSQL servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsConfig {
+    /// The default mode; a region's `ssl` overrides it for that region's nodes.
+    pub mode: ServerTlsMode,
+    /// PEM roots used to verify servers; present whenever any node uses `verify-full`.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    /// The user name clients log in with.
+    pub name: String,
+    /// How the client's password is checked; `None` only with [`AuthMethod::Trust`].
+    pub password: Option<PasswordSpec>,
+    /// The client authentication method.
+    pub auth: AuthMethod,
+    /// The role used on the PostgreSQL servers.
+    pub server_user: String,
+    /// The password toward the servers: `server_password`, else the plaintext `password`;
+    /// `None` when neither exists (the servers must then accept the role without a password).
+    pub server_password: Option<Secret>,
+}
+
+/// One `[[regions]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionConfig {
+    /// Unique, `[a-z0-9_-]+`.
+    pub name: String,
+    /// Higher is preferred for promotion and routing.
+    pub priority: i32,
+    /// How often the monitor probes this region's nodes; `None` = the monitor's default.
+    pub probe_interval: Option<Duration>,
+    /// How long the monitor may take to fail over from this region's primary; `None` = the
+    /// monitor's default.
+    pub failover_timeout: Option<Duration>,
+    /// TLS mode toward this region's nodes; `None` = `server_tls.mode`.
+    pub ssl: Option<ServerTlsMode>,
+    /// Never empty.
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// One `[[regions.nodes]]` entry: a PostgreSQL server. Its role is observed, never configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Unique across the whole cluster, `[a-z0-9_-]+`.
+    pub name: String,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// 1..=65535.
+    pub port: u16,
+}
+
+/// Declares a config enum with its spellings, used alike by TOML, the environment and `Display`.
+macro_rules! keyword_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// The accepted spellings, in declaration order.
+            pub const KEYWORDS: &[&str] = &[$($text),+];
+
+            /// The spelling of this value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownKeyword;
+
+            fn from_str(text: &str) -> Result<Self, UnknownKeyword> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownKeyword { expected: Self::KEYWORDS }),
+                }
+            }
+        }
+    };
+}
+
+keyword_enum! {
+    /// `proxy.pool_mode`: when a server connection returns to the pool.
+    PoolMode {
+        /// At the end of each transaction (the default).
+        Transaction = "transaction",
+        /// When the client disconnects.
+        Session = "session",
+    }
+}
+
+keyword_enum! {
+    /// TLS toward a server, with libpq's `sslmode` meanings.
+    ServerTlsMode {
+        /// Never TLS.
+        Disable = "disable",
+        /// TLS when the server offers it (the default).
+        Prefer = "prefer",
+        /// TLS always, certificate not verified.
+        Require = "require",
+        /// TLS always, certificate chain and host name verified against `server_tls.root_cert`.
+        VerifyFull = "verify-full",
+    }
+}
+
+keyword_enum! {
+    /// `users[].auth`: how Meridian checks a client's password.
+    AuthMethod {
+        /// SCRAM-SHA-256 (the default).
+        ScramSha256 = "scram-sha-256",
+        /// md5 (weaker; for old drivers).
+        Md5 = "md5",
+        /// No password: loopback listeners only.
+        Trust = "trust",
+    }
+}
+
+/// The text matched none of an enum's spellings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKeyword {
+    /// The accepted spellings.
+    pub expected: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownKeyword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("must be one of ")?;
+        for (i, keyword) in self.expected.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "\"{keyword}\"")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnknownKeyword {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_round_trip() {
+        for text in ServerTlsMode::KEYWORDS {
+            assert_eq!(text.parse::<ServerTlsMode>().unwrap().as_str(), *text);
+        }
+        assert_eq!("session".parse(), Ok(PoolMode::Session));
+        assert_eq!("md5".parse(), Ok(AuthMethod::Md5));
+        let err = "scram".parse::<AuthMethod>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"must be one of "scram-sha-256", "md5", "trust""#
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The defaults of every optional setting, in one place (documented in the schema).
+
+use std::time::Duration;
+
+pub(crate) const LISTEN: &str = "127.0.0.1:6432";
+pub(crate) const DATA_DIR: &str = "meridian-data";
+
+pub(crate) const MAX_CLIENT_CONNECTIONS: i64 = 10_000;
+pub(crate) const SERVER_RESET_QUERY: &str = "DISCARD ALL";
+pub(crate) const CLIENT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+
+pub(crate) const POOL_MIN_SIZE: i64 = 0;
+pub(crate) const POOL_MAX_SIZE: i64 = 20;
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+pub(crate) const PORT: i64 = 5432;
+pub(crate) const PRIORITY: i64 = 0;

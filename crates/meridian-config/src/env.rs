@@ -1,0 +1,321 @@
+//! The environment: a snapshot of variables, and the `MERIDIAN_*` overrides of single settings.
+//!
+//! The library never reads the process environment itself (tests run in parallel with different
+//! environments); the binary takes one snapshot with [`Environment::from_process`] and passes it
+//! down. An empty variable counts as unset, as container tooling often writes `NAME=` for "none".
+//! The overrides are one table, [`ENV_OVERRIDES`], from which the docs can be generated. The
+//! topology variables (`DATABASE_URL`, `DB_<REGION>_*`) are handled in `topology`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::file::RawConfig;
+use crate::origin::Origins;
+
+/// A snapshot of environment variables.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Environment {
+    variables: BTreeMap<String, String>,
+}
+
+impl Environment {
+    /// The current process's environment. Names and values that are not UTF-8 are converted
+    /// lossily, so that a broken value is reported rather than silently missing.
+    pub fn from_process() -> Self {
+        Self::from_pairs(std::env::vars_os().map(|(name, value)| {
+            (
+                name.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        }))
+    }
+
+    /// An environment holding exactly `pairs`.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Environment {
+            variables: pairs
+                .into_iter()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect(),
+        }
+    }
+
+    /// The value of `name`; `None` when unset or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.variables
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+    }
+
+    /// The set (non-empty) variables, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.variables
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+}
+
+/// Prints the variable names only: any value may be a secret.
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.variables.keys()).finish()
+    }
+}
+
+/// One environment variable that overrides one setting.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvOverride {
+    /// The variable, e.g. `MERIDIAN_POOL_MAX_SIZE`.
+    pub variable: &'static str,
+    /// The setting's field path in the TOML file, e.g. `pool.max_size`.
+    pub field: &'static str,
+    /// What the value is, for generated docs.
+    pub description: &'static str,
+    /// Stores the value in the file's settings; `Err` describes what is wrong with it.
+    apply: fn(&mut RawConfig, &str) -> Result<(), String>,
+}
+
+/// Every `MERIDIAN_*` override, applied over the config file (or the defaults when there is no
+/// file). A relative path given here is relative to the current directory, not to the file.
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        variable: "MERIDIAN_LISTEN",
+        field: "listen",
+        description: "proxy listener, IP:port (default 127.0.0.1:6432)",
+        apply: |raw, value| {
+            raw.listen = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_DATA_DIR",
+        field: "data_dir",
+        description: "directory of the embedded store (default meridian-data)",
+        apply: |raw, value| {
+            raw.data_dir = Some(PathBuf::from(value));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_MODE",
+        field: "proxy.pool_mode",
+        description: "transaction (default) or session",
+        apply: |raw, value| {
+            raw.proxy.pool_mode = Some(value.parse().map_err(|e| format!("{e}"))?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_MAX_CLIENT_CONNECTIONS",
+        field: "proxy.max_client_connections",
+        description: "client connections accepted at once (default 10000)",
+        apply: |raw, value| {
+            raw.proxy.max_client_connections = Some(integer(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_MIN_SIZE",
+        field: "pool.min_size",
+        description: "idle server connections kept per node, user and database (default 0)",
+        apply: |raw, value| {
+            raw.pool.min_size = Some(integer(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_MAX_SIZE",
+        field: "pool.max_size",
+        description: "server connections per node, user and database (default 20)",
+        apply: |raw, value| {
+            raw.pool.max_size = Some(integer(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_CONNECT_TIMEOUT",
+        field: "pool.connect_timeout",
+        description: "time allowed to open a server connection (default 5s)",
+        apply: |raw, value| {
+            raw.pool.connect_timeout = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_CHECKOUT_TIMEOUT",
+        field: "pool.checkout_timeout",
+        description: "wait for a server connection before SQLSTATE 53300 (default 5s)",
+        apply: |raw, value| {
+            raw.pool.checkout_timeout = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_IDLE_TIMEOUT",
+        field: "pool.idle_timeout",
+        description: "close idle server connections after this; 0s = never (default 10m)",
+        apply: |raw, value| {
+            raw.pool.idle_timeout = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_POOL_MAX_LIFETIME",
+        field: "pool.max_lifetime",
+        description: "close server connections once this old; 0s = never (default 1h)",
+        apply: |raw, value| {
+            raw.pool.max_lifetime = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_SERVER_TLS_MODE",
+        field: "server_tls.mode",
+        description: "TLS toward servers: disable, prefer (default), require or verify-full",
+        apply: |raw, value| {
+            raw.server_tls.mode = Some(value.parse().map_err(|e| format!("{e}"))?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_TLS_CERT",
+        field: "tls.cert",
+        description: "PEM certificate presented to clients (with MERIDIAN_TLS_KEY)",
+        apply: |raw, value| {
+            raw.tls.get_or_insert_default().cert = Some(PathBuf::from(value));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_TLS_KEY",
+        field: "tls.key",
+        description: "PEM private key of MERIDIAN_TLS_CERT",
+        apply: |raw, value| {
+            raw.tls.get_or_insert_default().key = Some(PathBuf::from(value));
+            Ok(())
+        },
+    },
+];
+
+/// Applies every set override to `raw`, recording in `origins` which fields they set.
+pub(crate) fn apply_overrides(
+    raw: &mut RawConfig,
+    env: &Environment,
+    origins: &mut Origins,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for entry in ENV_OVERRIDES {
+        let Some(value) = env.get(entry.variable) else {
+            continue;
+        };
+        match (entry.apply)(raw, value) {
+            Ok(()) => origins.set(entry.field, entry.variable),
+            Err(problem) => errors.push(ConfigError::invalid(
+                entry.variable,
+                Some(format!("{value:?}")),
+                problem,
+            )),
+        }
+    }
+    errors
+}
+
+fn integer(value: &str) -> Result<i64, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "must be a whole number, e.g. 20".to_owned())
+}
+
+/// A humantime duration ("5s", "250ms", "10m").
+pub(crate) fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim()).map_err(|error| {
+        format!("not a duration ({error}): write e.g. \"5s\", \"250ms\" or \"10m\"")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_values_count_as_unset_and_debug_hides_values() {
+        let env = Environment::from_pairs([("A", ""), ("B", "hunter2")]);
+        assert_eq!(env.get("A"), None);
+        assert_eq!(env.get("B"), Some("hunter2"));
+        assert_eq!(env.get("C"), None);
+        let debug = format!("{env:?}");
+        assert!(debug.contains('B') && !debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn every_override_sets_its_field() {
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in ENV_OVERRIDES {
+            assert!(seen.insert(entry.variable), "{} twice", entry.variable);
+            let value = match entry.field {
+                "listen" => "0.0.0.0:1",
+                "proxy.pool_mode" => "session",
+                "server_tls.mode" => "require",
+                f if f.ends_with("timeout") || f.ends_with("lifetime") => "7s",
+                f if f.ends_with("size") || f.ends_with("connections") => "7",
+                _ => "some/path",
+            };
+            let mut raw = RawConfig::default();
+            let mut origins = Origins::default();
+            let env = Environment::from_pairs([(entry.variable, value)]);
+            assert!(apply_overrides(&mut raw, &env, &mut origins).is_empty());
+            assert_eq!(origins.label(entry.field), entry.variable);
+            let set = match entry.field {
+                "listen" => raw.listen.is_some(),
+                "data_dir" => raw.data_dir.is_some(),
+                "proxy.pool_mode" => raw.proxy.pool_mode.is_some(),
+                "proxy.max_client_connections" => raw.proxy.max_client_connections == Some(7),
+                "pool.min_size" => raw.pool.min_size == Some(7),
+                "pool.max_size" => raw.pool.max_size == Some(7),
+                "pool.connect_timeout" => raw.pool.connect_timeout.is_some(),
+                "pool.checkout_timeout" => raw.pool.checkout_timeout.is_some(),
+                "pool.idle_timeout" => raw.pool.idle_timeout.is_some(),
+                "pool.max_lifetime" => raw.pool.max_lifetime.is_some(),
+                "server_tls.mode" => raw.server_tls.mode.is_some(),
+                "tls.cert" => raw.tls.is_some_and(|tls| tls.cert.is_some()),
+                "tls.key" => raw.tls.is_some_and(|tls| tls.key.is_some()),
+                other => panic!("untested override field {other}"),
+            };
+            assert!(set, "{} did not set {}", entry.variable, entry.field);
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let env = Environment::from_pairs([
+            ("MERIDIAN_POOL_MAX_SIZE", "lots"),
+            ("MERIDIAN_POOL_IDLE_TIMEOUT", "10 parsecs"),
+            ("MERIDIAN_POOL_MODE", "statement"),
+        ]);
+        let errors = apply_overrides(&mut RawConfig::default(), &env, &mut Origins::default());
+        let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(rendered.len(), 3, "{rendered:?}");
+        assert_eq!(
+            rendered[0],
+            "MERIDIAN_POOL_MODE = \"statement\": must be one of \"transaction\", \"session\""
+        );
+        assert_eq!(
+            rendered[1],
+            "MERIDIAN_POOL_MAX_SIZE = \"lots\": must be a whole number, e.g. 20"
+        );
+        assert!(
+            rendered[2].starts_with("MERIDIAN_POOL_IDLE_TIMEOUT = \"10 parsecs\": not a duration")
+        );
+    }
+}

@@ -1,0 +1,1035 @@
+//! From the settings as written (file, then environment) to a [`Config`]: defaults, ranges,
+//! uniqueness, cross-field rules.
+//!
+//! Every rule is checked and every failure collected, so one run shows the user all there is to
+//! fix. A failure names the field as the user wrote it (see `origin`), quotes the offending value
+//! unless it is a secret, and says how to fix it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{
+    AuthMethod, Config, NodeConfig, PoolConfig, PoolMode, ProxyConfig, RegionConfig,
+    ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
+};
+use crate::defaults;
+use crate::error::{ConfigError, ConfigErrors};
+use crate::file::{RawConfig, RawNode, RawPool, RawProxy, RawRegion, RawUser};
+use crate::origin::Origins;
+use crate::secret::PasswordSpec;
+
+const MIN_MESSAGE_SIZE: i64 = 1024;
+const MAX_MESSAGE_SIZE: i64 = 1024 * 1024 * 1024;
+
+/// Validates `raw`. `errors` holds the problems found before (environment values); they are
+/// returned together with the ones found here. `topology_reported` says that problems with the
+/// environment's topology are among them, so that an empty `regions` is not reported again.
+pub(crate) fn validate(
+    raw: RawConfig,
+    origins: &Origins,
+    errors: Vec<ConfigError>,
+    topology_reported: bool,
+) -> Result<Config, ConfigErrors> {
+    let mut check = Checker { origins, errors };
+    let listen = check.listen(raw.listen.as_deref());
+    let proxy = check.proxy(raw.proxy);
+    let pool = check.pool(raw.pool);
+    let tls = raw.tls.and_then(|tls| check.tls(tls.cert, tls.key));
+    let server_tls = ServerTlsConfig {
+        mode: raw.server_tls.mode.unwrap_or(ServerTlsMode::Prefer),
+        root_cert: raw.server_tls.root_cert,
+    };
+    if server_tls.mode == ServerTlsMode::VerifyFull {
+        check.root_cert_present(&server_tls, "server_tls.mode");
+    }
+    let users = check.users(raw.users, listen);
+    let regions = check.regions(raw.regions, &server_tls, topology_reported);
+    if !check.errors.is_empty() {
+        return Err(ConfigErrors(check.errors));
+    }
+    Ok(Config {
+        listen: listen.unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
+        data_dir: raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+        proxy,
+        pool,
+        tls,
+        server_tls,
+        users,
+        regions,
+    })
+}
+
+struct Checker<'a> {
+    origins: &'a Origins,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, path: &str, value: Option<String>, problem: impl Into<String>) {
+        self.errors.push(ConfigError::invalid(
+            self.origins.label(path),
+            value,
+            problem,
+        ));
+    }
+
+    /// `value` if it lies in `min..=max`, else an error whose problem is `why` (the default is
+    /// returned so that checking can go on).
+    fn integer<T: TryFrom<i64> + Default>(
+        &mut self,
+        path: &str,
+        value: i64,
+        min: i64,
+        max: i64,
+        why: impl FnOnce() -> String,
+    ) -> T {
+        if (min..=max).contains(&value)
+            && let Ok(value) = T::try_from(value)
+        {
+            return value;
+        }
+        self.fail(path, Some(value.to_string()), why());
+        T::default()
+    }
+
+    fn positive(&mut self, path: &str, value: Duration, what: &str) -> Duration {
+        if value.is_zero() {
+            self.fail(
+                path,
+                Some("\"0s\"".to_owned()),
+                format!("must be longer than 0s ({what})"),
+            );
+        }
+        value
+    }
+
+    fn listen(&mut self, listen: Option<&str>) -> Option<SocketAddr> {
+        let listen = listen.unwrap_or(defaults::LISTEN);
+        let parsed = listen.trim().parse().ok();
+        if parsed.is_none() {
+            self.fail(
+                "listen",
+                Some(format!("{listen:?}")),
+                "must be an IP address and a port, e.g. \"127.0.0.1:6432\", \"0.0.0.0:6432\" or \
+                 \"[::1]:6432\" (host names are not resolved)",
+            );
+        }
+        parsed
+    }
+
+    fn proxy(&mut self, raw: RawProxy) -> ProxyConfig {
+        let max_client_connections = self.integer(
+            "proxy.max_client_connections",
+            raw.max_client_connections
+                .unwrap_or(defaults::MAX_CLIENT_CONNECTIONS),
+            1,
+            i64::from(u32::MAX),
+            || {
+                format!(
+                    "must be between 1 and {} (client connections accepted at once)",
+                    u32::MAX
+                )
+            },
+        );
+        let max_message_size = self.integer(
+            "proxy.max_message_size",
+            raw.max_message_size.unwrap_or(defaults::MAX_MESSAGE_SIZE),
+            MIN_MESSAGE_SIZE,
+            MAX_MESSAGE_SIZE,
+            || {
+                format!(
+                    "must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes (1 GiB): the \
+                     largest protocol message accepted from clients or servers"
+                )
+            },
+        );
+        let client_login_timeout = self.positive(
+            "proxy.client_login_timeout",
+            raw.client_login_timeout
+                .unwrap_or(defaults::CLIENT_LOGIN_TIMEOUT),
+            "the time a client has to finish startup and authentication",
+        );
+        let server_reset_query = raw
+            .server_reset_query
+            .unwrap_or_else(|| defaults::SERVER_RESET_QUERY.to_owned());
+        ProxyConfig {
+            pool_mode: raw.pool_mode.unwrap_or(PoolMode::Transaction),
+            max_client_connections,
+            server_reset_query: (!server_reset_query.trim().is_empty())
+                .then_some(server_reset_query),
+            client_login_timeout,
+            shutdown_timeout: raw.shutdown_timeout.unwrap_or(defaults::SHUTDOWN_TIMEOUT),
+            max_message_size,
+        }
+    }
+
+    fn pool(&mut self, raw: RawPool) -> PoolConfig {
+        let min_size: u32 = self.integer(
+            "pool.min_size",
+            raw.min_size.unwrap_or(defaults::POOL_MIN_SIZE),
+            0,
+            i64::from(u32::MAX),
+            || "must be between 0 and 4294967295 (idle server connections kept)".to_owned(),
+        );
+        let max_size: u32 = self.integer(
+            "pool.max_size",
+            raw.max_size.unwrap_or(defaults::POOL_MAX_SIZE),
+            1,
+            i64::from(u32::MAX),
+            || "must be at least 1 (server connections per node, user and database)".to_owned(),
+        );
+        if max_size != 0 && max_size < min_size {
+            let min_label = self.origins.label("pool.min_size");
+            self.fail(
+                "pool.max_size",
+                Some(max_size.to_string()),
+                format!(
+                    "must be at least {min_label} ({min_size}): raise the maximum or lower the \
+                     minimum"
+                ),
+            );
+        }
+        let connect_timeout = self.positive(
+            "pool.connect_timeout",
+            raw.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
+            "the time allowed to open a server connection",
+        );
+        let never = |timeout: Duration| (!timeout.is_zero()).then_some(timeout);
+        PoolConfig {
+            min_size,
+            max_size,
+            connect_timeout,
+            checkout_timeout: raw.checkout_timeout.unwrap_or(defaults::CHECKOUT_TIMEOUT),
+            idle_timeout: never(raw.idle_timeout.unwrap_or(defaults::IDLE_TIMEOUT)),
+            max_lifetime: never(raw.max_lifetime.unwrap_or(defaults::MAX_LIFETIME)),
+        }
+    }
+
+    fn tls(&mut self, cert: Option<PathBuf>, key: Option<PathBuf>) -> Option<TlsConfig> {
+        let fix = "TLS for clients needs both a PEM certificate (tls.cert or MERIDIAN_TLS_CERT) \
+                   and its private key (tls.key or MERIDIAN_TLS_KEY)";
+        match (cert, key) {
+            (Some(cert), Some(key)) => return Some(TlsConfig { cert, key }),
+            (None, Some(_)) => {
+                let label = self.missing_label("tls.cert", "tls.key", "MERIDIAN_TLS_CERT");
+                self.fail(&label, None, format!("missing: {fix}"));
+            }
+            (Some(_), None) => {
+                let label = self.missing_label("tls.key", "tls.cert", "MERIDIAN_TLS_KEY");
+                self.fail(&label, None, format!("missing: {fix}"));
+            }
+            (None, None) => self.fail("tls", None, format!("empty section: {fix}")),
+        }
+        None
+    }
+
+    /// How to name the missing field `path`: by its variable when its sibling came from one.
+    fn missing_label(&self, path: &str, sibling: &str, variable: &str) -> String {
+        if self.origins.label(sibling) == sibling {
+            path.to_owned()
+        } else {
+            variable.to_owned()
+        }
+    }
+
+    fn root_cert_present(&mut self, server_tls: &ServerTlsConfig, mode_path: &str) {
+        if server_tls.root_cert.is_none() {
+            let mode_label = self.origins.label(mode_path);
+            self.fail(
+                "server_tls.root_cert",
+                None,
+                format!(
+                    "missing, but {mode_label} selects \"verify-full\", which needs it to verify \
+                     the servers' certificates: set root_cert = \"root.crt\" (PEM file of \
+                     trusted roots) under [server_tls] in the config file, or use \"require\" \
+                     (encrypted, not verified)"
+                ),
+            );
+        }
+    }
+
+    fn users(&mut self, raw: Vec<RawUser>, listen: Option<SocketAddr>) -> Vec<UserConfig> {
+        let mut first_index: BTreeMap<String, usize> = BTreeMap::new();
+        let mut users = Vec::new();
+        for (i, user) in raw.into_iter().enumerate() {
+            let path = format!("users[{i}]");
+            let name = match user.name {
+                Some(name) if !name.is_empty() => name,
+                _ => {
+                    self.fail(
+                        &format!("{path}.name"),
+                        None,
+                        "missing: every user needs a name",
+                    );
+                    continue;
+                }
+            };
+            if let Some(first) = first_index.get(&name) {
+                let first = self.origins.label(&format!("users[{first}]"));
+                self.fail(
+                    &format!("{path}.name"),
+                    Some(format!("{name:?}")),
+                    format!("already used by {first}: user names must be unique"),
+                );
+            } else {
+                first_index.insert(name.clone(), i);
+            }
+            let auth = user.auth.unwrap_or(AuthMethod::ScramSha256);
+            let password = user.password.map(PasswordSpec::classify);
+            self.password(&path, auth, password.as_ref());
+            if let Some(listen) = listen.filter(|listen| !listen.ip().is_loopback())
+                && auth == AuthMethod::Trust
+            {
+                let listen_label = self.origins.label("listen");
+                self.fail(
+                    &format!("{path}.auth"),
+                    Some("\"trust\"".to_owned()),
+                    format!(
+                        "refused because {listen_label} = {listen} is not a loopback address: \
+                         anyone who can reach the port could log in as {name:?} without a \
+                         password; use \
+                         auth = \"scram-sha-256\" with a password, or listen on 127.0.0.1"
+                    ),
+                );
+            }
+            let server_user = match user.server_user {
+                Some(server_user) if server_user.is_empty() => {
+                    self.fail(
+                        &format!("{path}.server_user"),
+                        Some("\"\"".to_owned()),
+                        "must not be empty: leave it out to use the user's name",
+                    );
+                    server_user
+                }
+                Some(server_user) => server_user,
+                None => name.clone(),
+            };
+            let server_password = user
+                .server_password
+                .or_else(|| password.as_ref().and_then(PasswordSpec::plaintext).cloned());
+            users.push(UserConfig {
+                name,
+                password,
+                auth,
+                server_user,
+                server_password,
+            });
+        }
+        users
+    }
+
+    fn password(&mut self, path: &str, auth: AuthMethod, password: Option<&PasswordSpec>) {
+        let field = format!("{path}.password");
+        match (auth, password) {
+            (AuthMethod::Trust, _)
+            | (
+                AuthMethod::ScramSha256,
+                Some(PasswordSpec::Plain(_) | PasswordSpec::ScramVerifier(_)),
+            )
+            | (AuthMethod::Md5, Some(PasswordSpec::Plain(_) | PasswordSpec::Md5Hash(_))) => {}
+            (_, None) => self.fail(
+                &field,
+                None,
+                format!(
+                    "missing: auth = \"{auth}\" needs a password (the plaintext, or a SCRAM \
+                     verifier for scram-sha-256, or an md5 hash for md5); only auth = \"trust\" \
+                     goes without"
+                ),
+            ),
+            (AuthMethod::Md5, Some(PasswordSpec::ScramVerifier(_))) => self.fail(
+                &field,
+                None,
+                "is a SCRAM verifier, which cannot answer md5 authentication: give the \
+                 plaintext password or its md5 hash, or use auth = \"scram-sha-256\"",
+            ),
+            (AuthMethod::ScramSha256, Some(PasswordSpec::Md5Hash(_))) => self.fail(
+                &field,
+                None,
+                "is an md5 hash, which cannot do SCRAM-SHA-256: give the plaintext password or a \
+                 SCRAM verifier, or use auth = \"md5\"",
+            ),
+        }
+    }
+
+    fn regions(
+        &mut self,
+        raw: Vec<RawRegion>,
+        server_tls: &ServerTlsConfig,
+        topology_reported: bool,
+    ) -> Vec<RegionConfig> {
+        if raw.is_empty() && !topology_reported {
+            self.fail(
+                "regions",
+                None,
+                "no regions: add a [[regions]] table with a [[regions.nodes]] under it, or run \
+                 without a config file and set DATABASE_URL",
+            );
+        }
+        let mut region_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut node_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut regions = Vec::new();
+        for (r, region) in raw.into_iter().enumerate() {
+            let path = format!("regions[{r}]");
+            let name = self.name(&format!("{path}.name"), region.name, "region", "us-east");
+            if let Some(name) = &name {
+                self.unique(
+                    &mut region_names,
+                    name,
+                    &path,
+                    "region names must be unique",
+                );
+            }
+            let priority = self.integer(
+                &format!("{path}.priority"),
+                region.priority.unwrap_or(defaults::PRIORITY),
+                i64::from(i32::MIN),
+                i64::from(i32::MAX),
+                || format!("must be between {} and {}", i32::MIN, i32::MAX),
+            );
+            if let Some(interval) = region.probe_interval {
+                self.positive(
+                    &format!("{path}.probe_interval"),
+                    interval,
+                    "how often nodes are probed",
+                );
+            }
+            if let Some(timeout) = region.failover_timeout {
+                self.positive(
+                    &format!("{path}.failover_timeout"),
+                    timeout,
+                    "time allowed for a failover",
+                );
+            }
+            if region.ssl == Some(ServerTlsMode::VerifyFull)
+                && server_tls.mode != ServerTlsMode::VerifyFull
+            {
+                self.root_cert_present(server_tls, &format!("{path}.ssl"));
+            }
+            if region.nodes.is_empty() {
+                self.fail(
+                    &format!("{path}.nodes"),
+                    None,
+                    "the region has no nodes: add a [[regions.nodes]] with a name and host under \
+                     its [[regions]]",
+                );
+            }
+            let mut nodes = Vec::new();
+            for (n, node) in region.nodes.into_iter().enumerate() {
+                let path = format!("{path}.nodes[{n}]");
+                if let Some(node) = self.node(&path, node, &mut node_names) {
+                    nodes.push(node);
+                }
+            }
+            regions.push(RegionConfig {
+                name: name.unwrap_or_default(),
+                priority,
+                probe_interval: region.probe_interval,
+                failover_timeout: region.failover_timeout,
+                ssl: region.ssl,
+                nodes,
+            });
+        }
+        regions
+    }
+
+    fn node(
+        &mut self,
+        path: &str,
+        node: RawNode,
+        seen: &mut BTreeMap<String, String>,
+    ) -> Option<NodeConfig> {
+        let name = self.name(&format!("{path}.name"), node.name, "node", "pg1");
+        if let Some(name) = &name {
+            self.unique(
+                seen,
+                name,
+                path,
+                "node names must be unique across the whole cluster",
+            );
+        }
+        let host = match node.host {
+            Some(host) if !host.trim().is_empty() => Some(host),
+            _ => {
+                self.fail(
+                    &format!("{path}.host"),
+                    None,
+                    "missing: every node needs a host (host name or IP address)",
+                );
+                None
+            }
+        };
+        let port = self.integer(
+            &format!("{path}.port"),
+            node.port.unwrap_or(defaults::PORT),
+            1,
+            65535,
+            || "must be between 1 and 65535".to_owned(),
+        );
+        Some(NodeConfig {
+            name: name?,
+            host: host?,
+            port,
+        })
+    }
+
+    /// A region or node name: present and `[a-z0-9_-]+`.
+    fn name(
+        &mut self,
+        path: &str,
+        name: Option<String>,
+        what: &str,
+        example: &str,
+    ) -> Option<String> {
+        let Some(name) = name else {
+            self.fail(
+                path,
+                None,
+                format!("missing: every {what} needs a name, e.g. name = \"{example}\""),
+            );
+            return None;
+        };
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            self.fail(
+                path,
+                Some(format!("{name:?}")),
+                format!(
+                    "a {what} name must be lower-case letters, digits, '_' and '-' only, e.g. \
+                     \"{example}\""
+                ),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    /// Records `name` as used at `path`, or reports that it was already used.
+    fn unique(&mut self, seen: &mut BTreeMap<String, String>, name: &str, path: &str, rule: &str) {
+        match seen.get(name) {
+            Some(first) => {
+                let first = self.origins.label(first);
+                self.fail(
+                    &format!("{path}.name"),
+                    Some(format!("{name:?}")),
+                    format!("already used by {first}: {rule}"),
+                );
+            }
+            None => {
+                seen.insert(name.to_owned(), path.to_owned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::Environment;
+    use crate::secret::Secret;
+
+    /// One region with one node: the least a valid file holds.
+    const NODE: &str =
+        "[[regions]]\nname = \"us-east\"\n[[regions.nodes]]\nname = \"pg1\"\nhost = \"10.0.0.1\"\n";
+
+    /// [`NODE`] with `fields` set on its region.
+    fn region_with(fields: &str) -> String {
+        NODE.replacen(
+            "\n[[regions.nodes]]",
+            &format!("\n{fields}\n[[regions.nodes]]"),
+            1,
+        )
+    }
+
+    fn load_with(toml: &str, env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let path = Path::new("/etc/meridian/meridian.toml");
+        crate::load_text(
+            Some((path, toml)),
+            &Environment::from_pairs(env.iter().copied()),
+        )
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+    }
+
+    fn load(toml: &str) -> Config {
+        load_with(toml, &[]).unwrap_or_else(|errors| panic!("{errors:#?}"))
+    }
+
+    fn errors_of(toml: &str) -> Vec<String> {
+        errors_with(toml, &[])
+    }
+
+    fn errors_with(toml: &str, env: &[(&str, &str)]) -> Vec<String> {
+        match load_with(toml, env) {
+            Ok(config) => panic!("accepted: {config:#?}"),
+            Err(errors) => errors,
+        }
+    }
+
+    /// Asserts that exactly one error starts with `start`, and returns it.
+    fn find<'a>(errors: &'a [String], start: &str) -> &'a str {
+        let found: Vec<&String> = errors.iter().filter(|e| e.starts_with(start)).collect();
+        assert_eq!(found.len(), 1, "{start:?} in {errors:#?}");
+        found[0]
+    }
+
+    #[test]
+    fn listen_must_be_an_ip_address_and_port() {
+        let errors = errors_of(&format!("listen = \"localhost:6432\"\n{NODE}"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        find(
+            &errors,
+            "listen = \"localhost:6432\": must be an IP address and a port",
+        );
+        let errors = errors_with(NODE, &[("MERIDIAN_LISTEN", "6432")]);
+        find(
+            &errors,
+            "MERIDIAN_LISTEN = \"6432\": must be an IP address and a port",
+        );
+        let config = load(&format!("listen = \"[::]:7000\"\n{NODE}"));
+        assert_eq!(config.listen, "[::]:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn at_least_one_region_with_at_least_one_node() {
+        let errors = errors_of("");
+        assert_eq!(
+            errors,
+            [
+                "regions: no regions: add a [[regions]] table with a [[regions.nodes]] under it, or \
+              run without a config file and set DATABASE_URL"
+            ]
+        );
+        let errors = errors_of("[[regions]]\nname = \"us-east\"\n");
+        find(
+            &errors,
+            "regions[0].nodes: the region has no nodes: add a [[regions.nodes]]",
+        );
+    }
+
+    #[test]
+    fn region_and_node_names_are_unique() {
+        let errors = errors_of(&format!(
+            "{NODE}[[regions]]\nname = \"us-east\"\n[[regions.nodes]]\nname = \"pg1\"\nhost = \"h\"\n\
+             [[regions.nodes]]\nname = \"pg2\"\nhost = \"h\"\n[[regions.nodes]]\nname = \"pg2\"\nhost = \"h\"\n"
+        ));
+        assert_eq!(
+            errors,
+            [
+                "regions[1].name = \"us-east\": already used by regions[0]: region names must be unique",
+                "regions[1].nodes[0].name = \"pg1\": already used by regions[0].nodes[0]: node names \
+                 must be unique across the whole cluster",
+                "regions[1].nodes[2].name = \"pg2\": already used by regions[1].nodes[1]: node names \
+                 must be unique across the whole cluster",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_lower_case_letters_digits_underscore_and_dash() {
+        let errors = errors_of(
+            "[[regions]]\nname = \"US-East\"\n[[regions.nodes]]\nname = \"pg 1\"\nhost = \"h\"\n\
+             [[regions.nodes]]\nhost = \"h\"\n",
+        );
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        find(
+            &errors,
+            "regions[0].name = \"US-East\": a region name must be lower-case letters",
+        );
+        find(
+            &errors,
+            "regions[0].nodes[0].name = \"pg 1\": a node name must be lower-case",
+        );
+        find(
+            &errors,
+            "regions[0].nodes[1].name: missing: every node needs a name",
+        );
+        let config = load(
+            "[[regions]]\nname = \"eu_west-2\"\n[[regions.nodes]]\nname = \"a_b-9\"\nhost = \"h\"\n",
+        );
+        assert_eq!(config.regions[0].nodes[0].name, "a_b-9");
+    }
+
+    #[test]
+    fn nodes_need_a_host_and_a_port_in_range() {
+        let errors = errors_of(
+            "[[regions]]\nname = \"r\"\n[[regions.nodes]]\nname = \"a\"\nhost = \"h\"\nport = 0\n\
+             [[regions.nodes]]\nname = \"b\"\nhost = \"h\"\nport = 65536\n\
+             [[regions.nodes]]\nname = \"c\"\nport = 5433\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                "regions[0].nodes[0].port = 0: must be between 1 and 65535",
+                "regions[0].nodes[1].port = 65536: must be between 1 and 65535",
+                "regions[0].nodes[2].host: missing: every node needs a host (host name or IP address)",
+            ]
+        );
+        let config = load(&format!("{NODE}port = 65535\n"));
+        assert_eq!(config.regions[0].nodes[0].port, 65535);
+    }
+
+    #[test]
+    fn pool_max_size_is_at_least_one_and_at_least_min_size() {
+        let errors = errors_of(&format!("[pool]\nmax_size = 0\n{NODE}"));
+        assert_eq!(
+            errors,
+            [
+                "pool.max_size = 0: must be at least 1 (server connections per node, user and database)"
+            ]
+        );
+        let errors = errors_of(&format!("[pool]\nmin_size = 5\nmax_size = 2\n{NODE}"));
+        assert_eq!(
+            errors,
+            [
+                "pool.max_size = 2: must be at least pool.min_size (5): raise the maximum or lower \
+              the minimum"
+            ]
+        );
+        let errors = errors_with(
+            &format!("[pool]\nmin_size = 5\n{NODE}"),
+            &[("MERIDIAN_POOL_MAX_SIZE", "2")],
+        );
+        find(
+            &errors,
+            "MERIDIAN_POOL_MAX_SIZE = 2: must be at least pool.min_size (5)",
+        );
+        let errors = errors_with(NODE, &[("MERIDIAN_POOL_MAX_SIZE", "0")]);
+        find(&errors, "MERIDIAN_POOL_MAX_SIZE = 0: must be at least 1");
+        let errors = errors_of(&format!("[pool]\nmin_size = -1\n{NODE}"));
+        find(
+            &errors,
+            "pool.min_size = -1: must be between 0 and 4294967295",
+        );
+        let config = load(&format!("[pool]\nmin_size = 3\nmax_size = 3\n{NODE}"));
+        assert_eq!((config.pool.min_size, config.pool.max_size), (3, 3));
+    }
+
+    #[test]
+    fn max_client_connections_is_at_least_one() {
+        let errors = errors_of(&format!("[proxy]\nmax_client_connections = 0\n{NODE}"));
+        find(
+            &errors,
+            "proxy.max_client_connections = 0: must be between 1 and 4294967295",
+        );
+        let errors = errors_with(NODE, &[("MERIDIAN_MAX_CLIENT_CONNECTIONS", "-3")]);
+        find(
+            &errors,
+            "MERIDIAN_MAX_CLIENT_CONNECTIONS = -3: must be between 1",
+        );
+    }
+
+    #[test]
+    fn max_message_size_is_between_1_kib_and_1_gib() {
+        for bad in [1023_i64, 1_073_741_825] {
+            let errors = errors_of(&format!("[proxy]\nmax_message_size = {bad}\n{NODE}"));
+            find(
+                &errors,
+                &format!(
+                    "proxy.max_message_size = {bad}: must be between 1024 and 1073741824 bytes"
+                ),
+            );
+        }
+        for good in [1024_u32, 1_073_741_824] {
+            let config = load(&format!("[proxy]\nmax_message_size = {good}\n{NODE}"));
+            assert_eq!(config.proxy.max_message_size, good);
+        }
+    }
+
+    #[test]
+    fn durations_zero_means_never_where_documented_and_is_refused_elsewhere() {
+        let config = load(&format!(
+            "[pool]\nidle_timeout = \"0s\"\nmax_lifetime = \"0s\"\n{NODE}"
+        ));
+        assert_eq!(
+            (config.pool.idle_timeout, config.pool.max_lifetime),
+            (None, None)
+        );
+        let errors = errors_of(&format!(
+            "[proxy]\nclient_login_timeout = \"0s\"\n[pool]\nconnect_timeout = \"0ms\"\n{}",
+            region_with("probe_interval = \"0s\"\nfailover_timeout = \"0s\"")
+        ));
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        find(
+            &errors,
+            "proxy.client_login_timeout = \"0s\": must be longer than 0s",
+        );
+        find(
+            &errors,
+            "pool.connect_timeout = \"0s\": must be longer than 0s",
+        );
+        find(
+            &errors,
+            "regions[0].probe_interval = \"0s\": must be longer than 0s",
+        );
+        find(
+            &errors,
+            "regions[0].failover_timeout = \"0s\": must be longer than 0s",
+        );
+        let config = load(&format!(
+            "[pool]\ncheckout_timeout = \"250ms\"\n{}",
+            region_with("probe_interval = \"1s\"\nfailover_timeout = \"30s\"\nssl = \"require\"")
+        ));
+        assert_eq!(config.pool.checkout_timeout, Duration::from_millis(250));
+        let region = &config.regions[0];
+        assert_eq!(region.probe_interval, Some(Duration::from_secs(1)));
+        assert_eq!(region.failover_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(region.ssl, Some(ServerTlsMode::Require));
+    }
+
+    #[test]
+    fn server_reset_query_empty_means_none() {
+        let config = load(&format!("[proxy]\nserver_reset_query = \"\"\n{NODE}"));
+        assert_eq!(config.proxy.server_reset_query, None);
+        let config = load(&format!(
+            "[proxy]\nserver_reset_query = \"RESET ALL\"\n{NODE}"
+        ));
+        assert_eq!(
+            config.proxy.server_reset_query.as_deref(),
+            Some("RESET ALL")
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_cert_and_key() {
+        let errors = errors_of(&format!("[tls]\ncert = \"server.crt\"\n{NODE}"));
+        find(
+            &errors,
+            "tls.key: missing: TLS for clients needs both a PEM certificate",
+        );
+        let errors = errors_of(&format!("[tls]\nkey = \"server.key\"\n{NODE}"));
+        find(&errors, "tls.cert: missing: TLS for clients needs both");
+        let errors = errors_of(&format!("[tls]\n{NODE}"));
+        find(&errors, "tls: empty section: TLS for clients needs both");
+        let errors = errors_with(NODE, &[("MERIDIAN_TLS_CERT", "/tls/server.crt")]);
+        find(
+            &errors,
+            "MERIDIAN_TLS_KEY: missing: TLS for clients needs both",
+        );
+        let config = load_with(
+            NODE,
+            &[
+                ("MERIDIAN_TLS_CERT", "server.crt"),
+                ("MERIDIAN_TLS_KEY", "server.key"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsConfig {
+                cert: "server.crt".into(),
+                key: "server.key".into()
+            })
+        );
+    }
+
+    #[test]
+    fn verify_full_needs_root_cert() {
+        let errors = errors_of(&format!("[server_tls]\nmode = \"verify-full\"\n{NODE}"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        find(
+            &errors,
+            "server_tls.root_cert: missing, but server_tls.mode selects \"verify-full\", which \
+             needs it to verify the servers' certificates: set root_cert = \"root.crt\"",
+        );
+        let errors = errors_with(NODE, &[("MERIDIAN_SERVER_TLS_MODE", "verify-full")]);
+        find(
+            &errors,
+            "server_tls.root_cert: missing, but MERIDIAN_SERVER_TLS_MODE selects \"verify-full\"",
+        );
+        let errors = errors_of(&region_with("ssl = \"verify-full\""));
+        find(
+            &errors,
+            "server_tls.root_cert: missing, but regions[0].ssl selects \"verify-full\"",
+        );
+        let config = load(&format!(
+            "[server_tls]\nmode = \"verify-full\"\nroot_cert = \"/etc/ssl/root.crt\"\n{NODE}"
+        ));
+        assert_eq!(config.server_tls.mode, ServerTlsMode::VerifyFull);
+        assert_eq!(
+            config.server_tls.root_cert,
+            Some("/etc/ssl/root.crt".into())
+        );
+    }
+
+    const SCRAM: &str = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy";
+    const MD5: &str = "md50123456789abcdef0123456789abcdef";
+
+    fn user(fields: &str) -> String {
+        format!("[[users]]\nname = \"app\"\n{fields}\n")
+    }
+
+    #[test]
+    fn user_names_are_unique() {
+        let errors = errors_of(&format!(
+            "{}{}{NODE}",
+            user("password = \"a\""),
+            user("password = \"b\"")
+        ));
+        assert_eq!(
+            errors,
+            ["users[1].name = \"app\": already used by users[0]: user names must be unique"]
+        );
+        let errors = errors_of(&format!("[[users]]\npassword = \"a\"\n{NODE}"));
+        find(&errors, "users[0].name: missing");
+    }
+
+    #[test]
+    fn md5_auth_needs_plaintext_or_md5_hash() {
+        let errors = errors_of(&format!(
+            "{}{NODE}",
+            user(&format!("auth = \"md5\"\npassword = \"{SCRAM}\""))
+        ));
+        assert_eq!(
+            errors,
+            [
+                "users[0].password: is a SCRAM verifier, which cannot answer md5 authentication: give \
+              the plaintext password or its md5 hash, or use auth = \"scram-sha-256\""
+            ]
+        );
+        for good in ["secret", MD5] {
+            let config = load(&format!(
+                "{}{NODE}",
+                user(&format!("auth = \"md5\"\npassword = \"{good}\""))
+            ));
+            assert_eq!(config.users[0].auth, AuthMethod::Md5);
+        }
+        let errors = errors_of(&format!("{}{NODE}", user("auth = \"md5\"")));
+        find(
+            &errors,
+            "users[0].password: missing: auth = \"md5\" needs a password",
+        );
+    }
+
+    #[test]
+    fn scram_auth_needs_plaintext_or_scram_verifier() {
+        let errors = errors_of(&format!("{}{NODE}", user(&format!("password = \"{MD5}\""))));
+        assert_eq!(
+            errors,
+            [
+                "users[0].password: is an md5 hash, which cannot do SCRAM-SHA-256: give the plaintext \
+              password or a SCRAM verifier, or use auth = \"md5\""
+            ]
+        );
+        let config = load(&format!(
+            "{}{NODE}",
+            user(&format!("password = \"{SCRAM}\""))
+        ));
+        assert_eq!(config.users[0].auth, AuthMethod::ScramSha256);
+        assert_eq!(
+            config.users[0].password,
+            Some(PasswordSpec::ScramVerifier(Secret::new(SCRAM)))
+        );
+        let errors = errors_of(&format!("{}{NODE}", user("")));
+        find(
+            &errors,
+            "users[0].password: missing: auth = \"scram-sha-256\" needs a password",
+        );
+    }
+
+    #[test]
+    fn trust_is_refused_on_a_non_loopback_listener() {
+        let config = load(&format!("{}{NODE}", user("auth = \"trust\"")));
+        assert_eq!(config.users[0].password, None);
+        let errors = errors_of(&format!(
+            "listen = \"0.0.0.0:6432\"\n{}{NODE}",
+            user("auth = \"trust\"")
+        ));
+        assert_eq!(
+            errors,
+            [
+                "users[0].auth = \"trust\": refused because listen = 0.0.0.0:6432 is not a loopback \
+              address: anyone who can reach the port could log in as \"app\" without a password; \
+              use auth = \"scram-sha-256\" with a password, or listen on 127.0.0.1"
+            ]
+        );
+        let errors = errors_with(
+            &format!("{}{NODE}", user("auth = \"trust\"")),
+            &[("MERIDIAN_LISTEN", "10.1.2.3:6432")],
+        );
+        find(
+            &errors,
+            "users[0].auth = \"trust\": refused because MERIDIAN_LISTEN = 10.1.2.3:6432",
+        );
+    }
+
+    #[test]
+    fn server_credentials_default_to_the_client_ones() {
+        let config = load(&format!(
+            "{}[[users]]\nname = \"ro\"\npassword = \"{SCRAM}\"\n\
+             [[users]]\nname = \"old\"\nauth = \"md5\"\npassword = \"{MD5}\"\nserver_user = \"legacy\"\nserver_password = \"pw\"\n{NODE}",
+            user("password = \"plain\"")
+        ));
+        let users = &config.users;
+        assert_eq!(users[0].server_user, "app");
+        assert_eq!(users[0].server_password, Some(Secret::new("plain")));
+        assert_eq!(
+            users[0].password,
+            Some(PasswordSpec::Plain(Secret::new("plain")))
+        );
+        assert_eq!(
+            (
+                users[1].server_user.as_str(),
+                users[1].server_password.as_ref()
+            ),
+            ("ro", None)
+        );
+        assert_eq!(users[2].server_user, "legacy");
+        assert_eq!(users[2].server_password, Some(Secret::new("pw")));
+        let errors = errors_of(&format!(
+            "{}{NODE}",
+            user("password = \"x\"\nserver_user = \"\"")
+        ));
+        find(&errors, "users[0].server_user = \"\": must not be empty");
+    }
+
+    #[test]
+    fn priority_fits_in_32_bits() {
+        let errors = errors_of(&region_with("priority = 3000000000"));
+        find(
+            &errors,
+            "regions[0].priority = 3000000000: must be between -2147483648 and 2147483647",
+        );
+        assert_eq!(load(&region_with("priority = -5")).regions[0].priority, -5);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = errors_with(
+            "listen = \"nowhere\"\n[pool]\nmax_size = 0\n[proxy]\nmax_message_size = 1\n\
+             [[regions]]\nname = \"A\"\n",
+            &[("MERIDIAN_POOL_MODE", "statement")],
+        );
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(errors[0].starts_with("MERIDIAN_POOL_MODE"), "{errors:#?}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load_with(
+            &format!(
+                "listen = \"127.0.0.1:1\"\n[pool]\nmax_size = 3\nidle_timeout = \"1m\"\n{NODE}"
+            ),
+            &[
+                ("MERIDIAN_LISTEN", "127.0.0.2:2"),
+                ("MERIDIAN_POOL_MAX_SIZE", "40"),
+                ("MERIDIAN_POOL_IDLE_TIMEOUT", "0s"),
+                ("MERIDIAN_POOL_MODE", "session"),
+                ("MERIDIAN_DATA_DIR", "state"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.2:2".parse().unwrap());
+        assert_eq!(config.pool.max_size, 40);
+        assert_eq!(config.pool.idle_timeout, None);
+        assert_eq!(config.proxy.pool_mode, PoolMode::Session);
+        assert_eq!(config.data_dir, PathBuf::from("state"));
+    }
+}
