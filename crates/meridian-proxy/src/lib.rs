@@ -1,2 +1,200 @@
-//! The data plane: a PostgreSQL wire-protocol proxy that pools server connections and routes
-//! each transaction by a decision from `meridian-core`.
+//! The data plane: a PostgreSQL wire-protocol proxy that pools server connections and runs
+//! each transaction where a decision from `meridian-core` says.
+//!
+//! [`Proxy::run`] accepts clients until its shutdown future completes, then stops accepting,
+//! lets open transactions finish for `shutdown_timeout`, tells every remaining client that
+//! the proxy is shutting down (SQLSTATE 57P01) and closes the pools. Each client is one task
+//! ([`session`]); the pools, the prepared-statement registry and the cancel keys are shared
+//! by all of them through [`Shared`]. The cluster view comes in through a `watch` channel, so
+//! the control plane can move the primary without restarting the proxy.
+
+mod cancel;
+mod failure;
+mod login;
+pub mod pool;
+mod server;
+mod session;
+mod session_state;
+mod settings;
+mod statements;
+mod stream;
+mod tls;
+mod tracker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use meridian_core::topology::ClusterView;
+use meridian_wire::startup::{self, StartupPacket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use failure::Failure;
+pub use pool::{PoolSettings, PoolStats};
+pub use server::ServerError;
+pub use settings::{ClientAuth, ProxySettings, SettingsError, User};
+pub use tls::{ClientTls, ServerTls, TlsSetupError};
+
+use crate::cancel::CancelRegistry;
+use crate::login::Opening;
+use crate::pool::Pools;
+use crate::session::Session;
+use crate::statements::StatementRegistry;
+
+/// What every session shares.
+pub(crate) struct Shared {
+    pub(crate) settings: ProxySettings,
+    pub(crate) view: watch::Receiver<Arc<ClusterView>>,
+    pub(crate) pools: Pools,
+    pub(crate) statements: StatementRegistry,
+    pub(crate) cancels: CancelRegistry,
+    /// Keys the fixed per-user salt of mock authentication for unknown users.
+    pub(crate) mock_secret: [u8; 32],
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A proxy instance.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("pools", &self.shared.pools).finish()
+    }
+}
+
+/// One pool's identity and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolReport {
+    /// Node name.
+    pub node: String,
+    /// Server role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Counters.
+    pub stats: PoolStats,
+}
+
+impl Proxy {
+    /// A proxy with these settings, following the cluster view published on `view`.
+    pub fn new(settings: ProxySettings, view: watch::Receiver<Arc<ClusterView>>) -> Proxy {
+        Proxy {
+            shared: Arc::new(Shared {
+                settings,
+                view,
+                pools: Pools::default(),
+                statements: StatementRegistry::default(),
+                cancels: CancelRegistry::default(),
+                mock_secret: rand::random(),
+                next_session: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Counters of every pool.
+    pub fn pool_reports(&self) -> Vec<PoolReport> {
+        self.shared
+            .pools
+            .all()
+            .into_iter()
+            .map(|pool| {
+                let (user, database) = pool.identity();
+                PoolReport {
+                    node: pool.node_name().to_owned(),
+                    user,
+                    database,
+                    stats: pool.stats(),
+                }
+            })
+            .collect()
+    }
+
+    /// Serves clients from `listener` until `shutdown` completes, then shuts down gracefully.
+    pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let settings = &self.shared.settings;
+        let permits = Arc::new(Semaphore::new(settings.max_client_connections));
+        let (stop, stopping) = watch::channel(false);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            while sessions.try_join_next().is_some() {}
+            let Ok((tcp, _)) = accepted else {
+                // Out of file descriptors or a connection reset before accept: keep serving.
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tokio::spawn(refuse(tcp));
+                continue;
+            };
+            let shared = self.shared.clone();
+            let stopping = stopping.clone();
+            sessions.spawn(async move {
+                let _permit = permit;
+                let login_timeout = shared.settings.client_login_timeout;
+                match tokio::time::timeout(login_timeout, login::open(&shared, tcp)).await {
+                    Ok(Ok(Opening::Session(login))) => Session::run(shared, *login, stopping).await,
+                    Ok(Ok(Opening::Cancel)) | Ok(Err(_)) => {}
+                    // The client did not finish logging in: close without a word, as the
+                    // connection may not even be speaking the protocol.
+                    Err(_) => {}
+                }
+            });
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        let all = u32::try_from(settings.max_client_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(settings.shutdown_timeout, permits.acquire_many(all)).await;
+        if drained.is_err() {
+            sessions.abort_all();
+        }
+        while sessions.join_next().await.is_some() {}
+        for pool in self.shared.pools.all() {
+            pool.close_idle();
+        }
+    }
+}
+
+/// Answers a client over `max_client_connections` as PostgreSQL does: after its startup
+/// packet (declining TLS first if asked), FATAL 53300.
+async fn refuse(mut tcp: TcpStream) {
+    let mut buf = BytesMut::with_capacity(512);
+    let read = async {
+        loop {
+            match startup::decode(&mut buf) {
+                Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
+                    tcp.write_all(b"N").await.ok()?;
+                }
+                Ok(Some(StartupPacket::Startup { .. })) => return Some(()),
+                Ok(Some(_)) | Err(_) => return None,
+                Ok(None) => {
+                    if tcp.read_buf(&mut buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok().flatten().is_some() {
+        let mut out = BytesMut::new();
+        meridian_wire::backend::encode_error_response(&mut out, &Failure::TooManyClients.to_fields());
+        let _ = tcp.write_all(&out).await;
+    }
+}

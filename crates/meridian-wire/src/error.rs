@@ -43,7 +43,8 @@ impl WireError {
         }
     }
 
-    pub(crate) fn malformed(message: &'static str, problem: &'static str) -> WireError {
+    /// A malformed-message error.
+    pub fn malformed(message: &'static str, problem: &'static str) -> WireError {
         WireError::Malformed { message, problem }
     }
 }

@@ -1,0 +1,386 @@
+//! Server connection pools: one per (node, server role, database).
+//!
+//! A pool hands out logged-in server connections and takes them back. Invariants, kept under
+//! one short mutex:
+//! - `open` counts every connection that exists or is being made (idle, in use, connecting),
+//!   and never exceeds `max_size`;
+//! - a connection given back goes to the oldest waiter first, else to the idle stack (LIFO,
+//!   so the warmest connection is reused and the coldest age out);
+//! - when a connection is lost, its slot goes to the oldest waiter, who opens a new one.
+//!
+//! A waiter that gives up (checkout timeout) may race with a grant already on its way; it
+//! takes the grant back out of its channel and returns it, so no slot leaks. A maintenance
+//! task per pool closes connections idle longer than `idle_timeout` or older than
+//! `max_lifetime`, and keeps `min_size` connections open.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use meridian_core::topology::NodeId;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::server::{ServerConnection, ServerError, ServerLogin};
+
+/// Sizes and timeouts of every pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections kept open even when idle.
+    pub min_size: usize,
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// How long a checkout waits for a connection before giving up.
+    pub checkout_timeout: Duration,
+    /// Idle connections older than this are closed (down to `min_size`); `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Connections older than this are closed when given back; `None`: never.
+    pub max_lifetime: Option<Duration>,
+}
+
+/// An idle connection unused for longer than this is checked for a closed socket before it
+/// is handed out; a busy pool skips the check (a system call) on its hot path.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Every connection stayed busy for the whole checkout timeout.
+    #[error("no server connection became free within {timeout:?} (pool of {max_size} for {node} is exhausted)")]
+    Exhausted {
+        /// The checkout timeout.
+        timeout: Duration,
+        /// The pool size.
+        max_size: usize,
+        /// The node's name.
+        node: String,
+    },
+    /// A new connection could not be made.
+    #[error(transparent)]
+    Connect(#[from] ServerError),
+}
+
+enum Grant {
+    Connection(Box<ServerConnection>),
+    /// A slot is free: open a connection yourself (already counted in `open`).
+    Open,
+}
+
+#[derive(Default)]
+struct State {
+    idle: VecDeque<ServerConnection>,
+    open: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+/// Counters of one pool, for metrics and the operator API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Connections that exist or are being made.
+    pub open: usize,
+    /// Of those, idle in the pool.
+    pub idle: usize,
+    /// Checkouts waiting for a connection.
+    pub waiting: usize,
+    /// Checkouts served since start.
+    pub checkouts: u64,
+    /// Checkouts that timed out.
+    pub timeouts: u64,
+    /// Connections made.
+    pub connects: u64,
+    /// Connection attempts that failed.
+    pub connect_failures: u64,
+}
+
+/// One pool.
+pub struct Pool {
+    login: ServerLogin,
+    node_name: String,
+    settings: PoolSettings,
+    state: Mutex<State>,
+    checkouts: AtomicU64,
+    timeouts: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("node", &self.node_name)
+            .field("user", &self.login.user)
+            .field("database", &self.login.database)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool for `login`; its maintenance task runs on the current runtime until the pool
+    /// is dropped.
+    pub fn new(login: ServerLogin, node_name: String, settings: PoolSettings) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            login,
+            node_name,
+            settings,
+            state: Mutex::new(State::default()),
+            checkouts: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// The node this pool connects to.
+    pub fn node(&self) -> NodeId {
+        self.login.node
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The server role and database.
+    pub fn identity(&self) -> (String, String) {
+        (self.login.user.to_string(), self.login.database.to_string())
+    }
+
+    /// A connection: an idle one, a new one, or the next one given back.
+    pub async fn checkout(&self) -> Result<ServerConnection, PoolError> {
+        let deadline = Instant::now() + self.settings.checkout_timeout;
+        loop {
+            let waiter = {
+                let mut state = self.lock();
+                if let Some(conn) = self.take_idle(&mut state) {
+                    drop(state);
+                    self.checkouts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                if state.open < self.settings.max_size {
+                    state.open += 1;
+                    None
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    state.waiters.push_back(tx);
+                    Some(rx)
+                }
+            };
+            let grant = match waiter {
+                None => Grant::Open,
+                Some(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
+                    Ok(Ok(grant)) => grant,
+                    // The pool dropped our sender without a grant: try again.
+                    Ok(Err(_)) => continue,
+                    Err(_) => {
+                        rx.close();
+                        match rx.try_recv() {
+                            Ok(Grant::Connection(conn)) => self.give_back(*conn),
+                            Ok(Grant::Open) => self.slot_lost(),
+                            Err(_) => {}
+                        }
+                        self.timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(PoolError::Exhausted {
+                            timeout: self.settings.checkout_timeout,
+                            max_size: self.settings.max_size,
+                            node: self.node_name.clone(),
+                        });
+                    }
+                },
+            };
+            match grant {
+                Grant::Connection(conn) => {
+                    self.checkouts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(*conn);
+                }
+                Grant::Open => {
+                    let conn = self.open_connection().await?;
+                    self.checkouts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+            }
+        }
+    }
+
+    /// Gives a connection back after use. `reusable` is false when its state is unknown
+    /// (an error mid-stream, a desync): it is closed and its slot freed.
+    pub fn release(&self, mut conn: ServerConnection, reusable: bool) {
+        let expired = self
+            .settings
+            .max_lifetime
+            .is_some_and(|lifetime| conn.created.elapsed() >= lifetime);
+        if !reusable || expired {
+            tokio::spawn(conn.terminate());
+            self.slot_lost();
+            return;
+        }
+        conn.idle_since = Instant::now();
+        self.give_back(conn);
+    }
+
+    /// Closes every idle connection (shutdown, or the node is gone).
+    pub fn close_idle(&self) {
+        let idle: Vec<ServerConnection> = {
+            let mut state = self.lock();
+            let idle: Vec<_> = state.idle.drain(..).collect();
+            state.open -= idle.len();
+            idle
+        };
+        for conn in idle {
+            tokio::spawn(conn.terminate());
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        PoolStats {
+            open: state.open,
+            idle: state.idle.len(),
+            waiting: state.waiters.len(),
+            checkouts: self.checkouts.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    fn give_back(&self, conn: ServerConnection) {
+        let mut state = self.lock();
+        let mut conn = conn;
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(Grant::Connection(Box::new(conn))) {
+                Ok(()) => return,
+                // That waiter gave up; try the next one.
+                Err(Grant::Connection(back)) => conn = *back,
+                Err(Grant::Open) => unreachable!("we sent a connection"),
+            }
+        }
+        state.idle.push_back(conn);
+    }
+
+    /// A connection is gone: its slot goes to the oldest waiter, or is freed.
+    fn slot_lost(&self) {
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.send(Grant::Open).is_ok() {
+                return;
+            }
+        }
+        state.open -= 1;
+    }
+
+    fn take_idle(&self, state: &mut State) -> Option<ServerConnection> {
+        while let Some(conn) = state.idle.pop_back() {
+            if conn.idle_since.elapsed() < CHECK_IDLE_AFTER || !conn.stream.is_broken() {
+                return Some(conn);
+            }
+            // Closed by the server while idle (restart, idle_session_timeout, ...).
+            state.open -= 1;
+        }
+        None
+    }
+
+    async fn open_connection(&self) -> Result<ServerConnection, PoolError> {
+        match ServerConnection::connect(&self.login).await {
+            Ok(conn) => {
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.slot_lost();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Closes idle and expired connections and keeps `min_size` open, once a second, for as
+/// long as the pool exists.
+async fn maintain(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let expired: Vec<ServerConnection> = {
+            let mut state = pool.lock();
+            let mut expired = Vec::new();
+            let mut kept = VecDeque::with_capacity(state.idle.len());
+            // Oldest idle first: the front of the stack.
+            while let Some(conn) = state.idle.pop_front() {
+                let over_idle = pool.settings.idle_timeout.is_some_and(|t| conn.idle_since.elapsed() >= t)
+                    && state.open - expired.len() > pool.settings.min_size;
+                let over_age = pool.settings.max_lifetime.is_some_and(|t| conn.created.elapsed() >= t);
+                if over_idle || over_age {
+                    expired.push(conn);
+                } else {
+                    kept.push_back(conn);
+                }
+            }
+            state.idle = kept;
+            state.open -= expired.len();
+            expired
+        };
+        for conn in expired {
+            tokio::spawn(conn.terminate());
+        }
+        let missing = {
+            let mut state = pool.lock();
+            let missing = pool.settings.min_size.saturating_sub(state.open);
+            state.open += missing;
+            missing
+        };
+        for attempt in 0..missing {
+            match pool.open_connection().await {
+                Ok(conn) => pool.give_back(conn),
+                Err(_) => {
+                    // That attempt freed its own slot; free the ones not attempted and try
+                    // again next tick.
+                    for _ in attempt + 1..missing {
+                        pool.slot_lost();
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The node.
+    pub node: NodeId,
+    /// Server role.
+    pub user: Arc<str>,
+    /// Database.
+    pub database: Arc<str>,
+}
+
+/// Every pool of the proxy, created on first use.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// The pool for `key`, made with `make` if it does not exist yet.
+    pub fn get_or_create(&self, key: PoolKey, make: impl FnOnce() -> Arc<Pool>) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry(key).or_insert_with(make).clone()
+    }
+
+    /// Every pool, for statistics.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}

@@ -1,0 +1,370 @@
+//! One connection to a PostgreSQL server: login, and what the proxy knows of its state.
+//!
+//! The proxy tracks, per server connection, the run-time parameters the server reported
+//! (ParameterStatus), the parameters it set there on a client's behalf, the prepared
+//! statements it created there, and whose unnamed statement is current. A server connection
+//! is used by one session at a time and owned by whoever holds it (a session or the pool).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use meridian_config::Secret;
+use meridian_core::topology::NodeId;
+use meridian_wire::auth::{AuthError, ScramClient, md5_response, random_nonce};
+use meridian_wire::backend::{Authentication, BackendMessage, ErrorFields};
+use meridian_wire::{WireError, frame, frontend, startup};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::statements::StatementId;
+use crate::stream::Stream;
+use crate::tls::ServerTls;
+
+/// Where and as whom to log in.
+#[derive(Debug, Clone)]
+pub struct ServerLogin {
+    /// The node.
+    pub node: NodeId,
+    /// Its host.
+    pub host: Arc<str>,
+    /// Its port.
+    pub port: u16,
+    /// The role on the server.
+    pub user: Arc<str>,
+    /// The database.
+    pub database: Arc<str>,
+    /// The role's password, if the server asks for one.
+    pub password: Option<Secret>,
+    /// Transport security.
+    pub tls: ServerTls,
+    /// How long connecting and logging in may take.
+    pub connect_timeout: Duration,
+    /// Largest message accepted from the server.
+    pub max_message_size: usize,
+}
+
+/// Why a server connection could not be made or was lost.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// TCP connect, TLS or I/O failed.
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable {
+        /// host:port.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Connecting and logging in took longer than the connect timeout.
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// host:port.
+        addr: String,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// The server refused the login with this error (bad database, role, password, ...).
+    #[error("server refused the login: {}", .0.message())]
+    Refused(ErrorFields),
+    /// TLS was required but the server does not offer it.
+    #[error("{addr} does not accept TLS but server_tls.mode requires it")]
+    TlsRefused {
+        /// host:port.
+        addr: String,
+    },
+    /// The server asked for a password and none is configured.
+    #[error("{addr} asks for a password for role {user:?}; set users[].server_password")]
+    NoPassword {
+        /// host:port.
+        addr: String,
+        /// The server role.
+        user: String,
+    },
+    /// Authentication towards the server failed on our side (a bad server signature, ...).
+    #[error("authenticating to {addr}: {source}")]
+    Auth {
+        /// host:port.
+        addr: String,
+        /// The cause.
+        source: AuthError,
+    },
+    /// The server asked for an authentication method Meridian does not speak.
+    #[error("{addr} asks for an unsupported authentication method ({method})")]
+    UnsupportedAuth {
+        /// host:port.
+        addr: String,
+        /// The method code or SASL mechanisms.
+        method: String,
+    },
+    /// The server sent bytes that are not the protocol.
+    #[error("protocol error from the server: {0}")]
+    Protocol(#[from] WireError),
+}
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConnection {
+    /// The socket.
+    pub stream: Stream,
+    /// Bytes read from the server and not yet handled.
+    pub read_buf: BytesMut,
+    /// The node it belongs to.
+    pub node: NodeId,
+    /// Address for cancel requests.
+    pub addr: SocketAddr,
+    /// The key that cancels what this connection runs.
+    pub cancel_key: (i32, Bytes),
+    /// Reported run-time parameters, as the server last reported them.
+    pub params: HashMap<String, String>,
+    /// Parameters the proxy set on a client's behalf since the last reset (name -> value).
+    pub overrides: HashMap<String, String>,
+    /// Prepared statements the proxy created here.
+    pub prepared: HashSet<StatementId>,
+    /// Whose unnamed statement is current: (session, that session's Parse count).
+    pub unnamed: Option<(u64, u64)>,
+    /// When it logged in.
+    pub created: Instant,
+    /// When it was last given back to the pool.
+    pub idle_since: Instant,
+}
+
+impl ServerConnection {
+    /// Connects to the server and logs in.
+    pub async fn connect(login: &ServerLogin) -> Result<ServerConnection, ServerError> {
+        let addr = format!("{}:{}", login.host, login.port);
+        match tokio::time::timeout(login.connect_timeout, Self::connect_inner(login, &addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Timeout {
+                addr,
+                timeout: login.connect_timeout,
+            }),
+        }
+    }
+
+    async fn connect_inner(login: &ServerLogin, addr: &str) -> Result<ServerConnection, ServerError> {
+        let unreachable = |source: io::Error| ServerError::Unreachable {
+            addr: addr.to_owned(),
+            source,
+        };
+        let tcp = TcpStream::connect((&*login.host, login.port)).await.map_err(unreachable)?;
+        let peer = tcp.peer_addr().map_err(unreachable)?;
+        tcp.set_nodelay(true).map_err(unreachable)?;
+        let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
+        let mut stream = negotiate_tls(tcp, login, addr).await?;
+
+        let mut out = BytesMut::new();
+        startup::encode_startup(&mut out, &[("user", &login.user), ("database", &login.database)]);
+        stream.write_all(&out).await.map_err(unreachable)?;
+
+        let mut read_buf = BytesMut::with_capacity(8192);
+        let mut scram: Option<ScramClient> = None;
+        let mut params = HashMap::new();
+        let mut cancel_key = (0, Bytes::new());
+        loop {
+            let message = read_message(&mut stream, &mut read_buf, login.max_message_size)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Io(e) => unreachable(e),
+                    ReadError::Wire(e) => ServerError::Protocol(e),
+                })?;
+            out.clear();
+            match message {
+                BackendMessage::Authentication(auth) => match auth {
+                    Authentication::Ok => {}
+                    Authentication::CleartextPassword => {
+                        let password = password(login, addr)?;
+                        frontend::encode_password(&mut out, password.expose().as_bytes());
+                    }
+                    Authentication::Md5Password { salt } => {
+                        let password = password(login, addr)?;
+                        let response = md5_response(&login.user, password.expose(), salt);
+                        frontend::encode_password(&mut out, response.as_bytes());
+                    }
+                    Authentication::Sasl { mechanisms } => {
+                        if !mechanisms.iter().any(|m| m == meridian_wire::auth::SCRAM_SHA_256) {
+                            return Err(ServerError::UnsupportedAuth {
+                                addr: addr.to_owned(),
+                                method: mechanisms.join(", "),
+                            });
+                        }
+                        let client = ScramClient::new(password(login, addr)?.expose(), random_nonce());
+                        frontend::encode_sasl_initial_response(
+                            &mut out,
+                            meridian_wire::auth::SCRAM_SHA_256,
+                            &client.client_first(),
+                        );
+                        scram = Some(client);
+                    }
+                    Authentication::SaslContinue(data) => {
+                        let client = scram.as_mut().ok_or(WireError::UnexpectedTag(b'R'))?;
+                        let reply = client.server_first(&data).map_err(|source| ServerError::Auth {
+                            addr: addr.to_owned(),
+                            source,
+                        })?;
+                        frontend::encode_sasl_response(&mut out, &reply);
+                    }
+                    Authentication::SaslFinal(data) => {
+                        let client = scram.as_mut().ok_or(WireError::UnexpectedTag(b'R'))?;
+                        client.server_final(&data).map_err(|source| ServerError::Auth {
+                            addr: addr.to_owned(),
+                            source,
+                        })?;
+                    }
+                    other => {
+                        return Err(ServerError::UnsupportedAuth {
+                            addr: addr.to_owned(),
+                            method: format!("{other:?}"),
+                        });
+                    }
+                },
+                BackendMessage::ParameterStatus { name, value } => {
+                    params.insert(name, value);
+                }
+                BackendMessage::BackendKeyData {
+                    process_id,
+                    secret_key,
+                } => cancel_key = (process_id, secret_key),
+                BackendMessage::ErrorResponse(fields) => return Err(ServerError::Refused(fields)),
+                BackendMessage::ReadyForQuery(_) => break,
+                BackendMessage::NoticeResponse(_) | BackendMessage::NegotiateProtocolVersion { .. } => {}
+                BackendMessage::Other(f) => return Err(WireError::UnexpectedTag(f.tag).into()),
+                _ => return Err(WireError::UnexpectedTag(b'?').into()),
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await.map_err(unreachable)?;
+            }
+        }
+        let now = Instant::now();
+        Ok(ServerConnection {
+            stream,
+            read_buf,
+            node: login.node,
+            addr: peer,
+            cancel_key,
+            params,
+            overrides: HashMap::new(),
+            prepared: HashSet::new(),
+            unnamed: None,
+            created: now,
+            idle_since: now,
+        })
+    }
+
+    /// Sends Terminate and closes, ignoring errors: the connection is being discarded.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::encode_terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(100), async {
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Runs a query whose results nobody needs (a reset, `SET`s) and reads up to
+    /// ReadyForQuery, tracking ParameterStatus. Returns the command tags; fails if the server
+    /// reports an error.
+    pub async fn run_internal(&mut self, sql: &str, max_message_size: usize) -> Result<Vec<String>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::encode_query(&mut out, sql.as_bytes());
+        let io = |source: io::Error| ServerError::Unreachable {
+            addr: self_addr(self.addr),
+            source,
+        };
+        self.stream.write_all(&out).await.map_err(io)?;
+        let mut failure = None;
+        let mut tags = Vec::new();
+        loop {
+            let message = read_message(&mut self.stream, &mut self.read_buf, max_message_size)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Io(e) => ServerError::Unreachable {
+                        addr: self_addr(self.addr),
+                        source: e,
+                    },
+                    ReadError::Wire(e) => ServerError::Protocol(e),
+                })?;
+            match message {
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.params.insert(name, value);
+                }
+                BackendMessage::ErrorResponse(fields) => failure = Some(fields),
+                BackendMessage::CommandComplete { tag } => tags.push(String::from_utf8_lossy(&tag).into_owned()),
+                BackendMessage::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some(fields) => Err(ServerError::Refused(fields)),
+            None => Ok(tags),
+        }
+    }
+}
+
+fn self_addr(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+fn password<'a>(login: &'a ServerLogin, addr: &str) -> Result<&'a Secret, ServerError> {
+    login.password.as_ref().ok_or_else(|| ServerError::NoPassword {
+        addr: addr.to_owned(),
+        user: login.user.to_string(),
+    })
+}
+
+/// SSLRequest and handshake per `server_tls.mode` (PostgreSQL docs, 55.2.10 "SSL Session
+/// Encryption"): the server answers one byte, `S` or `N`.
+async fn negotiate_tls(mut tcp: TcpStream, login: &ServerLogin, addr: &str) -> Result<Stream, ServerError> {
+    let (connector, required) = match &login.tls {
+        ServerTls::Disable => return Ok(Stream::Plain(tcp)),
+        ServerTls::Prefer(connector) => (connector, false),
+        ServerTls::Require(connector) => (connector, true),
+    };
+    let unreachable = |source: io::Error| ServerError::Unreachable {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut request = BytesMut::new();
+    startup::encode_ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(unreachable)?;
+    let answer = tcp.read_u8().await.map_err(unreachable)?;
+    match answer {
+        b'S' => {
+            let name = ServerTls::server_name(&login.host)
+                .map_err(|e| unreachable(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
+            let tls = connector.connect(name, tcp).await.map_err(unreachable)?;
+            Ok(Stream::ClientTls(Box::new(tls)))
+        }
+        b'N' if !required => Ok(Stream::Plain(tcp)),
+        b'N' => Err(ServerError::TlsRefused { addr: addr.to_owned() }),
+        other => Err(WireError::UnexpectedTag(other).into()),
+    }
+}
+
+/// Why a message could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Wire(WireError),
+}
+
+/// Reads one whole message (used during login and internal queries, not on the relay path).
+pub(crate) async fn read_message(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max_message_size: usize,
+) -> Result<BackendMessage, ReadError> {
+    loop {
+        if let Some(f) = frame::decode(buf, max_message_size).map_err(ReadError::Wire)? {
+            return BackendMessage::decode(f).map_err(ReadError::Wire);
+        }
+        if stream.read_buf(buf).await.map_err(ReadError::Io)? == 0 {
+            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}

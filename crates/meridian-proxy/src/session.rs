@@ -1,0 +1,861 @@
+//! One client session: the relay between a client and the server connections it borrows.
+//!
+//! The session runs in one task that reads both sockets. Client messages are decoded only as
+//! far as needed to rewrite prepared-statement names and to know which replies are owed
+//! (see [`crate::tracker`]); server messages are scanned by header and copied to the client,
+//! with ParameterStatus, CommandComplete and ReadyForQuery looked into. Frames larger than
+//! [`STREAM_ABOVE`] (big rows, COPY data) are streamed through as they arrive instead of
+//! being buffered whole.
+//!
+//! In transaction pooling the server connection is borrowed when the client sends something
+//! that needs a server and given back at the ReadyForQuery that leaves it idle with nothing
+//! owed; before another client gets it, the connection is reset if this client changed
+//! session state (see [`crate::session_state`]). Client run-time parameters (startup packet,
+//! `SET` of reported parameters) are re-applied on whichever connection the session borrows.
+//!
+//! When a server connection dies under a session, the client gets an error per pending
+//! request and keeps its connection (its next transaction goes to a fresh server
+//! connection), except in session pooling, where its session state died with the server and
+//! the connection is closed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use meridian_config::PoolMode;
+use meridian_core::routing::{self, RouteDecision};
+use meridian_wire::backend::{self, TransactionStatus};
+use meridian_wire::frontend::{self, FrontendMessage, Target};
+use meridian_wire::{Frame, WireError, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::Shared;
+use crate::cancel::{CancelSlot, CancelTarget};
+use crate::failure::Failure;
+use crate::login::{Authenticated, send_error};
+use crate::pool::{Pool, PoolKey};
+use crate::server::{ServerConnection, ServerLogin};
+use crate::session_state::{sql_changes_session, tag_changes_session, tag_clears_prepared};
+use crate::settings::User;
+use crate::statements::{ClientStatements, StatementDef, StatementId};
+use crate::stream::Stream;
+use crate::tracker::{Expect, Tracker};
+
+/// Frames above this size are streamed to the client as they arrive.
+const STREAM_ABOVE: usize = 64 * 1024;
+/// Flush to the client once this much is buffered, to bound memory on big results.
+const FLUSH_ABOVE: usize = 64 * 1024;
+/// Read buffers get at least this much room before a read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Run-time parameters a client owns: it may set them at startup or with `SET`, the server
+/// reports them (GUC_REPORT), and the proxy re-applies them on every server connection the
+/// session borrows. Other reported parameters (`server_version`, `in_hot_standby`, ...) are
+/// facts about the server.
+const CLIENT_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+    "search_path",
+];
+
+/// What to undo when a Parse fails or is skipped by the server.
+#[derive(Debug, Default)]
+struct Undo {
+    /// The server does not have this statement after all.
+    server: Option<StatementId>,
+    /// The client's statement of this name was not created.
+    client: Option<Bytes>,
+}
+
+/// A borrowed server connection and the state of its use.
+#[derive(Debug)]
+struct Attached {
+    conn: ServerConnection,
+    pool: Arc<Pool>,
+    tracker: Tracker<Undo>,
+    /// The client changed session state: reset before the connection is reused.
+    dirty: bool,
+    /// The server's transaction status at its last ReadyForQuery.
+    status: TransactionStatus,
+    /// The rest of a large frame being streamed: bytes left, and whether they go to the client.
+    streaming: Option<(usize, bool)>,
+    /// Bytes waiting to be written to the server.
+    out: BytesMut,
+}
+
+/// One client session.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    client: Stream,
+    client_in: BytesMut,
+    client_out: BytesMut,
+    user: User,
+    database: Arc<str>,
+    params: BTreeMap<String, String>,
+    statements: ClientStatements,
+    server: Option<Attached>,
+    /// The last pool used, kept to avoid a lookup per transaction.
+    pool: Option<Arc<Pool>>,
+    cancel_pid: i32,
+    cancel: Arc<CancelSlot>,
+    /// After an error the proxy raised itself, client messages are dropped up to the Sync.
+    discard_until_sync: bool,
+    /// The server died while the client was idle inside a transaction: tell it on its next
+    /// message.
+    lost_transaction: Option<String>,
+    /// Shutdown was requested: close at the next moment no transaction is open.
+    closing: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.cancels.unregister(self.cancel_pid);
+    }
+}
+
+impl Session {
+    /// Completes the login (server parameters, cancel key) and relays until the client
+    /// leaves, the proxy shuts down, or a fatal error.
+    pub(crate) async fn run(shared: Arc<Shared>, login: Authenticated, mut shutdown: watch::Receiver<bool>) {
+        let (cancel_pid, cancel) = shared.cancels.register();
+        let id = shared.next_session_id();
+        let mut session = Session {
+            shared,
+            id,
+            client: login.stream,
+            client_in: login.buffered,
+            client_out: BytesMut::with_capacity(1024),
+            user: login.user,
+            database: Arc::from(login.database),
+            params: login.params,
+            statements: ClientStatements::default(),
+            server: None,
+            pool: None,
+            cancel_pid,
+            cancel,
+            discard_until_sync: false,
+            lost_transaction: None,
+            closing: *shutdown.borrow(),
+        };
+        if let Err(failure) = session.start().await {
+            send_error(&mut session.client, &failure.to_fields()).await;
+            session.detach_after_failure();
+            return;
+        }
+        let result = session.relay(&mut shutdown).await;
+        session.finish(result).await;
+    }
+
+    /// Borrows a server connection, applies the client's parameters there (their errors are
+    /// the client's login errors, as from PostgreSQL), and sends ParameterStatus,
+    /// BackendKeyData and ReadyForQuery.
+    async fn start(&mut self) -> Result<(), Failure> {
+        let mut conn = self.checkout().await?;
+        if let Some(sql) = parameter_sql(&self.params, &conn.conn.overrides) {
+            let result = conn.conn.run_internal(&sql, self.shared.settings.max_message_size).await;
+            if let Err(e) = result {
+                conn.pool.release(conn.conn, false);
+                return Err(Failure::Pool(e.into()));
+            }
+            conn.conn.overrides = self.params.clone().into_iter().collect();
+        }
+        for (name, value) in &conn.conn.params {
+            backend::encode_parameter_status(&mut self.client_out, name, value);
+        }
+        backend::encode_backend_key_data(&mut self.client_out, self.cancel_pid, &self.cancel.secret());
+        backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        self.cancel.set_target(Some(cancel_target(&conn.conn)));
+        self.server = Some(conn);
+        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        Ok(())
+    }
+
+    async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Failure> {
+        loop {
+            self.release_if_done().await;
+            if self.closing && self.server_is_idle() {
+                return Err(Failure::ShuttingDown);
+            }
+            if self.client_in.capacity() - self.client_in.len() < READ_CHUNK / 2 {
+                self.client_in.reserve(READ_CHUNK);
+            }
+            let event = {
+                let client = &mut self.client;
+                let client_in = &mut self.client_in;
+                let server = &mut self.server;
+                tokio::select! {
+                    read = client.read_buf(client_in) => Event::Client(read),
+                    read = read_server(server) => Event::Server(read),
+                    changed = shutdown.changed(), if !self.closing => {
+                        // A dropped sender means the proxy itself is gone: shut down too.
+                        let _ = changed;
+                        Event::Shutdown
+                    }
+                }
+            };
+            match event {
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => return Ok(()),
+                Event::Client(Ok(_)) => {
+                    if self.on_client_bytes().await? {
+                        return Ok(());
+                    }
+                }
+                Event::Server(Ok(n)) if n > 0 => self.on_server_bytes().await?,
+                Event::Server(_) => self.server_lost().await?,
+                Event::Shutdown => self.closing = true,
+            }
+        }
+    }
+
+    fn server_is_idle(&self) -> bool {
+        match &self.server {
+            None => true,
+            Some(attached) => attached.tracker.is_idle() && attached.status == TransactionStatus::Idle,
+        }
+    }
+
+    /// Handles every whole message the client has sent. Returns true when the client
+    /// terminated.
+    async fn on_client_bytes(&mut self) -> Result<bool, Failure> {
+        let max = self.shared.settings.max_message_size;
+        loop {
+            let Some(header) = frame::check(&self.client_in, max)? else {
+                break;
+            };
+            if self.client_in.len() < header.frame_len {
+                self.client_in.reserve(header.frame_len - self.client_in.len());
+                break;
+            }
+            let f = frame::decode(&mut self.client_in, max)?.expect("checked whole");
+            if self.on_client_message(f).await? {
+                return Ok(true);
+            }
+        }
+        self.flush_server().await?;
+        if let Some(attached) = &mut self.server {
+            attached.tracker.drain_answers(&mut self.client_out);
+        }
+        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        Ok(false)
+    }
+
+    /// One client message. Returns true for Terminate.
+    async fn on_client_message(&mut self, f: Frame) -> Result<bool, Failure> {
+        let raw = f.clone();
+        let message = FrontendMessage::decode(f)?;
+        match &message {
+            FrontendMessage::Terminate => return Ok(true),
+            FrontendMessage::Password(_) => {
+                return Err(Failure::Protocol(WireError::UnexpectedTag(b'p')));
+            }
+            _ => {}
+        }
+        if self.discard_until_sync {
+            if matches!(message, FrontendMessage::Sync) {
+                self.discard_until_sync = false;
+                self.reply_ready_without_server();
+            }
+            return Ok(false);
+        }
+        if self.server.is_none() {
+            match message {
+                // Nothing owed and nothing running: answer without borrowing a server.
+                FrontendMessage::Sync if self.lost_transaction.is_none() => {
+                    backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+                    return Ok(false);
+                }
+                FrontendMessage::Flush => return Ok(false),
+                // The rest of a COPY whose server died: dropped, the error was reported.
+                FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                    return Ok(false);
+                }
+                _ => {}
+            }
+            if let Some(node) = self.lost_transaction.take() {
+                self.fail_message(&message, &Failure::ServerLost { node });
+                return Ok(false);
+            }
+            match self.checkout().await {
+                Ok(attached) => self.attach(attached),
+                Err(failure) => {
+                    if failure.is_fatal() {
+                        return Err(failure);
+                    }
+                    self.fail_message(&message, &failure);
+                    return Ok(false);
+                }
+            }
+        }
+        self.forward(message, raw);
+        Ok(false)
+    }
+
+    /// Reports `failure` for a message that never reached a server, as PostgreSQL reports an
+    /// error: a simple Query gets its ReadyForQuery; an extended-protocol message makes the
+    /// session skip to the next Sync.
+    fn fail_message(&mut self, message: &FrontendMessage, failure: &Failure) {
+        backend::encode_error_response(&mut self.client_out, &failure.to_fields());
+        match message {
+            FrontendMessage::Query { .. } | FrontendMessage::FunctionCall(_) | FrontendMessage::Sync => {
+                backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+            }
+            _ => self.discard_until_sync = true,
+        }
+    }
+
+    fn reply_ready_without_server(&mut self) {
+        match &mut self.server {
+            // The Sync must still reach the server if one is attached: it owes the reply.
+            Some(attached) => {
+                frontend::encode_sync(&mut attached.out);
+                attached.tracker.forward(Expect::Sync, None);
+            }
+            None => backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle),
+        }
+    }
+
+    /// Translates one client message for the attached server.
+    fn forward(&mut self, message: FrontendMessage, raw: Frame) {
+        let transaction_pooling = self.shared.settings.pool_mode == PoolMode::Transaction;
+        let session_id = self.id;
+        let attached = self.server.as_mut().expect("attached before forwarding");
+        match message {
+            FrontendMessage::Query { sql } => {
+                attached.dirty |= transaction_pooling && sql_changes_session(&sql);
+                put_frame(&mut attached.out, &raw);
+                attached.tracker.forward(Expect::Query, None);
+            }
+            FrontendMessage::FunctionCall(_) => {
+                put_frame(&mut attached.out, &raw);
+                attached.tracker.forward(Expect::Query, None);
+            }
+            FrontendMessage::Parse {
+                name,
+                sql,
+                param_types,
+            } => {
+                if name.is_empty() {
+                    let def = Arc::new(StatementDef::unnamed(sql, param_types));
+                    let seq = self.statements.set_unnamed(def);
+                    attached.conn.unnamed = Some((session_id, seq));
+                    put_frame(&mut attached.out, &raw);
+                    attached.tracker.forward(Expect::Parse, None);
+                } else if self.statements.get(&name).is_some() {
+                    // PostgreSQL: a named statement cannot be redefined (42P05).
+                    let error = meridian_wire::backend::ErrorFields::new(
+                        meridian_wire::backend::Severity::Error,
+                        meridian_wire::sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                        format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(&name)),
+                    );
+                    let mut bytes = BytesMut::new();
+                    backend::encode_error_response(&mut bytes, &error);
+                    attached.tracker.answer_error(Expect::Parse, bytes.freeze(), None);
+                    self.discard_until_sync = true;
+                } else {
+                    let def = self.shared.statements.intern(sql, param_types);
+                    self.statements.insert(name.clone(), def.clone());
+                    if attached.conn.prepared.contains(&def.id) {
+                        attached.tracker.answer(
+                            Expect::Parse,
+                            parse_complete(),
+                            Some(Undo {
+                                server: None,
+                                client: Some(name),
+                            }),
+                        );
+                    } else {
+                        frontend::encode_parse(&mut attached.out, &def.server_name, &def.sql, &def.param_types);
+                        attached.conn.prepared.insert(def.id);
+                        attached.tracker.forward(
+                            Expect::Parse,
+                            Some(Undo {
+                                server: Some(def.id),
+                                client: Some(name),
+                            }),
+                        );
+                    }
+                }
+            }
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } => {
+                if statement.is_empty() {
+                    if let Some((def, seq)) = self.statements.unnamed() {
+                        if attached.conn.unnamed != Some((session_id, *seq)) {
+                            frontend::encode_parse(&mut attached.out, b"", &def.sql, &def.param_types);
+                            attached.tracker.swallow(Expect::Parse, None);
+                            attached.conn.unnamed = Some((session_id, *seq));
+                        }
+                        attached.dirty |= transaction_pooling && def.changes_session;
+                    }
+                    put_frame(&mut attached.out, &raw);
+                } else if let Some(def) = self.statements.get(&statement) {
+                    ensure_prepared(attached, def);
+                    attached.dirty |= transaction_pooling && def.changes_session;
+                    frontend::encode_bind(&mut attached.out, &portal, &def.server_name, &rest);
+                } else {
+                    // Unknown to us: the server answers 26000 naming the client's statement.
+                    put_frame(&mut attached.out, &raw);
+                }
+                attached.tracker.forward(Expect::Bind, None);
+            }
+            FrontendMessage::Describe {
+                target: Target::Statement,
+                name,
+            } if !name.is_empty() => {
+                match self.statements.get(&name) {
+                    Some(def) => {
+                        ensure_prepared(attached, def);
+                        frontend::encode_describe(&mut attached.out, Target::Statement, &def.server_name);
+                    }
+                    None => put_frame(&mut attached.out, &raw),
+                }
+                attached.tracker.forward(Expect::Describe, None);
+            }
+            FrontendMessage::Describe { .. } => {
+                put_frame(&mut attached.out, &raw);
+                attached.tracker.forward(Expect::Describe, None);
+            }
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name,
+            } if !name.is_empty() => {
+                // Other clients may share the server statement: forget the client's name only.
+                self.statements.remove(&name);
+                attached.tracker.answer(Expect::Close, close_complete(), None);
+            }
+            FrontendMessage::Close { .. } => {
+                put_frame(&mut attached.out, &raw);
+                attached.tracker.forward(Expect::Close, None);
+            }
+            FrontendMessage::Execute { .. } => {
+                put_frame(&mut attached.out, &raw);
+                attached.tracker.forward(Expect::Execute, None);
+            }
+            FrontendMessage::Sync => {
+                put_frame(&mut attached.out, &raw);
+                attached.tracker.forward(Expect::Sync, None);
+            }
+            // Flush and COPY messages expect no reply of their own.
+            _ => put_frame(&mut attached.out, &raw),
+        }
+    }
+
+    /// Handles every whole (or streamable) message the server has sent.
+    async fn on_server_bytes(&mut self) -> Result<(), Failure> {
+        let max = self.shared.settings.max_message_size;
+        let transaction_pooling = self.shared.settings.pool_mode == PoolMode::Transaction;
+        loop {
+            let attached = self.server.as_mut().expect("reading from an attached server");
+            let buf = &mut attached.conn.read_buf;
+            if let Some((left, to_client)) = &mut attached.streaming {
+                let n = (*left).min(buf.len());
+                if *to_client {
+                    self.client_out.extend_from_slice(&buf[..n]);
+                }
+                buf.advance(n);
+                *left -= n;
+                if *left > 0 {
+                    break;
+                }
+                attached.streaming = None;
+                continue;
+            }
+            let header = match frame::check(buf, max) {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(_) => return self.server_lost().await,
+            };
+            if buf.len() < header.frame_len {
+                if matches!(header.tag, b'D' | b'd') && header.frame_len > STREAM_ABOVE {
+                    attached.tracker.drain_answers(&mut self.client_out);
+                    attached.streaming = Some((header.frame_len, attached.tracker.head_forwards()));
+                    continue;
+                }
+                buf.reserve(header.frame_len - buf.len());
+                break;
+            }
+            let message = buf.split_to(header.frame_len);
+            match header.tag {
+                b'S' => {
+                    if let Some((name, value)) = parameter_status(&message) {
+                        let key = name.to_ascii_lowercase();
+                        if attached.tracker.head_forwards() && CLIENT_REPORTED.contains(&key.as_str()) {
+                            self.params.insert(key, value.clone());
+                        }
+                        attached.conn.params.insert(name, value);
+                    }
+                }
+                b'C' if attached.tracker.head_forwards() => {
+                    let tag = &message[5..message.len().saturating_sub(1)];
+                    attached.dirty |= transaction_pooling && tag_changes_session(tag);
+                    if tag_clears_prepared(tag) {
+                        attached.conn.prepared.clear();
+                        attached.conn.unnamed = None;
+                    }
+                }
+                b'Z' => {
+                    if let Some(&status) = message.get(5) {
+                        attached.status = TransactionStatus::from_byte(status)?;
+                    }
+                }
+                _ => {}
+            }
+            if attached.tracker.on_server_message(&message, &mut self.client_out).is_err() {
+                return self.server_lost().await;
+            }
+            for undo in attached.tracker.take_undo() {
+                if let Some(id) = undo.server {
+                    attached.conn.prepared.remove(&id);
+                }
+                if let Some(name) = undo.client {
+                    self.statements.remove(&name);
+                }
+            }
+            if self.client_out.len() > FLUSH_ABOVE {
+                self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+            }
+        }
+        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        Ok(())
+    }
+
+    /// The server connection failed: tell the client what it was waiting for.
+    async fn server_lost(&mut self) -> Result<(), Failure> {
+        let Some(mut attached) = self.server.take() else {
+            return Ok(());
+        };
+        self.cancel.set_target(None);
+        let node = attached.pool.node_name().to_owned();
+        let owed = attached.tracker.owed_ready();
+        let unfinished = attached.tracker.in_unfinished_batch();
+        let in_transaction = attached.status != TransactionStatus::Idle;
+        let was_busy = !attached.tracker.is_idle();
+        for undo in attached.tracker.abandon() {
+            if let Some(name) = undo.client {
+                self.statements.remove(&name);
+            }
+        }
+        attached.pool.release(attached.conn, false);
+        let failure = Failure::ServerLost { node: node.clone() };
+        if self.shared.settings.pool_mode == PoolMode::Session {
+            // The session's state (SET, prepared statements, temporary tables) died with the
+            // server: the client cannot go on as if nothing happened. `finish` says so, FATAL.
+            return Err(failure);
+        }
+        for _ in 0..owed {
+            backend::encode_error_response(&mut self.client_out, &failure.to_fields());
+            backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        }
+        if unfinished {
+            backend::encode_error_response(&mut self.client_out, &failure.to_fields());
+            self.discard_until_sync = true;
+        }
+        if !was_busy && in_transaction {
+            self.lost_transaction = Some(node);
+        }
+        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        Ok(())
+    }
+
+    /// In transaction pooling, gives the server connection back once the transaction is over
+    /// and nothing is owed, resetting it first if this client changed session state.
+    async fn release_if_done(&mut self) {
+        if self.shared.settings.pool_mode != PoolMode::Transaction {
+            return;
+        }
+        let done = self.server.as_ref().is_some_and(|a| {
+            a.tracker.is_idle() && a.status == TransactionStatus::Idle && a.streaming.is_none() && a.out.is_empty()
+        });
+        if done {
+            let attached = self.server.take().expect("checked");
+            self.cancel.set_target(None);
+            release(&self.shared, attached).await;
+        }
+    }
+
+    /// Borrows a connection from the pool of the node the router picks.
+    async fn checkout(&mut self) -> Result<Attached, Failure> {
+        let decision = routing::route(&self.shared.view.borrow());
+        let node = match decision {
+            RouteDecision::Node { node, .. } => node,
+            RouteDecision::Unavailable(_) => return Err(Failure::NoPrimary),
+        };
+        let pool = match &self.pool {
+            Some(pool) if pool.node() == node => pool.clone(),
+            _ => {
+                let pool = self.shared.pool_for(node, &self.user, &self.database).ok_or(Failure::NoPrimary)?;
+                self.pool = Some(pool.clone());
+                pool
+            }
+        };
+        let conn = pool.checkout().await?;
+        Ok(Attached {
+            conn,
+            pool,
+            tracker: Tracker::default(),
+            dirty: false,
+            status: TransactionStatus::Idle,
+            streaming: None,
+            out: BytesMut::new(),
+        })
+    }
+
+    /// Makes `attached` the session's server, first re-applying the client's parameters.
+    fn attach(&mut self, mut attached: Attached) {
+        if let Some(sql) = parameter_sql(&self.params, &attached.conn.overrides) {
+            frontend::encode_query(&mut attached.out, sql.as_bytes());
+            attached.tracker.swallow(Expect::Query, None);
+            attached.conn.overrides = self.params.clone().into_iter().collect();
+        }
+        self.cancel.set_target(Some(cancel_target(&attached.conn)));
+        self.server = Some(attached);
+    }
+
+    async fn flush_server(&mut self) -> Result<(), Failure> {
+        let Some(attached) = &mut self.server else {
+            return Ok(());
+        };
+        if attached.out.is_empty() {
+            return Ok(());
+        }
+        let write = attached.conn.stream.write_all(&attached.out).await;
+        attached.out.clear();
+        if write.is_err() {
+            return self.server_lost().await;
+        }
+        Ok(())
+    }
+
+    async fn flush_client(&mut self) -> std::io::Result<()> {
+        if self.client_out.is_empty() {
+            return Ok(());
+        }
+        let result = self.client.write_all(&self.client_out).await;
+        self.client_out.clear();
+        if self.client_out.capacity() > 4 * FLUSH_ABOVE {
+            // A big result grew the buffer; do not keep it for an idle client.
+            self.client_out = BytesMut::with_capacity(1024);
+        }
+        result
+    }
+
+    /// The session ends: give the server back (or drop it if mid-transaction) and say
+    /// goodbye when the proxy is the one ending it.
+    async fn finish(&mut self, result: Result<(), Failure>) {
+        if let Err(failure) = &result {
+            let mut fields = failure.to_fields();
+            if !failure.is_fatal() {
+                fields = meridian_wire::backend::ErrorFields::new(
+                    meridian_wire::backend::Severity::Fatal,
+                    fields.code(),
+                    fields.message(),
+                );
+            }
+            send_error(&mut self.client, &fields).await;
+        }
+        if let Some(attached) = self.server.take() {
+            self.cancel.set_target(None);
+            let idle = attached.tracker.is_idle() && attached.status == TransactionStatus::Idle;
+            if idle {
+                // In session pooling, this is where the session's state is reset.
+                let shared = self.shared.clone();
+                tokio::spawn(async move { release(&shared, attached).await });
+            } else {
+                // Mid-transaction: closing the connection makes the server roll it back.
+                attached.pool.release(attached.conn, false);
+            }
+        }
+        let _ = self.client.shutdown().await;
+    }
+
+    fn detach_after_failure(&mut self) {
+        if let Some(attached) = self.server.take() {
+            attached.pool.release(attached.conn, false);
+        }
+    }
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    Shutdown,
+}
+
+/// Reads from the attached server, or waits forever when there is none.
+async fn read_server(server: &mut Option<Attached>) -> std::io::Result<usize> {
+    match server {
+        Some(attached) => {
+            let buf = &mut attached.conn.read_buf;
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            attached.conn.stream.read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Gives a connection back to its pool, resetting it first when the session left state on
+/// it (always in session pooling).
+async fn release(shared: &Shared, mut attached: Attached) {
+    let must_reset = attached.dirty || shared.settings.pool_mode == PoolMode::Session;
+    let mut reusable = true;
+    if must_reset && let Some(reset) = &shared.settings.server_reset_query {
+        match attached.conn.run_internal(reset, shared.settings.max_message_size).await {
+            Ok(tags) => {
+                if tags.iter().any(|t| tag_clears_prepared(t.as_bytes())) {
+                    attached.conn.prepared.clear();
+                    attached.conn.unnamed = None;
+                }
+                if tags.iter().any(|t| t == "DISCARD ALL" || t == "RESET") {
+                    attached.conn.overrides.clear();
+                }
+            }
+            Err(_) => reusable = false,
+        }
+    }
+    attached.pool.release(attached.conn, reusable);
+}
+
+fn ensure_prepared(attached: &mut Attached, def: &StatementDef) {
+    if !attached.conn.prepared.contains(&def.id) {
+        frontend::encode_parse(&mut attached.out, &def.server_name, &def.sql, &def.param_types);
+        attached.tracker.swallow(
+            Expect::Parse,
+            Some(Undo {
+                server: Some(def.id),
+                client: None,
+            }),
+        );
+        attached.conn.prepared.insert(def.id);
+    }
+}
+
+/// `SET`/`RESET` statements that make a server connection's overrides equal the client's
+/// parameters, or `None` when they already are.
+fn parameter_sql(client: &BTreeMap<String, String>, overrides: &HashMap<String, String>) -> Option<String> {
+    let mut sql = String::new();
+    for (name, value) in client {
+        if overrides.get(name) != Some(value) {
+            sql.push_str(&format!("SET {} TO {};", quote_ident(name), quote_literal(value)));
+        }
+    }
+    for name in overrides.keys() {
+        if !client.contains_key(name) {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn cancel_target(conn: &ServerConnection) -> CancelTarget {
+    CancelTarget {
+        addr: conn.addr,
+        process_id: conn.cancel_key.0,
+        secret_key: conn.cancel_key.1.clone(),
+    }
+}
+
+fn put_frame(out: &mut BytesMut, f: &Frame) {
+    frame::write(out, f.tag, |b| b.extend_from_slice(&f.body));
+}
+
+fn parse_complete() -> Bytes {
+    let mut bytes = BytesMut::new();
+    backend::encode_parse_complete(&mut bytes);
+    bytes.freeze()
+}
+
+fn close_complete() -> Bytes {
+    let mut bytes = BytesMut::new();
+    backend::encode_close_complete(&mut bytes);
+    bytes.freeze()
+}
+
+/// Name and value of a ParameterStatus frame.
+fn parameter_status(message: &[u8]) -> Option<(String, String)> {
+    let body = &message[5..];
+    let mut parts = body.split(|&b| b == 0);
+    let name = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let value = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((name, value))
+}
+
+impl Shared {
+    /// The pool for a node, user and database, created on first use.
+    pub(crate) fn pool_for(
+        &self,
+        node: meridian_core::topology::NodeId,
+        user: &User,
+        database: &Arc<str>,
+    ) -> Option<Arc<Pool>> {
+        let view = self.view.borrow();
+        let node_view = view.node(node)?;
+        let key = PoolKey {
+            node,
+            user: user.server_user.clone(),
+            database: database.clone(),
+        };
+        Some(self.pools.get_or_create(key, || {
+            Pool::new(
+                ServerLogin {
+                    node,
+                    host: node_view.host.clone(),
+                    port: node_view.port,
+                    user: user.server_user.clone(),
+                    database: database.clone(),
+                    password: user.server_password.clone(),
+                    tls: self.settings.server_tls.clone(),
+                    connect_timeout: self.settings.connect_timeout,
+                    max_message_size: self.settings.max_message_size,
+                },
+                node_view.name.to_string(),
+                self.settings.pool.clone(),
+            )
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_sql_sets_what_differs_and_resets_what_is_extra() {
+        let client: BTreeMap<String, String> =
+            [("application_name".to_owned(), "app's".to_owned()), ("timezone".to_owned(), "UTC".to_owned())].into();
+        let mut overrides = HashMap::new();
+        assert_eq!(
+            parameter_sql(&client, &overrides).unwrap(),
+            "SET \"application_name\" TO 'app''s';SET \"timezone\" TO 'UTC';"
+        );
+        overrides = client.clone().into_iter().collect();
+        assert_eq!(parameter_sql(&client, &overrides), None);
+        overrides.insert("search_path".into(), "x".into());
+        assert_eq!(parameter_sql(&client, &overrides).unwrap(), "RESET \"search_path\";");
+    }
+
+    #[test]
+    fn parameter_status_is_read_from_the_frame() {
+        let mut bytes = BytesMut::new();
+        backend::encode_parameter_status(&mut bytes, "TimeZone", "Europe/Paris");
+        assert_eq!(parameter_status(&bytes), Some(("TimeZone".into(), "Europe/Paris".into())));
+    }
+}

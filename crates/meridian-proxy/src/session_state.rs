@@ -1,0 +1,82 @@
+//! Whether a transaction left state on its server connection that must not reach the next
+//! client of that connection.
+//!
+//! In transaction pooling a server connection serves many clients. A client's `SET`,
+//! `LISTEN`, temporary table, cursor `WITH HOLD` or session advisory lock outlives its
+//! transaction on the server; the proxy notices it from the command tags the server returns
+//! and from a few function names in the SQL, and resets the connection (`server_reset_query`,
+//! `DISCARD ALL` by default) before anyone else uses it. Changes of reported parameters are
+//! also carried by ParameterStatus, which the session tracks separately.
+
+/// Command tags (CommandComplete) of statements that change session state.
+pub fn tag_changes_session(tag: &[u8]) -> bool {
+    const PREFIXES: &[&[u8]] = &[
+        b"SET",
+        b"RESET",
+        b"DISCARD",
+        b"PREPARE",
+        b"DEALLOCATE",
+        b"LISTEN",
+        b"UNLISTEN",
+        b"DECLARE CURSOR",
+        b"LOAD",
+        // Possibly temporary objects: the tag does not tell a TEMP table from another.
+        b"CREATE TABLE",
+        b"CREATE SEQUENCE",
+        b"CREATE VIEW",
+        b"CREATE FUNCTION",
+    ];
+    PREFIXES.iter().any(|p| tag.starts_with(p))
+}
+
+/// Command tags after which the server holds none of the statements the proxy prepared.
+pub fn tag_clears_prepared(tag: &[u8]) -> bool {
+    tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"
+}
+
+/// Functions whose call changes session state without a telling command tag:
+/// `set_config(..., false)` and the session-level advisory locks (the `_xact_` variants end
+/// with the transaction and are not matched).
+pub fn sql_changes_session(sql: &[u8]) -> bool {
+    const NEEDLES: &[&[u8]] = &[b"set_config", b"pg_advisory_lock", b"pg_try_advisory_lock"];
+    NEEDLES.iter().any(|needle| contains_ignore_case(sql, needle))
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.len() >= needle.len()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_changing_tags() {
+        for tag in ["SET", "RESET", "DISCARD ALL", "PREPARE", "LISTEN", "DECLARE CURSOR", "CREATE TABLE"] {
+            assert!(tag_changes_session(tag.as_bytes()), "{tag}");
+        }
+        for tag in ["SELECT 1", "INSERT 0 1", "BEGIN", "COMMIT", "UPDATE 3", "FETCH 1", "VACUUM"] {
+            assert!(!tag_changes_session(tag.as_bytes()), "{tag}");
+        }
+    }
+
+    #[test]
+    fn session_changing_functions() {
+        assert!(sql_changes_session(b"SELECT SET_CONFIG('work_mem', '1MB', false)"));
+        assert!(sql_changes_session(b"select pg_advisory_lock(1)"));
+        assert!(sql_changes_session(b"select pg_try_advisory_lock_shared(1)"));
+        assert!(!sql_changes_session(b"select pg_advisory_xact_lock(1)"));
+        assert!(!sql_changes_session(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+        assert!(!sql_changes_session(b""));
+    }
+
+    #[test]
+    fn prepared_statements_cleared() {
+        assert!(tag_clears_prepared(b"DISCARD ALL"));
+        assert!(tag_clears_prepared(b"DEALLOCATE ALL"));
+        assert!(!tag_clears_prepared(b"DEALLOCATE"));
+    }
+}
