@@ -1,2 +1,4 @@
 //! The control plane driver: probes every node, feeds `meridian-core`'s health and failover
 //! decisions, carries out their actions and keeps the store.
+
+pub mod discovery;

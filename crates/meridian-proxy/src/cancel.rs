@@ -10,19 +10,19 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Where a session's running query can be cancelled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CancelTarget {
     /// The server.
     pub addr: SocketAddr,
     /// The server connection's process ID.
     pub process_id: i32,
     /// Its secret key.
-    pub secret_key: Bytes,
+    pub secret_key: [u8; 4],
 }
 
 /// One session's cancel key and current target.
@@ -44,7 +44,7 @@ impl CancelSlot {
     }
 
     fn target(&self) -> Option<CancelTarget> {
-        self.target.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        *self.target.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -75,16 +75,28 @@ impl CancelRegistry {
 
     /// Forgets a session's key when it ends.
     pub fn unregister(&self, process_id: i32) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&process_id);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&process_id);
     }
 
     /// Where a cancel with this key must go: `None` for an unknown key, a wrong secret, or a
     /// session that runs nothing right now (PostgreSQL ignores those silently too).
     pub fn lookup(&self, process_id: i32, secret: &[u8]) -> Option<CancelTarget> {
-        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&process_id)?.clone();
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&process_id)?
+            .clone();
         // Constant-time comparison: the secret is what stops strangers cancelling queries.
         if secret.len() != slot.secret.len()
-            || secret.iter().zip(slot.secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0
+            || secret
+                .iter()
+                .zip(slot.secret)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                != 0
         {
             return None;
         }
@@ -97,7 +109,11 @@ impl CancelRegistry {
 pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(target.addr).await?;
     let mut packet = BytesMut::new();
-    meridian_wire::startup::encode_cancel_request(&mut packet, target.process_id, &target.secret_key);
+    meridian_wire::startup::encode_cancel_request(
+        &mut packet,
+        target.process_id,
+        &target.secret_key,
+    );
     stream.write_all(&packet).await?;
     stream.shutdown().await
 }
@@ -111,13 +127,17 @@ mod tests {
         let registry = CancelRegistry::default();
         let (pid, slot) = registry.register();
         assert!(pid > 0);
-        assert_eq!(registry.lookup(pid, &slot.secret()), None, "no server attached yet");
+        assert_eq!(
+            registry.lookup(pid, &slot.secret()),
+            None,
+            "no server attached yet"
+        );
         let target = CancelTarget {
             addr: "127.0.0.1:5432".parse().unwrap(),
             process_id: 77,
-            secret_key: Bytes::from_static(&[1, 2, 3, 4]),
+            secret_key: [1, 2, 3, 4],
         };
-        slot.set_target(Some(target.clone()));
+        slot.set_target(Some(target));
         assert_eq!(registry.lookup(pid, &slot.secret()), Some(target));
         let mut wrong = slot.secret();
         wrong[0] ^= 1;
@@ -130,7 +150,8 @@ mod tests {
     #[test]
     fn process_ids_are_unique() {
         let registry = CancelRegistry::default();
-        let ids: std::collections::HashSet<i32> = (0..1000).map(|_| registry.register().0).collect();
+        let ids: std::collections::HashSet<i32> =
+            (0..1000).map(|_| registry.register().0).collect();
         assert_eq!(ids.len(), 1000);
     }
 }

@@ -30,7 +30,9 @@ pub enum Failure {
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
     /// A replication connection (`replication=...` in the startup packet).
-    #[error("replication connections are not supported through Meridian; connect to the server directly")]
+    #[error(
+        "replication connections are not supported through Meridian; connect to the server directly"
+    )]
     Replication,
     /// `max_client_connections` reached.
     #[error("sorry, too many clients already")]
@@ -58,12 +60,19 @@ pub enum Failure {
 impl Failure {
     /// Whether the client connection must be closed after the error.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Failure::Pool(_) | Failure::NoPrimary | Failure::ServerLost { .. })
+        !matches!(
+            self,
+            Failure::Pool(_) | Failure::NoPrimary | Failure::ServerLost { .. }
+        )
     }
 
     /// The ErrorResponse fields.
     pub fn to_fields(&self) -> ErrorFields {
-        let severity = if self.is_fatal() { Severity::Fatal } else { Severity::Error };
+        let severity = if self.is_fatal() {
+            Severity::Fatal
+        } else {
+            Severity::Error
+        };
         let (code, message, hint): (&str, String, Option<&str>) = match self {
             Failure::Protocol(e) => (e.sqlstate(), e.to_string(), None),
             Failure::Auth { user, source } => {
@@ -74,7 +83,11 @@ impl Failure {
                 };
                 (source.sqlstate(), message, None)
             }
-            Failure::NoUser => (sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, self.to_string(), None),
+            Failure::NoUser => (
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                self.to_string(),
+                None,
+            ),
             Failure::Replication => (sqlstate::FEATURE_NOT_SUPPORTED, self.to_string(), None),
             Failure::TooManyClients => (
                 sqlstate::TOO_MANY_CONNECTIONS,
@@ -95,7 +108,9 @@ impl Failure {
                 }
                 return relayed;
             }
-            Failure::Pool(PoolError::Connect(e)) => (sqlstate::CONNECTION_FAILURE, e.to_string(), None),
+            Failure::Pool(PoolError::Connect(e)) => {
+                (sqlstate::CONNECTION_FAILURE, e.to_string(), None)
+            }
             Failure::NoPrimary => (
                 sqlstate::CONNECTION_FAILURE,
                 self.to_string(),
@@ -135,12 +150,18 @@ mod tests {
         let lost = Failure::ServerLost { node: "pg1".into() };
         assert_eq!(lost.to_fields().code(), "08006");
         assert_eq!(lost.to_fields().severity(), "ERROR");
-        assert_eq!(Failure::Protocol(WireError::BadLength(2)).to_fields().code(), "08P01");
+        assert_eq!(
+            Failure::Protocol(WireError::BadLength(2))
+                .to_fields()
+                .code(),
+            "08P01"
+        );
     }
 
     #[test]
     fn a_server_refusal_is_relayed_with_its_own_code() {
-        let refused = ErrorFields::new(Severity::Fatal, "3D000", "database \"nope\" does not exist");
+        let refused =
+            ErrorFields::new(Severity::Fatal, "3D000", "database \"nope\" does not exist");
         let failure = Failure::Pool(PoolError::Connect(ServerError::Refused(refused)));
         let fields = failure.to_fields();
         assert_eq!(fields.code(), "3D000");

@@ -71,7 +71,9 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("pools", &self.shared.pools).finish()
+        f.debug_struct("Proxy")
+            .field("pools", &self.shared.pools)
+            .finish()
     }
 }
 
@@ -146,7 +148,9 @@ impl Proxy {
             };
             let shared = self.shared.clone();
             let stopping = stopping.clone();
-            sessions.spawn(async move {
+            // Unconstrained: a session yields whenever a socket has nothing to read, so tokio's
+            // cooperative budget only adds bookkeeping to every poll of its hot loop.
+            sessions.spawn(tokio::task::unconstrained(async move {
                 let _permit = permit;
                 let login_timeout = shared.settings.client_login_timeout;
                 match tokio::time::timeout(login_timeout, login::open(&shared, tcp)).await {
@@ -156,12 +160,13 @@ impl Proxy {
                     // connection may not even be speaking the protocol.
                     Err(_) => {}
                 }
-            });
+            }));
         }
         drop(listener);
         let _ = stop.send(true);
         let all = u32::try_from(settings.max_client_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(settings.shutdown_timeout, permits.acquire_many(all)).await;
+        let drained =
+            tokio::time::timeout(settings.shutdown_timeout, permits.acquire_many(all)).await;
         if drained.is_err() {
             sessions.abort_all();
         }
@@ -192,9 +197,17 @@ async fn refuse(mut tcp: TcpStream) {
             }
         }
     };
-    if tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok().flatten().is_some() {
+    if tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
         let mut out = BytesMut::new();
-        meridian_wire::backend::encode_error_response(&mut out, &Failure::TooManyClients.to_fields());
+        meridian_wire::backend::encode_error_response(
+            &mut out,
+            &Failure::TooManyClients.to_fields(),
+        );
         let _ = tcp.write_all(&out).await;
     }
 }

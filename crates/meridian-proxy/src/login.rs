@@ -80,7 +80,9 @@ pub(crate) async fn open(shared: &Shared, tcp: TcpStream) -> Result<Opening, Fai
                 let Stream::Plain(tcp) = stream else {
                     unreachable!("TLS is negotiated once")
                 };
-                let tls = acceptor.0.accept(tcp).await.map_err(|_| Failure::Protocol(WireError::malformed("TLS handshake", "failed")))?;
+                let tls = acceptor.0.accept(tcp).await.map_err(|_| {
+                    Failure::Protocol(WireError::malformed("TLS handshake", "failed"))
+                })?;
                 stream = Stream::ServerTls(Box::new(tls));
             }
             StartupPacket::GssEncRequest if !gss_refused => {
@@ -98,7 +100,10 @@ pub(crate) async fn open(shared: &Shared, tcp: TcpStream) -> Result<Opening, Fai
             }
             StartupPacket::Startup { version, params } => break (version, params),
             _ => {
-                let failure = Failure::Protocol(WireError::malformed("startup", "negotiation requested twice"));
+                let failure = Failure::Protocol(WireError::malformed(
+                    "startup",
+                    "negotiation requested twice",
+                ));
                 return Err(report(&mut stream, failure).await);
             }
         }
@@ -132,7 +137,10 @@ async fn authenticate(
             "user" => user_name = Some(value),
             "database" => database = Some(value),
             "replication" => {
-                if !matches!(value.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
+                if !matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "false" | "off" | "no" | "0"
+                ) {
                     return Err(Failure::Replication);
                 }
             }
@@ -144,7 +152,9 @@ async fn authenticate(
         }
     }
     let user_name = user_name.filter(|u| !u.is_empty()).ok_or(Failure::NoUser)?;
-    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user_name.clone());
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user_name.clone());
     let mut out = BytesMut::new();
     if version != PROTOCOL_3_0 || !unrecognized.is_empty() {
         // A newer minor version or protocol options: say what we speak (55.2.1).
@@ -169,7 +179,9 @@ async fn authenticate(
         }
         Some(ClientAuth::Scram(_)) | None => {
             let mut server = match user.map(|u| &u.auth) {
-                Some(ClientAuth::Scram(verifier)) => ScramServer::new(verifier.clone(), random_nonce()),
+                Some(ClientAuth::Scram(verifier)) => {
+                    ScramServer::new(verifier.clone(), random_nonce())
+                }
                 _ => ScramServer::for_unknown_user_with_salt(
                     random_nonce(),
                     &mock_salt(&shared.mock_secret, &user_name),
@@ -177,7 +189,8 @@ async fn authenticate(
             };
             backend::encode_authentication_sasl(&mut out, &[SCRAM_SHA_256]);
             send(stream, &mut out).await?;
-            let (mechanism, first) = frontend::decode_sasl_initial_response(read_password(stream, buf).await?)?;
+            let (mechanism, first) =
+                frontend::decode_sasl_initial_response(read_password(stream, buf).await?)?;
             if mechanism != SCRAM_SHA_256 {
                 return Err(Failure::Protocol(WireError::malformed(
                     "SASLInitialResponse",
@@ -192,7 +205,9 @@ async fn authenticate(
             backend::encode_authentication_sasl_final(&mut out, &server_final);
         }
     }
-    let user = user.cloned().ok_or_else(|| auth_failed(AuthError::UnknownUser))?;
+    let user = user
+        .cloned()
+        .ok_or_else(|| auth_failed(AuthError::UnknownUser))?;
     backend::encode_authentication_ok(&mut out);
     send(stream, &mut out).await?;
     Ok((user, database, params))
@@ -229,7 +244,10 @@ pub(crate) fn parse_options(options: &str) -> Vec<(String, String)> {
             word.strip_prefix("-c").map(str::to_owned)
         };
         if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
-            params.push((name.replace('-', "_").to_ascii_lowercase(), value.to_owned()));
+            params.push((
+                name.replace('-', "_").to_ascii_lowercase(),
+                value.to_owned(),
+            ));
         }
     }
     params
@@ -241,7 +259,10 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut) -> Result<Startup
             return Ok(packet);
         }
         if stream.read_buf(buf).await.unwrap_or(0) == 0 {
-            return Err(Failure::Protocol(WireError::malformed("startup", "connection closed")));
+            return Err(Failure::Protocol(WireError::malformed(
+                "startup",
+                "connection closed",
+            )));
         }
     }
 }
@@ -257,11 +278,17 @@ async fn read_password(stream: &mut Stream, buf: &mut BytesMut) -> Result<bytes:
                     "authentication",
                     "client terminated during authentication",
                 ))),
-                _ => Err(Failure::Protocol(WireError::malformed("authentication", "expected a password message"))),
+                _ => Err(Failure::Protocol(WireError::malformed(
+                    "authentication",
+                    "expected a password message",
+                ))),
             };
         }
         if stream.read_buf(buf).await.unwrap_or(0) == 0 {
-            return Err(Failure::Protocol(WireError::malformed("authentication", "connection closed")));
+            return Err(Failure::Protocol(WireError::malformed(
+                "authentication",
+                "connection closed",
+            )));
         }
     }
 }
@@ -269,7 +296,8 @@ async fn read_password(stream: &mut Stream, buf: &mut BytesMut) -> Result<bytes:
 async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), Failure> {
     let result = stream.write_all(out).await;
     out.clear();
-    result.map_err(|_| Failure::Protocol(WireError::malformed("authentication", "connection closed")))
+    result
+        .map_err(|_| Failure::Protocol(WireError::malformed("authentication", "connection closed")))
 }
 
 async fn write_or_close(stream: &mut Stream, bytes: &[u8]) -> Result<(), Failure> {
@@ -300,7 +328,9 @@ mod tests {
     #[test]
     fn options_are_split_as_postgres_does() {
         assert_eq!(
-            parse_options("-c search_path=app -c statement_timeout=5s --work-mem=64MB -cDateStyle=ISO"),
+            parse_options(
+                "-c search_path=app -c statement_timeout=5s --work-mem=64MB -cDateStyle=ISO"
+            ),
             vec![
                 ("search_path".into(), "app".into()),
                 ("statement_timeout".into(), "5s".into()),

@@ -47,7 +47,9 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// Every connection stayed busy for the whole checkout timeout.
-    #[error("no server connection became free within {timeout:?} (pool of {max_size} for {node} is exhausted)")]
+    #[error(
+        "no server connection became free within {timeout:?} (pool of {max_size} for {node} is exhausted)"
+    )]
     Exhausted {
         /// The checkout timeout.
         timeout: Duration,
@@ -69,7 +71,7 @@ enum Grant {
 
 #[derive(Default)]
 struct State {
-    idle: VecDeque<ServerConnection>,
+    idle: VecDeque<Box<ServerConnection>>,
     open: usize,
     waiters: VecDeque<oneshot::Sender<Grant>>,
 }
@@ -150,7 +152,7 @@ impl Pool {
     }
 
     /// A connection: an idle one, a new one, or the next one given back.
-    pub async fn checkout(&self) -> Result<ServerConnection, PoolError> {
+    pub async fn checkout(&self) -> Result<Box<ServerConnection>, PoolError> {
         let deadline = Instant::now() + self.settings.checkout_timeout;
         loop {
             let waiter = {
@@ -178,7 +180,7 @@ impl Pool {
                     Err(_) => {
                         rx.close();
                         match rx.try_recv() {
-                            Ok(Grant::Connection(conn)) => self.give_back(*conn),
+                            Ok(Grant::Connection(conn)) => self.give_back(conn),
                             Ok(Grant::Open) => self.slot_lost(),
                             Err(_) => {}
                         }
@@ -194,7 +196,7 @@ impl Pool {
             match grant {
                 Grant::Connection(conn) => {
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
-                    return Ok(*conn);
+                    return Ok(conn);
                 }
                 Grant::Open => {
                     let conn = self.open_connection().await?;
@@ -207,7 +209,7 @@ impl Pool {
 
     /// Gives a connection back after use. `reusable` is false when its state is unknown
     /// (an error mid-stream, a desync): it is closed and its slot freed.
-    pub fn release(&self, mut conn: ServerConnection, reusable: bool) {
+    pub fn release(&self, mut conn: Box<ServerConnection>, reusable: bool) {
         let expired = self
             .settings
             .max_lifetime
@@ -223,7 +225,7 @@ impl Pool {
 
     /// Closes every idle connection (shutdown, or the node is gone).
     pub fn close_idle(&self) {
-        let idle: Vec<ServerConnection> = {
+        let idle: Vec<Box<ServerConnection>> = {
             let mut state = self.lock();
             let idle: Vec<_> = state.idle.drain(..).collect();
             state.open -= idle.len();
@@ -248,14 +250,14 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, conn: ServerConnection) {
+    fn give_back(&self, conn: Box<ServerConnection>) {
         let mut state = self.lock();
         let mut conn = conn;
         while let Some(waiter) = state.waiters.pop_front() {
-            match waiter.send(Grant::Connection(Box::new(conn))) {
+            match waiter.send(Grant::Connection(conn)) {
                 Ok(()) => return,
                 // That waiter gave up; try the next one.
-                Err(Grant::Connection(back)) => conn = *back,
+                Err(Grant::Connection(back)) => conn = back,
                 Err(Grant::Open) => unreachable!("we sent a connection"),
             }
         }
@@ -273,7 +275,7 @@ impl Pool {
         state.open -= 1;
     }
 
-    fn take_idle(&self, state: &mut State) -> Option<ServerConnection> {
+    fn take_idle(&self, state: &mut State) -> Option<Box<ServerConnection>> {
         while let Some(conn) = state.idle.pop_back() {
             if conn.idle_since.elapsed() < CHECK_IDLE_AFTER || !conn.stream.is_broken() {
                 return Some(conn);
@@ -284,11 +286,11 @@ impl Pool {
         None
     }
 
-    async fn open_connection(&self) -> Result<ServerConnection, PoolError> {
+    async fn open_connection(&self) -> Result<Box<ServerConnection>, PoolError> {
         match ServerConnection::connect(&self.login).await {
             Ok(conn) => {
                 self.connects.fetch_add(1, Ordering::Relaxed);
-                Ok(conn)
+                Ok(Box::new(conn))
             }
             Err(e) => {
                 self.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -311,15 +313,21 @@ async fn maintain(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let expired: Vec<ServerConnection> = {
+        let expired: Vec<Box<ServerConnection>> = {
             let mut state = pool.lock();
             let mut expired = Vec::new();
             let mut kept = VecDeque::with_capacity(state.idle.len());
             // Oldest idle first: the front of the stack.
             while let Some(conn) = state.idle.pop_front() {
-                let over_idle = pool.settings.idle_timeout.is_some_and(|t| conn.idle_since.elapsed() >= t)
+                let over_idle = pool
+                    .settings
+                    .idle_timeout
+                    .is_some_and(|t| conn.idle_since.elapsed() >= t)
                     && state.open - expired.len() > pool.settings.min_size;
-                let over_age = pool.settings.max_lifetime.is_some_and(|t| conn.created.elapsed() >= t);
+                let over_age = pool
+                    .settings
+                    .max_lifetime
+                    .is_some_and(|t| conn.created.elapsed() >= t);
                 if over_idle || over_age {
                     expired.push(conn);
                 } else {
@@ -381,6 +389,11 @@ impl Pools {
 
     /// Every pool, for statistics.
     pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.pools.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }

@@ -5,13 +5,13 @@
 //! statements it created there, and whose unnamed statement is current. A server connection
 //! is used by one session at a time and owned by whoever holds it (a session or the pool).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use meridian_config::Secret;
 use meridian_core::topology::NodeId;
 use meridian_wire::auth::{AuthError, ScramClient, md5_response, random_nonce};
@@ -117,12 +117,14 @@ pub struct ServerConnection {
     pub node: NodeId,
     /// Address for cancel requests.
     pub addr: SocketAddr,
-    /// The key that cancels what this connection runs.
-    pub cancel_key: (i32, Bytes),
+    /// The key that cancels what this connection runs (protocol 3.0 keys are 4 bytes).
+    pub cancel_key: (i32, [u8; 4]),
     /// Reported run-time parameters, as the server last reported them.
     pub params: HashMap<String, String>,
-    /// Parameters the proxy set on a client's behalf since the last reset (name -> value).
-    pub overrides: HashMap<String, String>,
+    /// Parameters the proxy set on a client's behalf since the last reset (lower-case name
+    /// -> value). Shared with the session whose parameters they are, so that the common
+    /// check "already applied?" is a pointer comparison.
+    pub overrides: Arc<BTreeMap<String, String>>,
     /// Prepared statements the proxy created here.
     pub prepared: HashSet<StatementId>,
     /// Whose unnamed statement is current: (session, that session's Parse count).
@@ -146,25 +148,33 @@ impl ServerConnection {
         }
     }
 
-    async fn connect_inner(login: &ServerLogin, addr: &str) -> Result<ServerConnection, ServerError> {
+    async fn connect_inner(
+        login: &ServerLogin,
+        addr: &str,
+    ) -> Result<ServerConnection, ServerError> {
         let unreachable = |source: io::Error| ServerError::Unreachable {
             addr: addr.to_owned(),
             source,
         };
-        let tcp = TcpStream::connect((&*login.host, login.port)).await.map_err(unreachable)?;
+        let tcp = TcpStream::connect((&*login.host, login.port))
+            .await
+            .map_err(unreachable)?;
         let peer = tcp.peer_addr().map_err(unreachable)?;
         tcp.set_nodelay(true).map_err(unreachable)?;
         let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
         let mut stream = negotiate_tls(tcp, login, addr).await?;
 
         let mut out = BytesMut::new();
-        startup::encode_startup(&mut out, &[("user", &login.user), ("database", &login.database)]);
+        startup::encode_startup(
+            &mut out,
+            &[("user", &login.user), ("database", &login.database)],
+        );
         stream.write_all(&out).await.map_err(unreachable)?;
 
         let mut read_buf = BytesMut::with_capacity(8192);
         let mut scram: Option<ScramClient> = None;
         let mut params = HashMap::new();
-        let mut cancel_key = (0, Bytes::new());
+        let mut cancel_key = (0, [0; 4]);
         loop {
             let message = read_message(&mut stream, &mut read_buf, login.max_message_size)
                 .await
@@ -186,13 +196,17 @@ impl ServerConnection {
                         frontend::encode_password(&mut out, response.as_bytes());
                     }
                     Authentication::Sasl { mechanisms } => {
-                        if !mechanisms.iter().any(|m| m == meridian_wire::auth::SCRAM_SHA_256) {
+                        if !mechanisms
+                            .iter()
+                            .any(|m| m == meridian_wire::auth::SCRAM_SHA_256)
+                        {
                             return Err(ServerError::UnsupportedAuth {
                                 addr: addr.to_owned(),
                                 method: mechanisms.join(", "),
                             });
                         }
-                        let client = ScramClient::new(password(login, addr)?.expose(), random_nonce());
+                        let client =
+                            ScramClient::new(password(login, addr)?.expose(), random_nonce());
                         frontend::encode_sasl_initial_response(
                             &mut out,
                             meridian_wire::auth::SCRAM_SHA_256,
@@ -202,18 +216,23 @@ impl ServerConnection {
                     }
                     Authentication::SaslContinue(data) => {
                         let client = scram.as_mut().ok_or(WireError::UnexpectedTag(b'R'))?;
-                        let reply = client.server_first(&data).map_err(|source| ServerError::Auth {
-                            addr: addr.to_owned(),
-                            source,
-                        })?;
+                        let reply =
+                            client
+                                .server_first(&data)
+                                .map_err(|source| ServerError::Auth {
+                                    addr: addr.to_owned(),
+                                    source,
+                                })?;
                         frontend::encode_sasl_response(&mut out, &reply);
                     }
                     Authentication::SaslFinal(data) => {
                         let client = scram.as_mut().ok_or(WireError::UnexpectedTag(b'R'))?;
-                        client.server_final(&data).map_err(|source| ServerError::Auth {
-                            addr: addr.to_owned(),
-                            source,
-                        })?;
+                        client
+                            .server_final(&data)
+                            .map_err(|source| ServerError::Auth {
+                                addr: addr.to_owned(),
+                                source,
+                            })?;
                     }
                     other => {
                         return Err(ServerError::UnsupportedAuth {
@@ -228,10 +247,17 @@ impl ServerConnection {
                 BackendMessage::BackendKeyData {
                     process_id,
                     secret_key,
-                } => cancel_key = (process_id, secret_key),
+                } => {
+                    // We speak protocol 3.0 to servers, whose keys are exactly 4 bytes.
+                    let key: [u8; 4] = secret_key[..].try_into().map_err(|_| {
+                        WireError::malformed("BackendKeyData", "secret key is not 4 bytes")
+                    })?;
+                    cancel_key = (process_id, key);
+                }
                 BackendMessage::ErrorResponse(fields) => return Err(ServerError::Refused(fields)),
                 BackendMessage::ReadyForQuery(_) => break,
-                BackendMessage::NoticeResponse(_) | BackendMessage::NegotiateProtocolVersion { .. } => {}
+                BackendMessage::NoticeResponse(_)
+                | BackendMessage::NegotiateProtocolVersion { .. } => {}
                 BackendMessage::Other(f) => return Err(WireError::UnexpectedTag(f.tag).into()),
                 _ => return Err(WireError::UnexpectedTag(b'?').into()),
             }
@@ -247,7 +273,7 @@ impl ServerConnection {
             addr: peer,
             cancel_key,
             params,
-            overrides: HashMap::new(),
+            overrides: Arc::default(),
             prepared: HashSet::new(),
             unnamed: None,
             created: now,
@@ -256,7 +282,7 @@ impl ServerConnection {
     }
 
     /// Sends Terminate and closes, ignoring errors: the connection is being discarded.
-    pub async fn terminate(mut self) {
+    pub async fn terminate(mut self: Box<Self>) {
         let mut out = BytesMut::new();
         frontend::encode_terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), async {
@@ -269,7 +295,11 @@ impl ServerConnection {
     /// Runs a query whose results nobody needs (a reset, `SET`s) and reads up to
     /// ReadyForQuery, tracking ParameterStatus. Returns the command tags; fails if the server
     /// reports an error.
-    pub async fn run_internal(&mut self, sql: &str, max_message_size: usize) -> Result<Vec<String>, ServerError> {
+    pub async fn run_internal(
+        &mut self,
+        sql: &str,
+        max_message_size: usize,
+    ) -> Result<Vec<String>, ServerError> {
         let mut out = BytesMut::new();
         frontend::encode_query(&mut out, sql.as_bytes());
         let io = |source: io::Error| ServerError::Unreachable {
@@ -294,7 +324,9 @@ impl ServerConnection {
                     self.params.insert(name, value);
                 }
                 BackendMessage::ErrorResponse(fields) => failure = Some(fields),
-                BackendMessage::CommandComplete { tag } => tags.push(String::from_utf8_lossy(&tag).into_owned()),
+                BackendMessage::CommandComplete { tag } => {
+                    tags.push(String::from_utf8_lossy(&tag).into_owned())
+                }
                 BackendMessage::ReadyForQuery(_) => break,
                 _ => {}
             }
@@ -311,15 +343,22 @@ fn self_addr(addr: SocketAddr) -> String {
 }
 
 fn password<'a>(login: &'a ServerLogin, addr: &str) -> Result<&'a Secret, ServerError> {
-    login.password.as_ref().ok_or_else(|| ServerError::NoPassword {
-        addr: addr.to_owned(),
-        user: login.user.to_string(),
-    })
+    login
+        .password
+        .as_ref()
+        .ok_or_else(|| ServerError::NoPassword {
+            addr: addr.to_owned(),
+            user: login.user.to_string(),
+        })
 }
 
 /// SSLRequest and handshake per `server_tls.mode` (PostgreSQL docs, 55.2.10 "SSL Session
 /// Encryption"): the server answers one byte, `S` or `N`.
-async fn negotiate_tls(mut tcp: TcpStream, login: &ServerLogin, addr: &str) -> Result<Stream, ServerError> {
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    login: &ServerLogin,
+    addr: &str,
+) -> Result<Stream, ServerError> {
     let (connector, required) = match &login.tls {
         ServerTls::Disable => return Ok(Stream::Plain(tcp)),
         ServerTls::Prefer(connector) => (connector, false),
@@ -335,13 +374,16 @@ async fn negotiate_tls(mut tcp: TcpStream, login: &ServerLogin, addr: &str) -> R
     let answer = tcp.read_u8().await.map_err(unreachable)?;
     match answer {
         b'S' => {
-            let name = ServerTls::server_name(&login.host)
-                .map_err(|e| unreachable(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
+            let name = ServerTls::server_name(&login.host).map_err(|e| {
+                unreachable(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+            })?;
             let tls = connector.connect(name, tcp).await.map_err(unreachable)?;
             Ok(Stream::ClientTls(Box::new(tls)))
         }
         b'N' if !required => Ok(Stream::Plain(tcp)),
-        b'N' => Err(ServerError::TlsRefused { addr: addr.to_owned() }),
+        b'N' => Err(ServerError::TlsRefused {
+            addr: addr.to_owned(),
+        }),
         other => Err(WireError::UnexpectedTag(other).into()),
     }
 }

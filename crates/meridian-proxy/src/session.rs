@@ -18,7 +18,7 @@
 //! connection), except in session pooling, where its session state died with the server and
 //! the connection is closed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -75,17 +75,14 @@ struct Undo {
 /// A borrowed server connection and the state of its use.
 #[derive(Debug)]
 struct Attached {
-    conn: ServerConnection,
+    conn: Box<ServerConnection>,
     pool: Arc<Pool>,
-    tracker: Tracker<Undo>,
     /// The client changed session state: reset before the connection is reused.
     dirty: bool,
     /// The server's transaction status at its last ReadyForQuery.
     status: TransactionStatus,
     /// The rest of a large frame being streamed: bytes left, and whether they go to the client.
     streaming: Option<(usize, bool)>,
-    /// Bytes waiting to be written to the server.
-    out: BytesMut,
 }
 
 /// One client session.
@@ -97,9 +94,15 @@ pub(crate) struct Session {
     client_out: BytesMut,
     user: User,
     database: Arc<str>,
-    params: BTreeMap<String, String>,
+    /// The client's run-time parameters (lower-case names); see `CLIENT_REPORTED`.
+    params: Arc<BTreeMap<String, String>>,
     statements: ClientStatements,
     server: Option<Attached>,
+    /// Replies the attached server owes (empty whenever no server is attached). Kept here,
+    /// not per connection, so its allocation is reused across transactions.
+    tracker: Tracker<Undo>,
+    /// Bytes waiting to be written to the attached server.
+    server_out: BytesMut,
     /// The last pool used, kept to avoid a lookup per transaction.
     pool: Option<Arc<Pool>>,
     cancel_pid: i32,
@@ -122,7 +125,11 @@ impl Drop for Session {
 impl Session {
     /// Completes the login (server parameters, cancel key) and relays until the client
     /// leaves, the proxy shuts down, or a fatal error.
-    pub(crate) async fn run(shared: Arc<Shared>, login: Authenticated, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(
+        shared: Arc<Shared>,
+        login: Authenticated,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let (cancel_pid, cancel) = shared.cancels.register();
         let id = shared.next_session_id();
         let mut session = Session {
@@ -133,9 +140,11 @@ impl Session {
             client_out: BytesMut::with_capacity(1024),
             user: login.user,
             database: Arc::from(login.database),
-            params: login.params,
+            params: Arc::new(login.params),
             statements: ClientStatements::default(),
             server: None,
+            tracker: Tracker::default(),
+            server_out: BytesMut::with_capacity(1024),
             pool: None,
             cancel_pid,
             cancel,
@@ -158,25 +167,41 @@ impl Session {
     async fn start(&mut self) -> Result<(), Failure> {
         let mut conn = self.checkout().await?;
         if let Some(sql) = parameter_sql(&self.params, &conn.conn.overrides) {
-            let result = conn.conn.run_internal(&sql, self.shared.settings.max_message_size).await;
+            let result = conn
+                .conn
+                .run_internal(&sql, self.shared.settings.max_message_size)
+                .await;
             if let Err(e) = result {
                 conn.pool.release(conn.conn, false);
                 return Err(Failure::Pool(e.into()));
             }
-            conn.conn.overrides = self.params.clone().into_iter().collect();
         }
+        conn.conn.overrides = self.params.clone();
         for (name, value) in &conn.conn.params {
             backend::encode_parameter_status(&mut self.client_out, name, value);
         }
-        backend::encode_backend_key_data(&mut self.client_out, self.cancel_pid, &self.cancel.secret());
+        backend::encode_backend_key_data(
+            &mut self.client_out,
+            self.cancel_pid,
+            &self.cancel.secret(),
+        );
         backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
         self.cancel.set_target(Some(cancel_target(&conn.conn)));
         self.server = Some(conn);
-        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        self.flush_client()
+            .await
+            .map_err(|_| Failure::ShuttingDown)?;
         Ok(())
     }
 
     async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Failure> {
+        // One future for the whole session, not one per loop turn: registering a waiter on
+        // the channel at every message showed up in profiles.
+        let stop = async {
+            // A dropped sender means the proxy itself is gone: shut down too.
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        tokio::pin!(stop);
         loop {
             self.release_if_done().await;
             if self.closing && self.server_is_idle() {
@@ -192,11 +217,7 @@ impl Session {
                 tokio::select! {
                     read = client.read_buf(client_in) => Event::Client(read),
                     read = read_server(server) => Event::Server(read),
-                    changed = shutdown.changed(), if !self.closing => {
-                        // A dropped sender means the proxy itself is gone: shut down too.
-                        let _ = changed;
-                        Event::Shutdown
-                    }
+                    () = &mut stop, if !self.closing => Event::Shutdown,
                 }
             };
             match event {
@@ -216,7 +237,7 @@ impl Session {
     fn server_is_idle(&self) -> bool {
         match &self.server {
             None => true,
-            Some(attached) => attached.tracker.is_idle() && attached.status == TransactionStatus::Idle,
+            Some(attached) => self.tracker.is_idle() && attached.status == TransactionStatus::Idle,
         }
     }
 
@@ -229,7 +250,8 @@ impl Session {
                 break;
             };
             if self.client_in.len() < header.frame_len {
-                self.client_in.reserve(header.frame_len - self.client_in.len());
+                self.client_in
+                    .reserve(header.frame_len - self.client_in.len());
                 break;
             }
             let f = frame::decode(&mut self.client_in, max)?.expect("checked whole");
@@ -238,10 +260,10 @@ impl Session {
             }
         }
         self.flush_server().await?;
-        if let Some(attached) = &mut self.server {
-            attached.tracker.drain_answers(&mut self.client_out);
-        }
-        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        self.tracker.drain_answers(&mut self.client_out);
+        self.flush_client()
+            .await
+            .map_err(|_| Failure::ShuttingDown)?;
         Ok(false)
     }
 
@@ -272,7 +294,9 @@ impl Session {
                 }
                 FrontendMessage::Flush => return Ok(false),
                 // The rest of a COPY whose server died: dropped, the error was reported.
-                FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                FrontendMessage::CopyData(_)
+                | FrontendMessage::CopyDone
+                | FrontendMessage::CopyFail { .. } => {
                     return Ok(false);
                 }
                 _ => {}
@@ -302,7 +326,9 @@ impl Session {
     fn fail_message(&mut self, message: &FrontendMessage, failure: &Failure) {
         backend::encode_error_response(&mut self.client_out, &failure.to_fields());
         match message {
-            FrontendMessage::Query { .. } | FrontendMessage::FunctionCall(_) | FrontendMessage::Sync => {
+            FrontendMessage::Query { .. }
+            | FrontendMessage::FunctionCall(_)
+            | FrontendMessage::Sync => {
                 backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
             }
             _ => self.discard_until_sync = true,
@@ -310,11 +336,11 @@ impl Session {
     }
 
     fn reply_ready_without_server(&mut self) {
-        match &mut self.server {
+        match &self.server {
             // The Sync must still reach the server if one is attached: it owes the reply.
-            Some(attached) => {
-                frontend::encode_sync(&mut attached.out);
-                attached.tracker.forward(Expect::Sync, None);
+            Some(_) => {
+                frontend::encode_sync(&mut self.server_out);
+                self.tracker.forward(Expect::Sync, None);
             }
             None => backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle),
         }
@@ -328,12 +354,12 @@ impl Session {
         match message {
             FrontendMessage::Query { sql } => {
                 attached.dirty |= transaction_pooling && sql_changes_session(&sql);
-                put_frame(&mut attached.out, &raw);
-                attached.tracker.forward(Expect::Query, None);
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.forward(Expect::Query, None);
             }
             FrontendMessage::FunctionCall(_) => {
-                put_frame(&mut attached.out, &raw);
-                attached.tracker.forward(Expect::Query, None);
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.forward(Expect::Query, None);
             }
             FrontendMessage::Parse {
                 name,
@@ -344,24 +370,28 @@ impl Session {
                     let def = Arc::new(StatementDef::unnamed(sql, param_types));
                     let seq = self.statements.set_unnamed(def);
                     attached.conn.unnamed = Some((session_id, seq));
-                    put_frame(&mut attached.out, &raw);
-                    attached.tracker.forward(Expect::Parse, None);
+                    put_frame(&mut self.server_out, &raw);
+                    self.tracker.forward(Expect::Parse, None);
                 } else if self.statements.get(&name).is_some() {
                     // PostgreSQL: a named statement cannot be redefined (42P05).
                     let error = meridian_wire::backend::ErrorFields::new(
                         meridian_wire::backend::Severity::Error,
                         meridian_wire::sqlstate::DUPLICATE_PREPARED_STATEMENT,
-                        format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(&name)),
+                        format!(
+                            "prepared statement \"{}\" already exists",
+                            String::from_utf8_lossy(&name)
+                        ),
                     );
                     let mut bytes = BytesMut::new();
                     backend::encode_error_response(&mut bytes, &error);
-                    attached.tracker.answer_error(Expect::Parse, bytes.freeze(), None);
+                    self.tracker
+                        .answer_error(Expect::Parse, bytes.freeze(), None);
                     self.discard_until_sync = true;
                 } else {
                     let def = self.shared.statements.intern(sql, param_types);
                     self.statements.insert(name.clone(), def.clone());
                     if attached.conn.prepared.contains(&def.id) {
-                        attached.tracker.answer(
+                        self.tracker.answer(
                             Expect::Parse,
                             parse_complete(),
                             Some(Undo {
@@ -370,9 +400,14 @@ impl Session {
                             }),
                         );
                     } else {
-                        frontend::encode_parse(&mut attached.out, &def.server_name, &def.sql, &def.param_types);
+                        frontend::encode_parse(
+                            &mut self.server_out,
+                            &def.server_name,
+                            &def.sql,
+                            &def.param_types,
+                        );
                         attached.conn.prepared.insert(def.id);
-                        attached.tracker.forward(
+                        self.tracker.forward(
                             Expect::Parse,
                             Some(Undo {
                                 server: Some(def.id),
@@ -390,22 +425,32 @@ impl Session {
                 if statement.is_empty() {
                     if let Some((def, seq)) = self.statements.unnamed() {
                         if attached.conn.unnamed != Some((session_id, *seq)) {
-                            frontend::encode_parse(&mut attached.out, b"", &def.sql, &def.param_types);
-                            attached.tracker.swallow(Expect::Parse, None);
+                            frontend::encode_parse(
+                                &mut self.server_out,
+                                b"",
+                                &def.sql,
+                                &def.param_types,
+                            );
+                            self.tracker.swallow(Expect::Parse, None);
                             attached.conn.unnamed = Some((session_id, *seq));
                         }
                         attached.dirty |= transaction_pooling && def.changes_session;
                     }
-                    put_frame(&mut attached.out, &raw);
+                    put_frame(&mut self.server_out, &raw);
                 } else if let Some(def) = self.statements.get(&statement) {
-                    ensure_prepared(attached, def);
+                    ensure_prepared(
+                        &mut attached.conn,
+                        &mut self.tracker,
+                        &mut self.server_out,
+                        def,
+                    );
                     attached.dirty |= transaction_pooling && def.changes_session;
-                    frontend::encode_bind(&mut attached.out, &portal, &def.server_name, &rest);
+                    frontend::encode_bind(&mut self.server_out, &portal, &def.server_name, &rest);
                 } else {
                     // Unknown to us: the server answers 26000 naming the client's statement.
-                    put_frame(&mut attached.out, &raw);
+                    put_frame(&mut self.server_out, &raw);
                 }
-                attached.tracker.forward(Expect::Bind, None);
+                self.tracker.forward(Expect::Bind, None);
             }
             FrontendMessage::Describe {
                 target: Target::Statement,
@@ -413,16 +458,25 @@ impl Session {
             } if !name.is_empty() => {
                 match self.statements.get(&name) {
                     Some(def) => {
-                        ensure_prepared(attached, def);
-                        frontend::encode_describe(&mut attached.out, Target::Statement, &def.server_name);
+                        ensure_prepared(
+                            &mut attached.conn,
+                            &mut self.tracker,
+                            &mut self.server_out,
+                            def,
+                        );
+                        frontend::encode_describe(
+                            &mut self.server_out,
+                            Target::Statement,
+                            &def.server_name,
+                        );
                     }
-                    None => put_frame(&mut attached.out, &raw),
+                    None => put_frame(&mut self.server_out, &raw),
                 }
-                attached.tracker.forward(Expect::Describe, None);
+                self.tracker.forward(Expect::Describe, None);
             }
             FrontendMessage::Describe { .. } => {
-                put_frame(&mut attached.out, &raw);
-                attached.tracker.forward(Expect::Describe, None);
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.forward(Expect::Describe, None);
             }
             FrontendMessage::Close {
                 target: Target::Statement,
@@ -430,22 +484,22 @@ impl Session {
             } if !name.is_empty() => {
                 // Other clients may share the server statement: forget the client's name only.
                 self.statements.remove(&name);
-                attached.tracker.answer(Expect::Close, close_complete(), None);
+                self.tracker.answer(Expect::Close, close_complete(), None);
             }
             FrontendMessage::Close { .. } => {
-                put_frame(&mut attached.out, &raw);
-                attached.tracker.forward(Expect::Close, None);
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.forward(Expect::Close, None);
             }
             FrontendMessage::Execute { .. } => {
-                put_frame(&mut attached.out, &raw);
-                attached.tracker.forward(Expect::Execute, None);
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.forward(Expect::Execute, None);
             }
             FrontendMessage::Sync => {
-                put_frame(&mut attached.out, &raw);
-                attached.tracker.forward(Expect::Sync, None);
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.forward(Expect::Sync, None);
             }
             // Flush and COPY messages expect no reply of their own.
-            _ => put_frame(&mut attached.out, &raw),
+            _ => put_frame(&mut self.server_out, &raw),
         }
     }
 
@@ -454,7 +508,10 @@ impl Session {
         let max = self.shared.settings.max_message_size;
         let transaction_pooling = self.shared.settings.pool_mode == PoolMode::Transaction;
         loop {
-            let attached = self.server.as_mut().expect("reading from an attached server");
+            let attached = self
+                .server
+                .as_mut()
+                .expect("reading from an attached server");
             let buf = &mut attached.conn.read_buf;
             if let Some((left, to_client)) = &mut attached.streaming {
                 let n = (*left).min(buf.len());
@@ -476,25 +533,27 @@ impl Session {
             };
             if buf.len() < header.frame_len {
                 if matches!(header.tag, b'D' | b'd') && header.frame_len > STREAM_ABOVE {
-                    attached.tracker.drain_answers(&mut self.client_out);
-                    attached.streaming = Some((header.frame_len, attached.tracker.head_forwards()));
+                    self.tracker.drain_answers(&mut self.client_out);
+                    attached.streaming = Some((header.frame_len, self.tracker.head_forwards()));
                     continue;
                 }
                 buf.reserve(header.frame_len - buf.len());
                 break;
             }
-            let message = buf.split_to(header.frame_len);
+            let message = &buf[..header.frame_len];
             match header.tag {
                 b'S' => {
-                    if let Some((name, value)) = parameter_status(&message) {
+                    if let Some((name, value)) = parameter_status(message) {
                         let key = name.to_ascii_lowercase();
-                        if attached.tracker.head_forwards() && CLIENT_REPORTED.contains(&key.as_str()) {
-                            self.params.insert(key, value.clone());
+                        if self.tracker.head_forwards() && CLIENT_REPORTED.contains(&key.as_str()) {
+                            if self.params.get(&key) != Some(&value) {
+                                Arc::make_mut(&mut self.params).insert(key, value.clone());
+                            }
                         }
                         attached.conn.params.insert(name, value);
                     }
                 }
-                b'C' if attached.tracker.head_forwards() => {
+                b'C' if self.tracker.head_forwards() => {
                     let tag = &message[5..message.len().saturating_sub(1)];
                     attached.dirty |= transaction_pooling && tag_changes_session(tag);
                     if tag_clears_prepared(tag) {
@@ -509,10 +568,14 @@ impl Session {
                 }
                 _ => {}
             }
-            if attached.tracker.on_server_message(&message, &mut self.client_out).is_err() {
+            let relayed = self
+                .tracker
+                .on_server_message(message, &mut self.client_out);
+            buf.advance(header.frame_len);
+            if relayed.is_err() {
                 return self.server_lost().await;
             }
-            for undo in attached.tracker.take_undo() {
+            for undo in self.tracker.take_undo() {
                 if let Some(id) = undo.server {
                     attached.conn.prepared.remove(&id);
                 }
@@ -521,25 +584,30 @@ impl Session {
                 }
             }
             if self.client_out.len() > FLUSH_ABOVE {
-                self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+                self.flush_client()
+                    .await
+                    .map_err(|_| Failure::ShuttingDown)?;
             }
         }
-        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        self.flush_client()
+            .await
+            .map_err(|_| Failure::ShuttingDown)?;
         Ok(())
     }
 
     /// The server connection failed: tell the client what it was waiting for.
     async fn server_lost(&mut self) -> Result<(), Failure> {
-        let Some(mut attached) = self.server.take() else {
+        let Some(attached) = self.server.take() else {
             return Ok(());
         };
         self.cancel.set_target(None);
         let node = attached.pool.node_name().to_owned();
-        let owed = attached.tracker.owed_ready();
-        let unfinished = attached.tracker.in_unfinished_batch();
+        let owed = self.tracker.owed_ready();
+        let unfinished = self.tracker.in_unfinished_batch();
         let in_transaction = attached.status != TransactionStatus::Idle;
-        let was_busy = !attached.tracker.is_idle();
-        for undo in attached.tracker.abandon() {
+        let was_busy = !self.tracker.is_idle();
+        self.server_out.clear();
+        for undo in self.tracker.abandon() {
             if let Some(name) = undo.client {
                 self.statements.remove(&name);
             }
@@ -562,7 +630,9 @@ impl Session {
         if !was_busy && in_transaction {
             self.lost_transaction = Some(node);
         }
-        self.flush_client().await.map_err(|_| Failure::ShuttingDown)?;
+        self.flush_client()
+            .await
+            .map_err(|_| Failure::ShuttingDown)?;
         Ok(())
     }
 
@@ -573,8 +643,8 @@ impl Session {
             return;
         }
         let done = self.server.as_ref().is_some_and(|a| {
-            a.tracker.is_idle() && a.status == TransactionStatus::Idle && a.streaming.is_none() && a.out.is_empty()
-        });
+            self.tracker.is_idle() && a.status == TransactionStatus::Idle && a.streaming.is_none()
+        }) && self.server_out.is_empty();
         if done {
             let attached = self.server.take().expect("checked");
             self.cancel.set_target(None);
@@ -592,7 +662,10 @@ impl Session {
         let pool = match &self.pool {
             Some(pool) if pool.node() == node => pool.clone(),
             _ => {
-                let pool = self.shared.pool_for(node, &self.user, &self.database).ok_or(Failure::NoPrimary)?;
+                let pool = self
+                    .shared
+                    .pool_for(node, &self.user, &self.database)
+                    .ok_or(Failure::NoPrimary)?;
                 self.pool = Some(pool.clone());
                 pool
             }
@@ -601,21 +674,19 @@ impl Session {
         Ok(Attached {
             conn,
             pool,
-            tracker: Tracker::default(),
             dirty: false,
             status: TransactionStatus::Idle,
             streaming: None,
-            out: BytesMut::new(),
         })
     }
 
     /// Makes `attached` the session's server, first re-applying the client's parameters.
     fn attach(&mut self, mut attached: Attached) {
         if let Some(sql) = parameter_sql(&self.params, &attached.conn.overrides) {
-            frontend::encode_query(&mut attached.out, sql.as_bytes());
-            attached.tracker.swallow(Expect::Query, None);
-            attached.conn.overrides = self.params.clone().into_iter().collect();
+            frontend::encode_query(&mut self.server_out, sql.as_bytes());
+            self.tracker.swallow(Expect::Query, None);
         }
+        attached.conn.overrides = self.params.clone();
         self.cancel.set_target(Some(cancel_target(&attached.conn)));
         self.server = Some(attached);
     }
@@ -624,11 +695,11 @@ impl Session {
         let Some(attached) = &mut self.server else {
             return Ok(());
         };
-        if attached.out.is_empty() {
+        if self.server_out.is_empty() {
             return Ok(());
         }
-        let write = attached.conn.stream.write_all(&attached.out).await;
-        attached.out.clear();
+        let write = attached.conn.stream.write_all(&self.server_out).await;
+        self.server_out.clear();
         if write.is_err() {
             return self.server_lost().await;
         }
@@ -664,7 +735,7 @@ impl Session {
         }
         if let Some(attached) = self.server.take() {
             self.cancel.set_target(None);
-            let idle = attached.tracker.is_idle() && attached.status == TransactionStatus::Idle;
+            let idle = self.tracker.is_idle() && attached.status == TransactionStatus::Idle;
             if idle {
                 // In session pooling, this is where the session's state is reset.
                 let shared = self.shared.clone();
@@ -710,14 +781,18 @@ async fn release(shared: &Shared, mut attached: Attached) {
     let must_reset = attached.dirty || shared.settings.pool_mode == PoolMode::Session;
     let mut reusable = true;
     if must_reset && let Some(reset) = &shared.settings.server_reset_query {
-        match attached.conn.run_internal(reset, shared.settings.max_message_size).await {
+        match attached
+            .conn
+            .run_internal(reset, shared.settings.max_message_size)
+            .await
+        {
             Ok(tags) => {
                 if tags.iter().any(|t| tag_clears_prepared(t.as_bytes())) {
                     attached.conn.prepared.clear();
                     attached.conn.unnamed = None;
                 }
                 if tags.iter().any(|t| t == "DISCARD ALL" || t == "RESET") {
-                    attached.conn.overrides.clear();
+                    attached.conn.overrides = Arc::default();
                 }
             }
             Err(_) => reusable = false,
@@ -726,27 +801,42 @@ async fn release(shared: &Shared, mut attached: Attached) {
     attached.pool.release(attached.conn, reusable);
 }
 
-fn ensure_prepared(attached: &mut Attached, def: &StatementDef) {
-    if !attached.conn.prepared.contains(&def.id) {
-        frontend::encode_parse(&mut attached.out, &def.server_name, &def.sql, &def.param_types);
-        attached.tracker.swallow(
+fn ensure_prepared(
+    conn: &mut ServerConnection,
+    tracker: &mut Tracker<Undo>,
+    out: &mut BytesMut,
+    def: &StatementDef,
+) {
+    if !conn.prepared.contains(&def.id) {
+        frontend::encode_parse(out, &def.server_name, &def.sql, &def.param_types);
+        tracker.swallow(
             Expect::Parse,
             Some(Undo {
                 server: Some(def.id),
                 client: None,
             }),
         );
-        attached.conn.prepared.insert(def.id);
+        conn.prepared.insert(def.id);
     }
 }
 
 /// `SET`/`RESET` statements that make a server connection's overrides equal the client's
 /// parameters, or `None` when they already are.
-fn parameter_sql(client: &BTreeMap<String, String>, overrides: &HashMap<String, String>) -> Option<String> {
+fn parameter_sql(
+    client: &Arc<BTreeMap<String, String>>,
+    overrides: &Arc<BTreeMap<String, String>>,
+) -> Option<String> {
+    if Arc::ptr_eq(client, overrides) || client == overrides {
+        return None;
+    }
     let mut sql = String::new();
-    for (name, value) in client {
+    for (name, value) in client.iter() {
         if overrides.get(name) != Some(value) {
-            sql.push_str(&format!("SET {} TO {};", quote_ident(name), quote_literal(value)));
+            sql.push_str(&format!(
+                "SET {} TO {};",
+                quote_ident(name),
+                quote_literal(value)
+            ));
         }
     }
     for name in overrides.keys() {
@@ -769,7 +859,7 @@ fn cancel_target(conn: &ServerConnection) -> CancelTarget {
     CancelTarget {
         addr: conn.addr,
         process_id: conn.cancel_key.0,
-        secret_key: conn.cancel_key.1.clone(),
+        secret_key: conn.cancel_key.1,
     }
 }
 
@@ -839,23 +929,35 @@ mod tests {
 
     #[test]
     fn parameter_sql_sets_what_differs_and_resets_what_is_extra() {
-        let client: BTreeMap<String, String> =
-            [("application_name".to_owned(), "app's".to_owned()), ("timezone".to_owned(), "UTC".to_owned())].into();
-        let mut overrides = HashMap::new();
+        let client: Arc<BTreeMap<String, String>> = Arc::new(
+            [
+                ("application_name".to_owned(), "app's".to_owned()),
+                ("timezone".to_owned(), "UTC".to_owned()),
+            ]
+            .into(),
+        );
+        let mut overrides = Arc::default();
         assert_eq!(
             parameter_sql(&client, &overrides).unwrap(),
             "SET \"application_name\" TO 'app''s';SET \"timezone\" TO 'UTC';"
         );
-        overrides = client.clone().into_iter().collect();
-        assert_eq!(parameter_sql(&client, &overrides), None);
-        overrides.insert("search_path".into(), "x".into());
-        assert_eq!(parameter_sql(&client, &overrides).unwrap(), "RESET \"search_path\";");
+        overrides = Arc::new((*client).clone());
+        assert_eq!(parameter_sql(&client, &overrides), None, "equal contents");
+        assert_eq!(parameter_sql(&client, &client.clone()), None, "same map");
+        Arc::make_mut(&mut overrides).insert("search_path".into(), "x".into());
+        assert_eq!(
+            parameter_sql(&client, &overrides).unwrap(),
+            "RESET \"search_path\";"
+        );
     }
 
     #[test]
     fn parameter_status_is_read_from_the_frame() {
         let mut bytes = BytesMut::new();
         backend::encode_parameter_status(&mut bytes, "TimeZone", "Europe/Paris");
-        assert_eq!(parameter_status(&bytes), Some(("TimeZone".into(), "Europe/Paris".into())));
+        assert_eq!(
+            parameter_status(&bytes),
+            Some(("TimeZone".into(), "Europe/Paris".into()))
+        );
     }
 }

@@ -37,16 +37,23 @@ pub fn tag_clears_prepared(tag: &[u8]) -> bool {
 /// Functions whose call changes session state without a telling command tag:
 /// `set_config(..., false)` and the session-level advisory locks (the `_xact_` variants end
 /// with the transaction and are not matched).
+///
+/// Runs on every simple query, so it looks only around underscores (each name has one at a
+/// known offset) instead of comparing every position.
 pub fn sql_changes_session(sql: &[u8]) -> bool {
-    const NEEDLES: &[&[u8]] = &[b"set_config", b"pg_advisory_lock", b"pg_try_advisory_lock"];
-    NEEDLES.iter().any(|needle| contains_ignore_case(sql, needle))
-}
-
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len()
-        && haystack
-            .windows(needle.len())
-            .any(|window| window.eq_ignore_ascii_case(needle))
+    const NEEDLES: &[(usize, &[u8])] = &[
+        (3, b"set_config"),
+        (2, b"pg_advisory_lock"),
+        (2, b"pg_try_advisory_lock"),
+    ];
+    memchr::memchr_iter(b'_', sql).any(|underscore| {
+        NEEDLES.iter().any(|&(offset, needle)| {
+            underscore >= offset
+                && sql
+                    .get(underscore - offset..underscore - offset + needle.len())
+                    .is_some_and(|window| window.eq_ignore_ascii_case(needle))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -55,22 +62,47 @@ mod tests {
 
     #[test]
     fn session_changing_tags() {
-        for tag in ["SET", "RESET", "DISCARD ALL", "PREPARE", "LISTEN", "DECLARE CURSOR", "CREATE TABLE"] {
+        for tag in [
+            "SET",
+            "RESET",
+            "DISCARD ALL",
+            "PREPARE",
+            "LISTEN",
+            "DECLARE CURSOR",
+            "CREATE TABLE",
+        ] {
             assert!(tag_changes_session(tag.as_bytes()), "{tag}");
         }
-        for tag in ["SELECT 1", "INSERT 0 1", "BEGIN", "COMMIT", "UPDATE 3", "FETCH 1", "VACUUM"] {
+        for tag in [
+            "SELECT 1",
+            "INSERT 0 1",
+            "BEGIN",
+            "COMMIT",
+            "UPDATE 3",
+            "FETCH 1",
+            "VACUUM",
+        ] {
             assert!(!tag_changes_session(tag.as_bytes()), "{tag}");
         }
     }
 
     #[test]
     fn session_changing_functions() {
-        assert!(sql_changes_session(b"SELECT SET_CONFIG('work_mem', '1MB', false)"));
+        assert!(sql_changes_session(
+            b"SELECT SET_CONFIG('work_mem', '1MB', false)"
+        ));
         assert!(sql_changes_session(b"select pg_advisory_lock(1)"));
-        assert!(sql_changes_session(b"select pg_try_advisory_lock_shared(1)"));
+        assert!(sql_changes_session(
+            b"select pg_try_advisory_lock_shared(1)"
+        ));
         assert!(!sql_changes_session(b"select pg_advisory_xact_lock(1)"));
-        assert!(!sql_changes_session(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+        assert!(!sql_changes_session(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        ));
         assert!(!sql_changes_session(b""));
+        assert!(!sql_changes_session(b"_"));
+        assert!(!sql_changes_session(b"et_config"));
+        assert!(sql_changes_session(b"x.set_config('a','b',false)"));
     }
 
     #[test]

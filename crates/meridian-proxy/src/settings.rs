@@ -86,19 +86,23 @@ impl ProxySettings {
             let password = user.password.as_ref();
             let auth = match (user.auth, password) {
                 (AuthMethod::Trust, _) => ClientAuth::Trust,
-                (AuthMethod::ScramSha256, Some(PasswordSpec::Plain(plain))) => {
-                    ClientAuth::Scram(ScramVerifier::derive(plain.expose(), &random_salt(), DEFAULT_ITERATIONS))
-                }
+                (AuthMethod::ScramSha256, Some(PasswordSpec::Plain(plain))) => ClientAuth::Scram(
+                    ScramVerifier::derive(plain.expose(), &random_salt(), DEFAULT_ITERATIONS),
+                ),
                 (AuthMethod::ScramSha256, Some(PasswordSpec::ScramVerifier(text))) => {
-                    ClientAuth::Scram(ScramVerifier::parse(text.expose()).map_err(|e| SettingsError::Password {
-                        index,
-                        message: format!("not a valid SCRAM verifier: {e}"),
+                    ClientAuth::Scram(ScramVerifier::parse(text.expose()).map_err(|e| {
+                        SettingsError::Password {
+                            index,
+                            message: format!("not a valid SCRAM verifier: {e}"),
+                        }
                     })?)
                 }
                 (AuthMethod::Md5, Some(PasswordSpec::Plain(plain))) => {
                     ClientAuth::Md5(Secret::new(md5_hash(&user.name, plain.expose())))
                 }
-                (AuthMethod::Md5, Some(PasswordSpec::Md5Hash(hash))) => ClientAuth::Md5(hash.clone()),
+                (AuthMethod::Md5, Some(PasswordSpec::Md5Hash(hash))) => {
+                    ClientAuth::Md5(hash.clone())
+                }
                 (method, _) => {
                     // meridian-config refuses these combinations; this guards the invariant.
                     return Err(SettingsError::Password {
@@ -127,7 +131,10 @@ impl ProxySettings {
             ServerTlsMode::Require => ServerTls::require()?,
             ServerTlsMode::VerifyFull => {
                 let root = config.server_tls.root_cert.as_deref().ok_or_else(|| {
-                    TlsSetupError::new("server_tls.root_cert", "verify-full needs a root certificate")
+                    TlsSetupError::new(
+                        "server_tls.root_cert",
+                        "verify-full needs a root certificate",
+                    )
                 })?;
                 ServerTls::verify_full(root)?
             }

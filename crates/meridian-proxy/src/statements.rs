@@ -135,7 +135,10 @@ mod tests {
         let c = registry.intern(Bytes::from_static(b"SELECT $1"), vec![25]);
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
-        assert_eq!(&a.server_name[..], format!("__meridian_{}", a.id.0).as_bytes());
+        assert_eq!(
+            &a.server_name[..],
+            format!("__meridian_{}", a.id.0).as_bytes()
+        );
     }
 
     #[test]
@@ -147,7 +150,10 @@ mod tests {
         }
         let size = registry.by_text.lock().unwrap().len();
         assert!(size < PRUNE_ABOVE, "{size}");
-        assert_eq!(registry.intern(Bytes::from_static(b"kept"), vec![]).id, kept.id);
+        assert_eq!(
+            registry.intern(Bytes::from_static(b"kept"), vec![]).id,
+            kept.id
+        );
     }
 
     #[test]

@@ -60,9 +60,13 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<ClientTls, TlsSetupError> {
         .collect::<Result<_, _>>()
         .map_err(|e| setup_error(format!("tls.cert {}", cert.display()), e))?;
     if chain.is_empty() {
-        return Err(setup_error(format!("tls.cert {}", cert.display()), "no certificate in the file"));
+        return Err(setup_error(
+            format!("tls.cert {}", cert.display()),
+            "no certificate in the file",
+        ));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| setup_error(format!("tls.key {}", key.display()), e))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| setup_error(format!("tls.key {}", key.display()), e))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| setup_error("tls", e))?
@@ -109,7 +113,9 @@ impl ServerTls {
         let what = || format!("server_tls.root_cert {}", root_cert.display());
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(root_cert).map_err(|e| setup_error(what(), e))? {
-            roots.add(cert.map_err(|e| setup_error(what(), e))?).map_err(|e| setup_error(what(), e))?;
+            roots
+                .add(cert.map_err(|e| setup_error(what(), e))?)
+                .map_err(|e| setup_error(what(), e))?;
         }
         if roots.is_empty() {
             return Err(setup_error(what(), "no certificate in the file"));

@@ -164,12 +164,21 @@ impl<U> Tracker<U> {
         loop {
             match self.queue.front().map(|e| &e.action) {
                 Some(Action::Answer(_)) => {
-                    if let Some(Entry { action: Action::Answer(reply), .. }) = self.queue.pop_front() {
+                    if let Some(Entry {
+                        action: Action::Answer(reply),
+                        ..
+                    }) = self.queue.pop_front()
+                    {
                         client.extend_from_slice(&reply);
                     }
                 }
                 Some(Action::AnswerError(_)) => {
-                    if let Some(Entry { action: Action::AnswerError(error), undo, .. }) = self.queue.pop_front() {
+                    if let Some(Entry {
+                        action: Action::AnswerError(error),
+                        undo,
+                        ..
+                    }) = self.queue.pop_front()
+                    {
                         client.extend_from_slice(&error);
                         self.undo.extend(undo);
                         self.skip_to_sync();
@@ -198,12 +207,18 @@ impl<U> Tracker<U> {
 
     /// Whether the replies now arriving belong to a message the client sent (and are relayed).
     pub fn head_forwards(&self) -> bool {
-        self.queue.front().is_some_and(|e| e.action == Action::Forward)
+        self.queue
+            .front()
+            .is_some_and(|e| e.action == Action::Forward)
     }
 
     /// Handles one whole server message `frame` (tag, length and body): relays it to
     /// `client` or not, and retires entries.
-    pub fn on_server_message(&mut self, frame: &[u8], client: &mut BytesMut) -> Result<Outcome, Desync> {
+    pub fn on_server_message(
+        &mut self,
+        frame: &[u8],
+        client: &mut BytesMut,
+    ) -> Result<Outcome, Desync> {
         let tag = frame[0];
         let mut outcome = Outcome { ready: None };
         self.drain_answers(client);
@@ -213,7 +228,10 @@ impl<U> Tracker<U> {
             return Ok(outcome);
         }
         let Some(head) = self.queue.front() else {
-            return Err(Desync { tag, expected: None });
+            return Err(Desync {
+                tag,
+                expected: None,
+            });
         };
         let expect = head.expect;
         if tag == b'E' {
@@ -257,7 +275,9 @@ impl<U> Tracker<U> {
     pub fn owed_ready(&self) -> usize {
         self.queue
             .iter()
-            .filter(|e| matches!(e.expect, Expect::Sync | Expect::Query) && e.action != Action::Swallow)
+            .filter(|e| {
+                matches!(e.expect, Expect::Sync | Expect::Query) && e.action != Action::Swallow
+            })
             .count()
     }
 
@@ -278,7 +298,10 @@ impl<U> Tracker<U> {
 }
 
 fn is_terminal_of_any(tag: u8) -> bool {
-    matches!(tag, b'1' | b'2' | b'3' | b'Z' | b'T' | b'n' | b'C' | b'I' | b's')
+    matches!(
+        tag,
+        b'1' | b'2' | b'3' | b'Z' | b'T' | b'n' | b'C' | b'I' | b's'
+    )
 }
 
 #[cfg(test)]
@@ -322,7 +345,15 @@ mod tests {
     fn simple_query_relays_everything_up_to_ready() {
         let mut t = Tracker::default();
         t.forward(Expect::Query, None);
-        let (client, outcomes) = feed(&mut t, &[msg(b'T', b"x"), msg(b'D', b"y"), msg(b'C', b"SELECT 1\0"), ready(b'I')]);
+        let (client, outcomes) = feed(
+            &mut t,
+            &[
+                msg(b'T', b"x"),
+                msg(b'D', b"y"),
+                msg(b'C', b"SELECT 1\0"),
+                ready(b'I'),
+            ],
+        );
         assert_eq!(client, "TDCZ");
         assert_eq!(outcomes[3].ready, Some(TransactionStatus::Idle));
         assert!(t.is_idle());
@@ -332,7 +363,10 @@ mod tests {
     fn an_error_inside_a_simple_query_does_not_end_it() {
         let mut t = Tracker::default();
         t.forward(Expect::Query, None);
-        let (client, outcomes) = feed(&mut t, &[msg(b'C', b"BEGIN\0"), msg(b'E', b"x"), ready(b'E')]);
+        let (client, outcomes) = feed(
+            &mut t,
+            &[msg(b'C', b"BEGIN\0"), msg(b'E', b"x"), ready(b'E')],
+        );
         assert_eq!(client, "CEZ");
         assert_eq!(outcomes[2].ready, Some(TransactionStatus::Failed));
     }
@@ -345,8 +379,16 @@ mod tests {
         t.forward(Expect::Bind, None);
         t.forward(Expect::Execute, None);
         t.forward(Expect::Sync, None);
-        let (client, outcomes) =
-            feed(&mut t, &[msg(b'1', b""), msg(b'2', b""), msg(b'D', b""), msg(b'C', b"SELECT 1\0"), ready(b'I')]);
+        let (client, outcomes) = feed(
+            &mut t,
+            &[
+                msg(b'1', b""),
+                msg(b'2', b""),
+                msg(b'D', b""),
+                msg(b'C', b"SELECT 1\0"),
+                ready(b'I'),
+            ],
+        );
         assert_eq!(client, "2DCZ");
         assert_eq!(outcomes[4].ready, Some(TransactionStatus::Idle));
         assert!(t.take_undo().is_empty());
@@ -401,7 +443,10 @@ mod tests {
         t.swallow(Expect::Parse, Some("injected"));
         t.forward(Expect::Bind, None);
         t.forward(Expect::Sync, None);
-        let (client, _) = feed(&mut t, &[msg(b'E', b"relation does not exist"), ready(b'I')]);
+        let (client, _) = feed(
+            &mut t,
+            &[msg(b'E', b"relation does not exist"), ready(b'I')],
+        );
         assert_eq!(client, "EZ");
         assert_eq!(t.take_undo(), vec!["injected"]);
     }
@@ -412,10 +457,20 @@ mod tests {
         t.swallow(Expect::Query, None);
         t.forward(Expect::Query, None);
         assert_eq!(t.owed_ready(), 1);
-        let (client, outcomes) =
-            feed(&mut t, &[msg(b'C', b"SET\0"), ready(b'I'), msg(b'C', b"SELECT 0\0"), ready(b'I')]);
+        let (client, outcomes) = feed(
+            &mut t,
+            &[
+                msg(b'C', b"SET\0"),
+                ready(b'I'),
+                msg(b'C', b"SELECT 0\0"),
+                ready(b'I'),
+            ],
+        );
         assert_eq!(client, "CZ");
-        assert_eq!(outcomes[1].ready, None, "the injected query's ReadyForQuery is not the client's");
+        assert_eq!(
+            outcomes[1].ready, None,
+            "the injected query's ReadyForQuery is not the client's"
+        );
         assert_eq!(outcomes[3].ready, Some(TransactionStatus::Idle));
     }
 
@@ -425,7 +480,16 @@ mod tests {
         t.forward(Expect::Describe, None);
         t.forward(Expect::Describe, None);
         t.forward(Expect::Sync, None);
-        let (client, _) = feed(&mut t, &[msg(b't', b""), msg(b'T', b""), msg(b't', b""), msg(b'n', b""), ready(b'I')]);
+        let (client, _) = feed(
+            &mut t,
+            &[
+                msg(b't', b""),
+                msg(b'T', b""),
+                msg(b't', b""),
+                msg(b'n', b""),
+                ready(b'I'),
+            ],
+        );
         assert_eq!(client, "tTtnZ");
         assert!(t.is_idle());
     }
@@ -434,7 +498,15 @@ mod tests {
     fn asynchronous_messages_pass_through_at_any_time() {
         let mut t = Tracker::<&str>::default();
         t.swallow(Expect::Query, None);
-        let (client, _) = feed(&mut t, &[msg(b'S', b"TimeZone\0UTC\0"), msg(b'N', b""), msg(b'A', b""), ready(b'I')]);
+        let (client, _) = feed(
+            &mut t,
+            &[
+                msg(b'S', b"TimeZone\0UTC\0"),
+                msg(b'N', b""),
+                msg(b'A', b""),
+                ready(b'I'),
+            ],
+        );
         assert_eq!(client, "SNA");
     }
 
@@ -444,12 +516,18 @@ mod tests {
         let mut client = BytesMut::new();
         assert_eq!(
             t.on_server_message(&ready(b'I'), &mut client),
-            Err(Desync { tag: b'Z', expected: None })
+            Err(Desync {
+                tag: b'Z',
+                expected: None
+            })
         );
         t.forward(Expect::Bind, None);
         assert_eq!(
             t.on_server_message(&msg(b'1', b""), &mut client),
-            Err(Desync { tag: b'1', expected: Some(Expect::Bind) })
+            Err(Desync {
+                tag: b'1',
+                expected: Some(Expect::Bind)
+            })
         );
     }
 
@@ -457,7 +535,16 @@ mod tests {
     fn copy_inside_a_query_flows_until_ready() {
         let mut t = Tracker::<&str>::default();
         t.forward(Expect::Query, None);
-        let (client, _) = feed(&mut t, &[msg(b'H', b""), msg(b'd', b"row"), msg(b'c', b""), msg(b'C', b"COPY 1\0"), ready(b'I')]);
+        let (client, _) = feed(
+            &mut t,
+            &[
+                msg(b'H', b""),
+                msg(b'd', b"row"),
+                msg(b'c', b""),
+                msg(b'C', b"COPY 1\0"),
+                ready(b'I'),
+            ],
+        );
         assert_eq!(client, "HdcCZ");
     }
 

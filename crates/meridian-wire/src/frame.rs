@@ -119,14 +119,10 @@ impl Reader {
 
     /// A NUL-terminated string, without its NUL.
     pub fn cstr(&mut self) -> Result<Bytes, WireError> {
-        let end = self
-            .body
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(WireError::malformed(
-                self.message,
-                "string without terminator",
-            ))?;
+        let end = memchr::memchr(0, &self.body).ok_or(WireError::malformed(
+            self.message,
+            "string without terminator",
+        ))?;
         let text = self.body.split_to(end);
         self.body.advance(1);
         Ok(text)

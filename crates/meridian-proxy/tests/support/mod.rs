@@ -55,8 +55,11 @@ impl ProxyUnderTest {
         }
         let path = dir.path().join("meridian.toml");
         std::fs::write(&path, text).unwrap();
-        let config = Config::load(Some(&path), &Environment::from_pairs(Vec::<(String, String)>::new()))
-            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let config = Config::load(
+            Some(&path),
+            &Environment::from_pairs(Vec::<(String, String)>::new()),
+        )
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let settings = ProxySettings::from_config(&config).unwrap();
         let (view, view_rx) = watch::channel(Arc::new(view_of(cluster, 0)));
         let proxy = Proxy::new(settings, view_rx);
@@ -95,8 +98,13 @@ impl ProxyUnderTest {
     }
 
     /// Connects as `user`.
-    pub async fn connect_as(&self, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(&self.conninfo(user, password), NoTls).await?;
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.conninfo(user, password), NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -109,7 +117,10 @@ impl ProxyUnderTest {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(timeout, task).await.expect("the proxy did not shut down").unwrap();
+            tokio::time::timeout(timeout, task)
+                .await
+                .expect("the proxy did not shut down")
+                .unwrap();
         }
     }
 }
@@ -137,7 +148,11 @@ pub fn view_of(cluster: &TestCluster, primary: usize) -> ClusterView {
                 region: Arc::from(node.region()),
                 host: Arc::from("127.0.0.1"),
                 port: node.port(),
-                role: if i == primary { Role::Primary } else { Role::Replica },
+                role: if i == primary {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                },
                 health: Health::Healthy,
             })
             .collect(),
