@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Proxy throughput and memory, side by side in one run: PostgreSQL direct vs PgBouncer vs
+# Meridian, pgbench interleaved round by round so that the noise of a shared machine hits all
+# three alike. Prints median TPS and ratios per workload, Meridian's resident memory idle and
+# after the 64-client run, the memory per idle client (1,000 clients) and whether 10,000
+# concurrent clients are accepted.
+#
+# usage: bench/proxy.sh            (env: ROUNDS=3 DURATION=10 POOL_SIZE=20 SCALE=10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+POOL_SIZE=${POOL_SIZE:-20}
+SCALE=${SCALE:-10}
+
+command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: apt-get install -y pgbouncer" >&2; exit 1; }
+command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
+
+echo "building (release)..."
+cargo build --release -q -p meridian -p meridian-testkit --example cluster
+target=${CARGO_TARGET_DIR:-target}/release
+
+work=$(mktemp -d /tmp/meridian-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  exec 9>&- 8<&- 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A primary and one streaming replica, from the test kit; it stops when this script ends.
+mkfifo "$work/cluster.in"
+"$target/examples/cluster" --replicas 1 < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
+pids+=($!)
+exec 9>"$work/cluster.in"   # keep the cluster's stdin open until exit
+for _ in $(seq 600); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.1; done
+grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.err" >&2; exit 1; }
+pg_port=$(awk '$1 == "node" {print $5; exit}' "$work/cluster.out")
+echo "cluster: primary on port $pg_port"
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# PgBouncer refuses to run as root: run it as the test kit's server user then.
+run_as=()
+if [ "$(id -u)" = 0 ]; then run_as=(runuser -u "${MERIDIAN_PG_USER:-meridian-pg}" --); chown "${MERIDIAN_PG_USER:-meridian-pg}" "$work"; fi
+bouncer_port=$(free_port)
+cat > "$work/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/users.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 20000
+logfile = $work/pgbouncer.log
+EOF
+echo '"postgres" ""' > "$work/users.txt"
+"${run_as[@]}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!)
+
+meridian_port=$(free_port)
+cat > "$work/meridian.toml" <<EOF
+listen = "127.0.0.1:$meridian_port"
+[proxy]
+pool_mode = "transaction"
+max_client_connections = 20000
+[pool]
+max_size = $POOL_SIZE
+[[users]]
+name = "postgres"
+auth = "trust"
+[[regions]]
+name = "bench"
+[[regions.nodes]]
+name = "primary"
+host = "127.0.0.1"
+port = $pg_port
+EOF
+MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian.toml" > "$work/meridian.log" 2>&1 &
+meridian_pid=$!
+pids+=($meridian_pid)
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+wait_port "$bouncer_port"
+wait_port "$meridian_port"
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$meridian_pid/status"; }
+rss_idle=$(rss_kib)
+
+declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [meridian]=$meridian_port)
+workloads=("select-only -c 8|-S -c 8 -j 2" "select-only -c 64|-S -c 64 -j 2" "TPC-B-like -c 8|-c 8 -j 2" "select-only -M prepared -c 8|-S -M prepared -c 8 -j 2")
+declare -A tps
+for round in $(seq "$ROUNDS"); do
+  for workload in "${workloads[@]}"; do
+    name=${workload%%|*}; args=${workload#*|}
+    for target_name in direct pgbouncer meridian; do
+      # shellcheck disable=SC2086
+      out=$(pgbench -h 127.0.0.1 -p "${ports[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
+      value=$(awk '/^tps = / {print $3}' <<<"$out")
+      if [ -z "$value" ] || grep -q "number of failed transactions: [1-9]" <<<"$out" || grep -qi "error" <<<"$out"; then value=fail; fi
+      tps["$name|$target_name"]+="$value "
+    done
+    echo "round $round: $name done"
+  done
+  [ "$round" = 1 ] && rss_after_64=$(rss_kib)
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | { mapfile -t v; if printf '%s\n' "${v[@]}" | grep -q fail; then echo fail; else printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.0f\n", a[int((NR+1)/2)]}'; fi; }; }
+ratio() { if [ "$1" = fail ] || [ "$2" = fail ]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; fi; }
+
+echo
+echo "pgbench, median of $ROUNDS interleaved rounds of ${DURATION}s, pool size $POOL_SIZE, scale $SCALE"
+printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
+printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
+for workload in "${workloads[@]}"; do
+  name=${workload%%|*}
+  d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
+  printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
+done
+
+echo
+echo "Meridian resident memory: idle $((rss_idle / 1024)) MiB, after the -c 64 run $((rss_after_64 / 1024)) MiB"
+before=$(rss_kib)
+exec 8< <(python3 bench/clients.py 127.0.0.1 "$meridian_port" postgres 1000 5)
+read -r line <&8
+after=$(rss_kib)
+echo "1,000 idle clients: $line, $(( (after - before) * 1024 / 1000 / 1024 )) KiB resident per client"
+exec 8<&-
+# Wait until the 1,000 are gone (Meridian's open descriptors back near idle).
+for _ in $(seq 100); do [ "$(ls "/proc/$meridian_pid/fd" | wc -l)" -lt 200 ] && break; sleep 0.1; done
+exec 8< <(python3 bench/clients.py 127.0.0.1 "$meridian_port" postgres 10000 2)
+read -r line <&8
+echo "10,000 concurrent clients: $line (resident $(( $(rss_kib) / 1024 )) MiB)"
+exec 8<&-
