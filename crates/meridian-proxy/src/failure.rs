@@ -66,9 +66,19 @@ impl Failure {
         )
     }
 
-    /// The ErrorResponse fields.
+    /// The ErrorResponse fields, `FATAL` when the connection ends with it.
     pub fn to_fields(&self) -> ErrorFields {
-        let severity = if self.is_fatal() {
+        self.fields(self.is_fatal())
+    }
+
+    /// The ErrorResponse fields of a failure that ends the connection (during login or
+    /// when the session stops), `FATAL` whatever the failure.
+    pub fn to_fatal_fields(&self) -> ErrorFields {
+        self.fields(true)
+    }
+
+    fn fields(&self, fatal: bool) -> ErrorFields {
+        let severity = if fatal {
             Severity::Fatal
         } else {
             Severity::Error
@@ -102,11 +112,10 @@ impl Failure {
             ),
             Failure::Pool(PoolError::Connect(ServerError::Refused(fields))) => {
                 // The server's own words (no such database, role, ...), relayed as they are.
-                let mut relayed = fields.clone();
-                if relayed.severity() == "FATAL" {
-                    relayed = ErrorFields::new(severity, fields.code(), fields.message());
+                if fields.severity() == severity.as_str() {
+                    return fields.clone();
                 }
-                return relayed;
+                return ErrorFields::new(severity, fields.code(), fields.message());
             }
             Failure::Pool(PoolError::Connect(e)) => {
                 (sqlstate::CONNECTION_FAILURE, e.to_string(), None)
@@ -150,6 +159,8 @@ mod tests {
         let lost = Failure::ServerLost { node: "pg1".into() };
         assert_eq!(lost.to_fields().code(), "08006");
         assert_eq!(lost.to_fields().severity(), "ERROR");
+        assert_eq!(lost.to_fatal_fields().severity(), "FATAL");
+        assert_eq!(lost.to_fatal_fields().code(), "08006");
         assert_eq!(
             Failure::Protocol(WireError::BadLength(2))
                 .to_fields()

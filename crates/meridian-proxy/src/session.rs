@@ -153,7 +153,8 @@ impl Session {
             closing: *shutdown.borrow(),
         };
         if let Err(failure) = session.start().await {
-            send_error(&mut session.client, &failure.to_fields()).await;
+            // A failure during login ends the connection, as PostgreSQL's login errors do.
+            send_error(&mut session.client, &failure.to_fatal_fields()).await;
             session.detach_after_failure();
             return;
         }
@@ -723,15 +724,7 @@ impl Session {
     /// goodbye when the proxy is the one ending it.
     async fn finish(&mut self, result: Result<(), Failure>) {
         if let Err(failure) = &result {
-            let mut fields = failure.to_fields();
-            if !failure.is_fatal() {
-                fields = meridian_wire::backend::ErrorFields::new(
-                    meridian_wire::backend::Severity::Fatal,
-                    fields.code(),
-                    fields.message(),
-                );
-            }
-            send_error(&mut self.client, &fields).await;
+            send_error(&mut self.client, &failure.to_fatal_fields()).await;
         }
         if let Some(attached) = self.server.take() {
             self.cancel.set_target(None);
