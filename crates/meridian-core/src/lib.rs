@@ -4,6 +4,7 @@
 //! tested exhaustively without servers. The async crates gather inputs and carry out the
 //! decisions.
 
+pub mod classify;
 pub mod lsn;
 pub mod routing;
 pub mod topology;
