@@ -21,18 +21,14 @@ pub fn main(config_path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let threads: Option<usize> = std::env::var("MERIDIAN_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut builder = if threads == Some(0) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if let Some(n) = threads.filter(|&n| n > 0) {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    // The control side (discovery now; probes, API later) gets a small runtime of its own;
+    // the data plane runs on its own thread (see `serve`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("meridian-control")
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("meridian: cannot start the runtime: {e}");
@@ -61,14 +57,54 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     let (_view_tx, view_rx) = watch::channel(Arc::new(view));
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
     tracing::info!(listen = %config.listen, "accepting clients");
     let proxy = Proxy::new(settings, view_rx);
-    proxy.run(listener, shutdown_signal()).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let data_plane = run_data_plane(proxy, listener, stopped)?;
+    shutdown_signal().await;
+    let _ = stop.send(());
+    // The data plane finishes its graceful shutdown (bounded by proxy.shutdown_timeout).
+    tokio::task::spawn_blocking(move || data_plane.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the data plane thread panicked"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the proxy on a thread of its own with a single-threaded runtime.
+///
+/// Measured on these 2-core machines: a relay task costs about half the user CPU per
+/// transaction on a current-thread runtime than on the multi-threaded scheduler, whose
+/// cross-thread wake-ups and work stealing show up on every message. PgBouncer is
+/// single-threaded for the same reason.
+fn run_data_plane(
+    proxy: Proxy,
+    listener: std::net::TcpListener,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the data plane runtime")?;
+    Ok(std::thread::Builder::new()
+        .name("meridian-proxy".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        proxy
+                            .run(listener, async {
+                                let _ = stopped.await;
+                            })
+                            .await
+                    }
+                    Err(e) => tracing::error!("cannot use the listener: {e}"),
+                }
+            })
+        })?)
 }
 
 /// Completes at the first SIGINT or SIGTERM.
