@@ -71,10 +71,11 @@ pub(crate) async fn open(shared: &Shared, tcp: TcpStream) -> Result<Opening, Fai
                 if !buf.is_empty() {
                     // Bytes after an SSLRequest, before the handshake, could only have been
                     // injected by a man in the middle (CVE-2021-23214).
-                    return Err(Failure::Protocol(WireError::malformed(
+                    let failure = Failure::Protocol(WireError::malformed(
                         "SSLRequest",
                         "followed by unencrypted data",
-                    )));
+                    ));
+                    return Err(report(&mut stream, failure).await);
                 }
                 write_or_close(&mut stream, b"S").await?;
                 let Stream::Plain(tcp) = stream else {

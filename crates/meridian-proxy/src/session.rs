@@ -83,6 +83,9 @@ struct Attached {
     status: TransactionStatus,
     /// The rest of a large frame being streamed: bytes left, and whether they go to the client.
     streaming: Option<(usize, bool)>,
+    /// The server announced it is closing (a FATAL error, relayed to the client as ERROR):
+    /// the request it answered needs no second error when the connection then drops.
+    said_goodbye: bool,
 }
 
 /// One client session.
@@ -246,10 +249,7 @@ impl Session {
     /// terminated.
     async fn on_client_bytes(&mut self) -> Result<bool, Failure> {
         let max = self.shared.settings.max_message_size;
-        loop {
-            let Some(header) = frame::check(&self.client_in, max)? else {
-                break;
-            };
+        while let Some(header) = frame::check(&self.client_in, max)? {
             if self.client_in.len() < header.frame_len {
                 self.client_in
                     .reserve(header.frame_len - self.client_in.len());
@@ -499,7 +499,11 @@ impl Session {
                 put_frame(&mut self.server_out, &raw);
                 self.tracker.forward(Expect::Sync, None);
             }
-            // Flush and COPY messages expect no reply of their own.
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                put_frame(&mut self.server_out, &raw);
+                self.tracker.copy_ended();
+            }
+            // Flush and CopyData expect no reply of their own.
             _ => put_frame(&mut self.server_out, &raw),
         }
     }
@@ -546,10 +550,11 @@ impl Session {
                 b'S' => {
                     if let Some((name, value)) = parameter_status(message) {
                         let key = name.to_ascii_lowercase();
-                        if self.tracker.head_forwards() && CLIENT_REPORTED.contains(&key.as_str()) {
-                            if self.params.get(&key) != Some(&value) {
-                                Arc::make_mut(&mut self.params).insert(key, value.clone());
-                            }
+                        if self.tracker.head_forwards()
+                            && CLIENT_REPORTED.contains(&key.as_str())
+                            && self.params.get(&key) != Some(&value)
+                        {
+                            Arc::make_mut(&mut self.params).insert(key, value.clone());
                         }
                         attached.conn.params.insert(name, value);
                     }
@@ -569,6 +574,19 @@ impl Session {
                 }
                 _ => {}
             }
+            let goodbye;
+            let message = match header.tag {
+                // A server that ends the connection (terminated backend, shutdown) says so
+                // with FATAL. The client's connection to the proxy survives it, so the client
+                // hears it as an ERROR of the same code; in session pooling the session dies
+                // with the server and FATAL is the truth.
+                b'E' if transaction_pooling && is_fatal(message) => {
+                    attached.said_goodbye = true;
+                    goodbye = as_error(message);
+                    &goodbye[..]
+                }
+                _ => message,
+            };
             let relayed = self
                 .tracker
                 .on_server_message(message, &mut self.client_out);
@@ -607,6 +625,7 @@ impl Session {
         let unfinished = self.tracker.in_unfinished_batch();
         let in_transaction = attached.status != TransactionStatus::Idle;
         let was_busy = !self.tracker.is_idle();
+        let said_goodbye = attached.said_goodbye;
         self.server_out.clear();
         for undo in self.tracker.abandon() {
             if let Some(name) = undo.client {
@@ -620,8 +639,11 @@ impl Session {
             // server: the client cannot go on as if nothing happened. `finish` says so, FATAL.
             return Err(failure);
         }
-        for _ in 0..owed {
-            backend::encode_error_response(&mut self.client_out, &failure.to_fields());
+        for n in 0..owed {
+            // The server's own goodbye already answered the first pending request.
+            if n > 0 || !said_goodbye {
+                backend::encode_error_response(&mut self.client_out, &failure.to_fields());
+            }
             backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
         }
         if unfinished {
@@ -678,6 +700,7 @@ impl Session {
             dirty: false,
             status: TransactionStatus::Idle,
             streaming: None,
+            said_goodbye: false,
         })
     }
 
@@ -870,6 +893,36 @@ fn close_complete() -> Bytes {
     let mut bytes = BytesMut::new();
     backend::encode_close_complete(&mut bytes);
     bytes.freeze()
+}
+
+/// Whether an ErrorResponse frame has severity FATAL or PANIC.
+fn is_fatal(message: &[u8]) -> bool {
+    error_fields(message).is_some_and(|fields| matches!(fields.severity(), "FATAL" | "PANIC"))
+}
+
+/// The same ErrorResponse with severity ERROR.
+fn as_error(message: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    if let Some(fields) = error_fields(message) {
+        let error = meridian_wire::backend::ErrorFields::new(
+            meridian_wire::backend::Severity::Error,
+            fields.code(),
+            fields.message(),
+        );
+        backend::encode_error_response(&mut out, &error);
+    }
+    out
+}
+
+fn error_fields(message: &[u8]) -> Option<meridian_wire::backend::ErrorFields> {
+    let frame = Frame {
+        tag: message[0],
+        body: Bytes::copy_from_slice(&message[5..]),
+    };
+    match meridian_wire::backend::BackendMessage::decode(frame) {
+        Ok(meridian_wire::backend::BackendMessage::ErrorResponse(fields)) => Some(fields),
+        _ => None,
+    }
 }
 
 /// Name and value of a ParameterStatus frame.

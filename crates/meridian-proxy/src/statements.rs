@@ -51,10 +51,13 @@ impl StatementDef {
 /// Past this many distinct statements, the registry forgets the ones no client holds.
 const PRUNE_ABOVE: usize = 10_000;
 
+/// What makes two statements the same: their text and parameter types.
+type StatementText = (Bytes, Vec<u32>);
+
 /// Every distinct statement clients have prepared, by text.
 #[derive(Debug, Default)]
 pub struct StatementRegistry {
-    by_text: Mutex<HashMap<(Bytes, Vec<u32>), Arc<StatementDef>>>,
+    by_text: Mutex<HashMap<StatementText, Arc<StatementDef>>>,
     next: AtomicU64,
 }
 

@@ -16,6 +16,10 @@
 //! | Close    | CloseComplete `3` |
 //! | Sync, Query, FunctionCall | ReadyForQuery `Z` |
 //!
+//! During COPY FROM STDIN the server ignores Sync (55.2.6: libpq sends one right after the
+//! Execute, before it knows the statement is a COPY), so the Syncs a client sends between the
+//! start of a copy-in and its CopyDone or CopyFail are owed nothing.
+//!
 //! An ErrorResponse ends the extended-protocol message it answers, and the server then skips
 //! every message until the next Sync: the tracker drops those entries too (a statement the
 //! server never prepared must be forgotten: each entry may carry an *undo* payload handed
@@ -48,6 +52,9 @@ pub enum Expect {
     Sync,
     /// A simple Query (or a FunctionCall): replies end with ReadyForQuery.
     Query,
+    /// Not a reply: the client ended a COPY FROM STDIN (CopyDone or CopyFail) before the
+    /// server said the copy started. Marks where the Syncs the server ignores end.
+    CopyEnd,
 }
 
 impl Expect {
@@ -59,6 +66,7 @@ impl Expect {
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
+            Expect::CopyEnd => false,
         }
     }
 }
@@ -110,6 +118,8 @@ pub struct Tracker<U> {
     queue: VecDeque<Entry<U>>,
     /// Undo payloads of entries that failed or were skipped, until taken.
     undo: Vec<U>,
+    /// The server is in copy-in mode: Syncs from the client are ignored by it.
+    copy_in: bool,
 }
 
 impl<U> Default for Tracker<U> {
@@ -117,6 +127,7 @@ impl<U> Default for Tracker<U> {
         Tracker {
             queue: VecDeque::new(),
             undo: Vec::new(),
+            copy_in: false,
         }
     }
 }
@@ -124,6 +135,10 @@ impl<U> Default for Tracker<U> {
 impl<U> Tracker<U> {
     /// The client sent `expect`; its replies are relayed.
     pub fn forward(&mut self, expect: Expect, undo: Option<U>) {
+        if self.copy_in && expect == Expect::Sync {
+            // Ignored by a server in copy-in mode: nothing will answer it.
+            return;
+        }
         self.queue.push_back(Entry {
             expect,
             action: Action::Forward,
@@ -147,6 +162,39 @@ impl<U> Tracker<U> {
             action: Action::Answer(reply),
             undo,
         });
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn copy_ended(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            // The server has not said the copy started yet: mark where it will end.
+            self.queue.push_back(Entry {
+                expect: Expect::CopyEnd,
+                action: Action::Forward,
+                undo: None,
+            });
+        }
+    }
+
+    /// The server started a copy-in (CopyInResponse): the Syncs queued since, up to the
+    /// client's CopyDone or CopyFail if it came already, will not be answered.
+    fn copy_in_started(&mut self) {
+        let mut index = 1;
+        while index < self.queue.len() {
+            match self.queue[index].expect {
+                Expect::Sync => {
+                    self.queue.remove(index);
+                }
+                Expect::CopyEnd => {
+                    self.queue.remove(index);
+                    return;
+                }
+                _ => index += 1,
+            }
+        }
+        self.copy_in = true;
     }
 
     /// The proxy fails the client's `expect` itself with this ErrorResponse, in order.
@@ -183,6 +231,12 @@ impl<U> Tracker<U> {
                         self.undo.extend(undo);
                         self.skip_to_sync();
                     }
+                }
+                // A copy-end marker owes nothing once it comes up.
+                Some(Action::Forward)
+                    if self.queue.front().map(|e| e.expect) == Some(Expect::CopyEnd) =>
+                {
+                    self.queue.pop_front();
                 }
                 _ => return,
             }
@@ -234,8 +288,14 @@ impl<U> Tracker<U> {
             });
         };
         let expect = head.expect;
+        let forward = head.action == Action::Forward;
+        if tag == b'G' {
+            self.copy_in_started();
+        }
         if tag == b'E' {
             client.extend_from_slice(frame);
+            // An error ends copy-in mode; the server then discards input up to a Sync.
+            self.copy_in = false;
             if expect != Expect::Query && expect != Expect::Sync {
                 // The message failed, and the server skips everything up to the next Sync.
                 let failed = self.queue.pop_front().expect("head exists");
@@ -244,7 +304,6 @@ impl<U> Tracker<U> {
             }
             return Ok(outcome);
         }
-        let forward = head.action == Action::Forward;
         if forward {
             client.extend_from_slice(frame);
         }
@@ -285,12 +344,15 @@ impl<U> Tracker<U> {
     /// an extended-protocol batch whose Sync has not arrived.
     pub fn in_unfinished_batch(&self) -> bool {
         self.queue
-            .back()
+            .iter()
+            .rev()
+            .find(|e| e.expect != Expect::CopyEnd)
             .is_some_and(|e| !matches!(e.expect, Expect::Sync | Expect::Query))
     }
 
     /// Empties the tracker (the server connection is gone), returning every undo payload.
     pub fn abandon(&mut self) -> Vec<U> {
+        self.copy_in = false;
         let mut undo = std::mem::take(&mut self.undo);
         undo.extend(self.queue.drain(..).filter_map(|e| e.undo));
         undo
@@ -586,6 +648,59 @@ mod tests {
         assert!(!t.in_unfinished_batch());
         let (_, _) = feed(&mut t, &[msg(b'1', b"")]);
         assert!(t.head_forwards());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_owed_nothing() {
+        // libpq: Parse/Bind/Execute/Sync, then (after CopyInResponse) data, CopyDone, Sync.
+        let mut t = Tracker::<&str>::default();
+        t.forward(Expect::Parse, None);
+        t.forward(Expect::Bind, None);
+        t.forward(Expect::Execute, None);
+        t.forward(Expect::Sync, None);
+        let (client, _) = feed(
+            &mut t,
+            &[msg(b'1', b""), msg(b'2', b""), msg(b'G', b"\0\0\0")],
+        );
+        assert_eq!(client, "12G");
+        t.forward(Expect::Sync, None); // a Flush/Sync mid-copy: ignored by the server too
+        t.copy_ended();
+        t.forward(Expect::Sync, None);
+        assert_eq!(t.owed_ready(), 1);
+        let (client, outcomes) = feed(&mut t, &[msg(b'C', b"COPY 2\0"), ready(b'I')]);
+        assert_eq!(client, "CZ");
+        assert_eq!(outcomes[1].ready, Some(TransactionStatus::Idle));
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_copy_ended_before_the_server_said_it_started_keeps_the_later_sync() {
+        // The client pipelined everything: Execute, Sync, data, CopyDone, Sync.
+        let mut t = Tracker::<&str>::default();
+        t.forward(Expect::Execute, None);
+        t.forward(Expect::Sync, None);
+        t.copy_ended();
+        t.forward(Expect::Sync, None);
+        let (client, _) = feed(
+            &mut t,
+            &[msg(b'G', b"\0\0\0"), msg(b'C', b"COPY 1\0"), ready(b'I')],
+        );
+        assert_eq!(client, "GCZ");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn an_error_during_copy_in_waits_for_the_sync_after_copy_done() {
+        let mut t = Tracker::<&str>::default();
+        t.forward(Expect::Execute, None);
+        t.forward(Expect::Sync, None);
+        let (client, _) = feed(&mut t, &[msg(b'G', b"\0\0\0"), msg(b'E', b"22P02")]);
+        assert_eq!(client, "GE");
+        t.copy_ended();
+        t.forward(Expect::Sync, None);
+        let (client, _) = feed(&mut t, &[ready(b'I')]);
+        assert_eq!(client, "Z");
+        assert!(t.is_idle());
     }
 
     #[test]

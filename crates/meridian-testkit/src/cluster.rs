@@ -50,6 +50,7 @@ pub struct ClusterBuilder {
     regions: Vec<RegionSpec>,
     synchronous: Option<Synchronous>,
     replication_links: bool,
+    tls: bool,
     dir: Option<PathBuf>,
 }
 
@@ -103,6 +104,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Servers accept TLS (`ssl = on`) with a self-signed certificate for `localhost` and
+    /// `127.0.0.1`; clients verify it against [`TestCluster::tls_root_cert`]. Replicas get the
+    /// same certificate through their base backup, and their replication connections use TLS
+    /// (libpq's default `sslmode=prefer`).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Builds the cluster in `dir` (created if missing; it must be empty) instead of a new
     /// directory under the kit's base. It is still removed when the cluster is dropped unless
     /// `MERIDIAN_TESTKIT_KEEP` is set.
@@ -133,6 +143,7 @@ impl ClusterBuilder {
             nodes: Vec::new(),
             links: HashMap::new(),
             dir,
+            tls_root_cert: None,
             guardian: guardian.clone(),
             keep: std::env::var_os(KEEP_ENV).is_some(),
         };
@@ -239,6 +250,7 @@ pub struct TestCluster {
     nodes: Vec<Node>,
     links: HashMap<String, FaultLink>,
     dir: PathBuf,
+    tls_root_cert: Option<PathBuf>,
     guardian: Arc<Guardian>,
     keep: bool,
 }
@@ -250,6 +262,7 @@ impl TestCluster {
             regions: Vec::new(),
             synchronous: None,
             replication_links: false,
+            tls: false,
             dir: None,
         }
     }
@@ -268,7 +281,17 @@ impl TestCluster {
             crate::template::copy_data_dir(&template, &data_dir, &run_as)
         })
         .await??;
+        // Before the first start: replicas copy the primary's certificate and `ssl = on` with
+        // their base backup.
+        let root_cert = if builder.tls {
+            let root = crate::tls::install(&primary.data_dir(), &self.dir, kit.run_as())?;
+            primary.set_auto_conf("ssl", "on")?;
+            Some(root)
+        } else {
+            None
+        };
         primary.start().await?;
+        self.tls_root_cert = root_cert;
 
         // Replicas in waves: first those streaming from the primary, then the cascades, each
         // wave's base backups running concurrently.
@@ -370,6 +393,12 @@ impl TestCluster {
     /// The cluster's directory (one subdirectory per node: `data/` and `postgres.log`).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The certificate to verify the servers against, when built with
+    /// [`ClusterBuilder::tls`]: the servers' own (self-signed) certificate, in PEM.
+    pub fn tls_root_cert(&self) -> Option<&Path> {
+        self.tls_root_cert.as_deref()
     }
 
     /// The PID of the watchdog process that stops this cluster's servers if the test process

@@ -23,6 +23,7 @@
 //!   settings, and copied for each cluster.
 //! - Everything a cluster starts stops when it is dropped, panicking tests included, and a
 //!   watchdog process stops it if the test process is killed.
+//! - [`ClusterBuilder::tls`] turns on TLS with a self-signed certificate for the loopback.
 //! - [`FaultLink`] relays TCP with latency, blackholes and resets switched at run time.
 //! - [`wait_until`] polls a condition with a deadline and reports what it last saw.
 //!
@@ -40,6 +41,7 @@ mod pg_bin;
 mod process;
 mod run_as;
 mod template;
+mod tls;
 mod wait;
 
 pub use cluster::{ClusterBuilder, KEEP_ENV, TestCluster, slot_name};

@@ -6,7 +6,7 @@
 //! current user. The switch uses `Command::uid`/`gid`, so the postmaster is a direct child of
 //! the test process and its PID is the one we signal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -23,6 +23,8 @@ pub const DEFAULT_PG_USER: &str = "meridian-pg";
 pub struct RunAs {
     /// `Some` when the process is root and must switch to this user for every server program.
     switch_to: Option<(Uid, Gid)>,
+    /// That user's home directory, given to its programs as `HOME`.
+    home: Option<PathBuf>,
     name: String,
 }
 
@@ -36,6 +38,7 @@ impl RunAs {
                 .unwrap_or_else(|| Uid::effective().to_string());
             return Ok(RunAs {
                 switch_to: None,
+                home: None,
                 name: user,
             });
         }
@@ -49,6 +52,7 @@ impl RunAs {
         }
         Ok(RunAs {
             switch_to: Some((user.uid, user.gid)),
+            home: Some(user.dir),
             name,
         })
     }
@@ -59,11 +63,18 @@ impl RunAs {
     }
 
     /// A command for a server program that runs as this user.
+    ///
+    /// When switching users, `HOME` is the user's own: libpq inside the servers (a replica's
+    /// replication connection) looks there for `.pgpass` and `.postgresql/`, and a root home
+    /// it may not enter makes it give up on TLS ("could not open certificate file").
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         if let Some((uid, gid)) = self.switch_to {
             use std::os::unix::process::CommandExt;
             command.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        if let Some(home) = &self.home {
+            command.env("HOME", home);
         }
         command
     }

@@ -3,20 +3,38 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_config::{Config, Environment};
 use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, Role};
 use meridian_proxy::{Proxy, ProxySettings};
-use meridian_testkit::TestCluster;
+use meridian_testkit::{Check, Node, TestCluster, wait_until};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
 /// The password of the `app` user every test configures.
 pub const PASSWORD: &str = "app-secret";
+
+/// The longest any one step of a test may take (a login, a query, a client program) before the
+/// test fails instead of hanging.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// A `[[users]]` entry for `name` with `auth = "trust"` (allowed because the test proxy's
+/// configured listener is the loopback default), logging in to the servers as `postgres`.
+pub fn trust_user(name: &str) -> String {
+    format!("[[users]]\nname = \"{name}\"\nauth = \"trust\"\nserver_user = \"postgres\"\n")
+}
+
+/// What a client task's connection ended with; see [`ProxyUnderTest::connect_watched`].
+pub type ConnectionEnd = JoinHandle<Result<(), tokio_postgres::Error>>;
 
 /// Meridian running in this process in front of `cluster`.
 pub struct ProxyUnderTest {
@@ -111,6 +129,52 @@ impl ProxyUnderTest {
         Ok(client)
     }
 
+    /// A tokio-postgres configuration for the proxy as `user` / `password`.
+    pub fn config(&self, user: &str, password: &str) -> tokio_postgres::Config {
+        let mut config: tokio_postgres::Config = self.conninfo(user, password).parse().unwrap();
+        config.connect_timeout(STEP);
+        config
+    }
+
+    /// Connects with `config` and hands back the connection task too: it ends with the error
+    /// the proxy sends while no query is running (a FATAL at shutdown, ...), or `Ok` at a
+    /// clean close.
+    pub async fn connect_watched(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<(Client, ConnectionEnd), tokio_postgres::Error> {
+        let (client, connection) = config.connect(NoTls).await?;
+        Ok((client, tokio::spawn(connection)))
+    }
+
+    /// The counters of the proxy's only pool (tests use one node, one user, one database),
+    /// or all zero before the first login creates it.
+    pub fn pool_stats(&self) -> meridian_proxy::PoolStats {
+        let reports = self.proxy.pool_reports();
+        assert!(reports.len() <= 1, "expected one pool, got {reports:?}");
+        reports.first().map(|r| r.stats).unwrap_or_default()
+    }
+
+    /// Waits until `count` checkouts wait for a server connection.
+    pub async fn wait_for_waiters(&self, count: usize) {
+        wait_until(STEP, &format!("{count} checkout(s) waiting"), || async {
+            let stats = self.pool_stats();
+            Check::when(stats.waiting == count, (), stats)
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A libpq program (`psql`, `pgbench`) pointed at the proxy through the environment.
+    pub fn libpq_command(
+        &self,
+        program: &str,
+        user: &str,
+        password: &str,
+    ) -> tokio::process::Command {
+        libpq_command(program, self.addr.port(), user, Some(password))
+    }
+
     /// Triggers a graceful shutdown and waits for it, up to `timeout`.
     pub async fn shut_down(&mut self, timeout: Duration) {
         if let Some(stop) = self.stop.take() {
@@ -164,5 +228,105 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => db.code().code().to_owned(),
         None => format!("no SQLSTATE: {error}"),
+    }
+}
+
+/// A libpq program pointed at `127.0.0.1:port`, database `postgres`, through `PG*` variables
+/// (any inherited ones are removed, so the test's own environment cannot redirect it).
+pub fn libpq_command(
+    program: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PG") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", user)
+        .env("PGDATABASE", "postgres")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    command
+}
+
+/// Runs a client program to completion, within [`STEP`] (or twice that: pgbench runs a few
+/// hundred transactions).
+pub async fn run(command: &mut tokio::process::Command) -> Output {
+    tokio::time::timeout(2 * STEP, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {:?}", 2 * STEP))
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+/// Exit status, stdout and stderr of a client program, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The PID of the backend of `node` that is running a statement containing `needle`, once
+/// there is one (the query that looks for it excluded).
+pub async fn active_backend(node: &Node, needle: &str) -> i32 {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
+         AND query LIKE '%{needle}%' AND pid <> pg_backend_pid()"
+    );
+    wait_until(STEP, &format!("a backend running {needle}"), || async {
+        match node.query_one(&sql).await {
+            Ok(Some(pid)) => Check::Ready(pid.parse().unwrap()),
+            Ok(None) => Check::NotYet("no such backend".into()),
+            Err(e) => Check::NotYet(format!("{e:#}")),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, with its key, in PEM files
+/// that live as long as this value.
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Certificate {
+    pub fn generate() -> Certificate {
+        let dir = tempfile::tempdir().unwrap();
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .unwrap();
+        let cert = dir.path().join("proxy.crt");
+        let key = dir.path().join("proxy.key");
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        Certificate {
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// The `[tls]` section presenting this certificate to clients.
+    pub fn tls_section(&self) -> String {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
     }
 }
