@@ -43,7 +43,7 @@ use crate::cancel::CancelRegistry;
 use crate::login::Opening;
 use crate::pool::Pools;
 use crate::session::Session;
-use crate::statements::StatementRegistry;
+use crate::statements::{ParameterSets, StatementRegistry};
 
 /// What every session shares.
 pub(crate) struct Shared {
@@ -52,6 +52,7 @@ pub(crate) struct Shared {
     pub(crate) pools: Pools,
     pub(crate) statements: StatementRegistry,
     pub(crate) cancels: CancelRegistry,
+    pub(crate) parameter_sets: ParameterSets,
     /// Keys the fixed per-user salt of mock authentication for unknown users.
     pub(crate) mock_secret: [u8; 32],
     next_session: AtomicU64,
@@ -100,6 +101,7 @@ impl Proxy {
                 pools: Pools::default(),
                 statements: StatementRegistry::default(),
                 cancels: CancelRegistry::default(),
+                parameter_sets: ParameterSets::default(),
                 mock_secret: rand::random(),
                 next_session: AtomicU64::new(1),
             }),

@@ -12,6 +12,10 @@
 //! takes the grant back out of its channel and returns it, so no slot leaks. A maintenance
 //! task per pool closes connections idle longer than `idle_timeout` or older than
 //! `max_lifetime`, and keeps `min_size` connections open.
+//!
+//! Ages are kept on a coarse clock, the pool's `tick` (seconds, advanced by the maintenance
+//! task), not by reading the system clock: checkout and release run for every transaction,
+//! and the clock reads were a visible share of their cost. Ages are therefore whole seconds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +43,14 @@ pub struct PoolSettings {
     pub max_lifetime: Option<Duration>,
 }
 
-/// An idle connection unused for longer than this is checked for a closed socket before it
-/// is handed out; a busy pool skips the check (a system call) on its hot path.
-const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// An idle connection unused for at least this many ticks (seconds) is checked for a closed
+/// socket before it is handed out; a busy pool skips the check (a system call) on its hot path.
+const CHECK_IDLE_AFTER_TICKS: u64 = 1;
+
+/// A duration in whole ticks (seconds), at least one.
+fn ticks(duration: Duration) -> u64 {
+    duration.as_secs().max(1)
+}
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,8 @@ pub struct Pool {
     node_name: String,
     settings: PoolSettings,
     state: Mutex<State>,
+    /// The coarse clock: seconds since the pool was made, as counted by its maintenance task.
+    tick: AtomicU64,
     checkouts: AtomicU64,
     timeouts: AtomicU64,
     connects: AtomicU64,
@@ -127,6 +138,7 @@ impl Pool {
             node_name,
             settings,
             state: Mutex::new(State::default()),
+            tick: AtomicU64::new(0),
             checkouts: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -153,7 +165,7 @@ impl Pool {
 
     /// A connection: an idle one, a new one, or the next one given back.
     pub async fn checkout(&self) -> Result<Box<ServerConnection>, PoolError> {
-        let deadline = Instant::now() + self.settings.checkout_timeout;
+        let mut deadline = None;
         loop {
             let waiter = {
                 let mut state = self.lock();
@@ -173,7 +185,12 @@ impl Pool {
             };
             let grant = match waiter {
                 None => Grant::Open,
-                Some(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
+                Some(mut rx) => match tokio::time::timeout_at(
+                    *deadline.get_or_insert_with(|| Instant::now() + self.settings.checkout_timeout),
+                    &mut rx,
+                )
+                .await
+                {
                     Ok(Ok(grant)) => grant,
                     // The pool dropped our sender without a grant: try again.
                     Ok(Err(_)) => continue,
@@ -210,16 +227,17 @@ impl Pool {
     /// Gives a connection back after use. `reusable` is false when its state is unknown
     /// (an error mid-stream, a desync): it is closed and its slot freed.
     pub fn release(&self, mut conn: Box<ServerConnection>, reusable: bool) {
+        let now = self.now();
         let expired = self
             .settings
             .max_lifetime
-            .is_some_and(|lifetime| conn.created.elapsed() >= lifetime);
+            .is_some_and(|lifetime| now - conn.created_tick >= ticks(lifetime));
         if !reusable || expired {
             tokio::spawn(conn.terminate());
             self.slot_lost();
             return;
         }
-        conn.idle_since = Instant::now();
+        conn.idle_tick = now;
         self.give_back(conn);
     }
 
@@ -277,7 +295,7 @@ impl Pool {
 
     fn take_idle(&self, state: &mut State) -> Option<Box<ServerConnection>> {
         while let Some(conn) = state.idle.pop_back() {
-            if conn.idle_since.elapsed() < CHECK_IDLE_AFTER || !conn.stream.is_broken() {
+            if self.now() - conn.idle_tick < CHECK_IDLE_AFTER_TICKS || !conn.stream.is_broken() {
                 return Some(conn);
             }
             // Closed by the server while idle (restart, idle_session_timeout, ...).
@@ -288,8 +306,10 @@ impl Pool {
 
     async fn open_connection(&self) -> Result<Box<ServerConnection>, PoolError> {
         match ServerConnection::connect(&self.login).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 self.connects.fetch_add(1, Ordering::Relaxed);
+                conn.created_tick = self.now();
+                conn.idle_tick = conn.created_tick;
                 Ok(Box::new(conn))
             }
             Err(e) => {
@@ -298,6 +318,11 @@ impl Pool {
                 Err(e.into())
             }
         }
+    }
+
+    /// The coarse clock's current tick.
+    fn now(&self) -> u64 {
+        self.tick.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -313,6 +338,7 @@ async fn maintain(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
+        let now = pool.tick.fetch_add(1, Ordering::Relaxed) + 1;
         let expired: Vec<Box<ServerConnection>> = {
             let mut state = pool.lock();
             let mut expired = Vec::new();
@@ -322,12 +348,12 @@ async fn maintain(pool: Weak<Pool>) {
                 let over_idle = pool
                     .settings
                     .idle_timeout
-                    .is_some_and(|t| conn.idle_since.elapsed() >= t)
+                    .is_some_and(|t| now - conn.idle_tick >= ticks(t))
                     && state.open - expired.len() > pool.settings.min_size;
                 let over_age = pool
                     .settings
                     .max_lifetime
-                    .is_some_and(|t| conn.created.elapsed() >= t);
+                    .is_some_and(|t| now - conn.created_tick >= ticks(t));
                 if over_idle || over_age {
                     expired.push(conn);
                 } else {

@@ -19,7 +19,6 @@ use meridian_wire::backend::{Authentication, BackendMessage, ErrorFields};
 use meridian_wire::{WireError, frame, frontend, startup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::statements::StatementId;
 use crate::stream::Stream;
@@ -129,10 +128,10 @@ pub struct ServerConnection {
     pub prepared: HashSet<StatementId>,
     /// Whose unnamed statement is current: (session, that session's Parse count).
     pub unnamed: Option<(u64, u64)>,
-    /// When it logged in.
-    pub created: Instant,
-    /// When it was last given back to the pool.
-    pub idle_since: Instant,
+    /// When it logged in, on its pool's clock (see [`crate::pool`]).
+    pub created_tick: u64,
+    /// When it was last given back to the pool, on the pool's clock.
+    pub idle_tick: u64,
 }
 
 impl ServerConnection {
@@ -265,7 +264,6 @@ impl ServerConnection {
                 stream.write_all(&out).await.map_err(unreachable)?;
             }
         }
-        let now = Instant::now();
         Ok(ServerConnection {
             stream,
             read_buf,
@@ -276,8 +274,8 @@ impl ServerConnection {
             overrides: Arc::default(),
             prepared: HashSet::new(),
             unnamed: None,
-            created: now,
-            idle_since: now,
+            created_tick: 0,
+            idle_tick: 0,
         })
     }
 

@@ -135,6 +135,7 @@ impl Session {
     ) {
         let (cancel_pid, cancel) = shared.cancels.register();
         let id = shared.next_session_id();
+        let params = shared.parameter_sets.intern(login.params);
         let mut session = Session {
             shared,
             id,
@@ -143,7 +144,7 @@ impl Session {
             client_out: BytesMut::with_capacity(1024),
             user: login.user,
             database: Arc::from(login.database),
-            params: Arc::new(login.params),
+            params,
             statements: ClientStatements::default(),
             server: None,
             tracker: Tracker::default(),
@@ -219,8 +220,11 @@ impl Session {
                 let client_in = &mut self.client_in;
                 let server = &mut self.server;
                 tokio::select! {
-                    read = client.read_buf(client_in) => Event::Client(read),
+                    // Server replies first: they are what clients wait for, and a fixed order
+                    // spares the random draw on every turn.
+                    biased;
                     read = read_server(server) => Event::Server(read),
+                    read = client.read_buf(client_in) => Event::Client(read),
                     () = &mut stop, if !self.closing => Event::Shutdown,
                 }
             };
@@ -255,8 +259,8 @@ impl Session {
                     .reserve(header.frame_len - self.client_in.len());
                 break;
             }
-            let f = frame::decode(&mut self.client_in, max)?.expect("checked whole");
-            if self.on_client_message(f).await? {
+            let raw = self.client_in.split_to(header.frame_len).freeze();
+            if self.on_client_message(raw).await? {
                 return Ok(true);
             }
         }
@@ -269,9 +273,11 @@ impl Session {
     }
 
     /// One client message. Returns true for Terminate.
-    async fn on_client_message(&mut self, f: Frame) -> Result<bool, Failure> {
-        let raw = f.clone();
-        let message = FrontendMessage::decode(f)?;
+    async fn on_client_message(&mut self, raw: Bytes) -> Result<bool, Failure> {
+        let message = FrontendMessage::decode(Frame {
+            tag: raw[0],
+            body: raw.slice(5..),
+        })?;
         match &message {
             FrontendMessage::Terminate => return Ok(true),
             FrontendMessage::Password(_) => {
@@ -348,18 +354,18 @@ impl Session {
     }
 
     /// Translates one client message for the attached server.
-    fn forward(&mut self, message: FrontendMessage, raw: Frame) {
+    fn forward(&mut self, message: FrontendMessage, raw: Bytes) {
         let transaction_pooling = self.shared.settings.pool_mode == PoolMode::Transaction;
         let session_id = self.id;
         let attached = self.server.as_mut().expect("attached before forwarding");
         match message {
             FrontendMessage::Query { sql } => {
                 attached.dirty |= transaction_pooling && sql_changes_session(&sql);
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Query, None);
             }
             FrontendMessage::FunctionCall(_) => {
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Query, None);
             }
             FrontendMessage::Parse {
@@ -371,7 +377,7 @@ impl Session {
                     let def = Arc::new(StatementDef::unnamed(sql, param_types));
                     let seq = self.statements.set_unnamed(def);
                     attached.conn.unnamed = Some((session_id, seq));
-                    put_frame(&mut self.server_out, &raw);
+                    self.server_out.extend_from_slice(&raw);
                     self.tracker.forward(Expect::Parse, None);
                 } else if self.statements.get(&name).is_some() {
                     // PostgreSQL: a named statement cannot be redefined (42P05).
@@ -437,7 +443,7 @@ impl Session {
                         }
                         attached.dirty |= transaction_pooling && def.changes_session;
                     }
-                    put_frame(&mut self.server_out, &raw);
+                    self.server_out.extend_from_slice(&raw);
                 } else if let Some(def) = self.statements.get(&statement) {
                     ensure_prepared(
                         &mut attached.conn,
@@ -449,7 +455,7 @@ impl Session {
                     frontend::encode_bind(&mut self.server_out, &portal, &def.server_name, &rest);
                 } else {
                     // Unknown to us: the server answers 26000 naming the client's statement.
-                    put_frame(&mut self.server_out, &raw);
+                    self.server_out.extend_from_slice(&raw);
                 }
                 self.tracker.forward(Expect::Bind, None);
             }
@@ -471,12 +477,12 @@ impl Session {
                             &def.server_name,
                         );
                     }
-                    None => put_frame(&mut self.server_out, &raw),
+                    None => self.server_out.extend_from_slice(&raw),
                 }
                 self.tracker.forward(Expect::Describe, None);
             }
             FrontendMessage::Describe { .. } => {
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Describe, None);
             }
             FrontendMessage::Close {
@@ -488,23 +494,23 @@ impl Session {
                 self.tracker.answer(Expect::Close, close_complete(), None);
             }
             FrontendMessage::Close { .. } => {
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Close, None);
             }
             FrontendMessage::Execute { .. } => {
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Execute, None);
             }
             FrontendMessage::Sync => {
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Sync, None);
             }
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
-                put_frame(&mut self.server_out, &raw);
+                self.server_out.extend_from_slice(&raw);
                 self.tracker.copy_ended();
             }
             // Flush and CopyData expect no reply of their own.
-            _ => put_frame(&mut self.server_out, &raw),
+            _ => self.server_out.extend_from_slice(&raw),
         }
     }
 
@@ -554,7 +560,9 @@ impl Session {
                             && CLIENT_REPORTED.contains(&key.as_str())
                             && self.params.get(&key) != Some(&value)
                         {
-                            Arc::make_mut(&mut self.params).insert(key, value.clone());
+                            let mut params = (*self.params).clone();
+                            params.insert(key, value.clone());
+                            self.params = self.shared.parameter_sets.intern(params);
                         }
                         attached.conn.params.insert(name, value);
                     }
@@ -877,10 +885,6 @@ fn cancel_target(conn: &ServerConnection) -> CancelTarget {
         process_id: conn.cancel_key.0,
         secret_key: conn.cancel_key.1,
     }
-}
-
-fn put_frame(out: &mut BytesMut, f: &Frame) {
-    frame::write(out, f.tag, |b| b.extend_from_slice(&f.body));
 }
 
 fn parse_complete() -> Bytes {

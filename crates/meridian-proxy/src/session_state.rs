@@ -46,14 +46,15 @@ pub fn sql_changes_session(sql: &[u8]) -> bool {
         (2, b"pg_advisory_lock"),
         (2, b"pg_try_advisory_lock"),
     ];
-    memchr::memchr_iter(b'_', sql).any(|underscore| {
+    let matches_at = |underscore: usize| {
         NEEDLES.iter().any(|&(offset, needle)| {
             underscore >= offset
                 && sql
                     .get(underscore - offset..underscore - offset + needle.len())
                     .is_some_and(|window| window.eq_ignore_ascii_case(needle))
         })
-    })
+    };
+    memchr::memchr_iter(b'_', sql).any(matches_at)
 }
 
 #[cfg(test)]

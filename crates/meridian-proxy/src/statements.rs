@@ -9,7 +9,7 @@
 //! statement: a pool of ten connections serving a hundred pgbench clients holds one
 //! statement per connection, not a hundred.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +88,32 @@ impl StatementRegistry {
     }
 }
 
+/// Clients' run-time parameter sets, one shared copy per distinct set.
+///
+/// Sessions with the same parameters (all clients of one application, typically) hold the
+/// same `Arc`, so the check on every checkout, "does this server connection already have
+/// my parameters?", is a pointer comparison.
+#[derive(Debug, Default)]
+pub struct ParameterSets {
+    sets: Mutex<HashSet<Arc<BTreeMap<String, String>>>>,
+}
+
+impl ParameterSets {
+    /// The shared copy of `params`.
+    pub fn intern(&self, params: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = sets.get(&params) {
+            return shared.clone();
+        }
+        if sets.len() >= PRUNE_ABOVE {
+            sets.retain(|set| Arc::strong_count(set) > 1);
+        }
+        let shared = Arc::new(params);
+        sets.insert(shared.clone());
+        shared
+    }
+}
+
 /// One client's statements: its names, and its unnamed statement.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
@@ -157,6 +183,17 @@ mod tests {
             registry.intern(Bytes::from_static(b"kept"), vec![]).id,
             kept.id
         );
+    }
+
+    #[test]
+    fn equal_parameter_sets_are_one_allocation() {
+        let sets = ParameterSets::default();
+        let params: BTreeMap<String, String> = [("application_name".to_owned(), "app".to_owned())].into();
+        let a = sets.intern(params.clone());
+        let b = sets.intern(params);
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = sets.intern(BTreeMap::new());
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 
     #[test]
