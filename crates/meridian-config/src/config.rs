@@ -18,6 +18,8 @@ use crate::secret::{PasswordSpec, Secret};
 pub struct Config {
     /// The proxy listener.
     pub listen: SocketAddr,
+    /// The operator listener: metrics (and, later, the REST API and dashboard).
+    pub admin_listen: SocketAddr,
     /// The directory of the embedded store.
     pub data_dir: PathBuf,
     /// Client-facing proxy settings.
@@ -32,7 +34,50 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// The cluster's regions and their nodes; never empty, and no region is empty.
     pub regions: Vec<RegionConfig>,
+    /// How the control plane watches the nodes.
+    pub monitor: MonitorConfig,
 }
+
+/// `[monitor]`: probes, health judgement, alert thresholds and history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorConfig {
+    /// Role the probes log in as; `None` = the first user's `server_user`.
+    pub user: Option<String>,
+    /// Its password; `None` = the first user's server password when `user` is unset.
+    pub password: Option<Secret>,
+    /// Database the probes connect to.
+    pub database: String,
+    /// How often each node is probed (a region's `probe_interval` overrides it).
+    pub probe_interval: Duration,
+    /// How long one probe may take before it counts as failed.
+    pub probe_timeout: Duration,
+    /// First delay before reconnecting a lost probe connection; it doubles up to
+    /// `reconnect_max` for `reconnect_attempts` attempts, then attempts return to the probe
+    /// interval. Probes still report the node as failing in between.
+    pub reconnect_initial: Duration,
+    /// Longest delay between reconnection attempts.
+    pub reconnect_max: Duration,
+    /// Backed-off attempts before returning to the probe interval.
+    pub reconnect_attempts: u32,
+    /// Consecutive failed probes before a node is judged down.
+    pub failures_to_down: u32,
+    /// Probe latency that degrades a node (alert `endpoint_slow`, medium).
+    pub slow_warning: Duration,
+    /// Probe latency alerted as high.
+    pub slow_critical: Duration,
+    /// Replication lag alerted as medium.
+    pub lag_warning: Duration,
+    /// Replication lag alerted as high.
+    pub lag_critical: Duration,
+    /// Share of failed probes (over the last 20) alerted as medium.
+    pub error_rate_warning: f64,
+    /// Share of failed probes alerted as high.
+    pub error_rate_critical: f64,
+    /// How long probe samples are kept in the store.
+    pub history_retention: Duration,
+}
+
+impl Eq for MonitorConfig {}
 
 /// `[proxy]`: the client side of the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +175,10 @@ pub struct NodeConfig {
     pub host: String,
     /// 1..=65535.
     pub port: u16,
+    /// Never promote this node (e.g. a reporting replica).
+    pub no_failover: bool,
+    /// Preference among nodes of equal data and region priority; higher is preferred.
+    pub priority: i32,
 }
 
 /// Declares a config enum with its spellings, used alike by TOML, the environment and `Display`.

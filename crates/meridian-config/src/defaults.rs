@@ -20,3 +20,20 @@ pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 pub(crate) const PORT: i64 = 5432;
 pub(crate) const PRIORITY: i64 = 0;
+
+pub(crate) const ADMIN_LISTEN: &str = "127.0.0.1:9930";
+
+pub(crate) const MONITOR_DATABASE: &str = "postgres";
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RECONNECT_INITIAL: Duration = Duration::from_secs(2);
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(32);
+pub(crate) const RECONNECT_ATTEMPTS: i64 = 5;
+pub(crate) const FAILURES_TO_DOWN: i64 = 3;
+pub(crate) const SLOW_WARNING: Duration = Duration::from_secs(1);
+pub(crate) const SLOW_CRITICAL: Duration = Duration::from_secs(5);
+pub(crate) const LAG_WARNING: Duration = Duration::from_secs(30);
+pub(crate) const LAG_CRITICAL: Duration = Duration::from_secs(5 * 60);
+pub(crate) const ERROR_RATE_WARNING: f64 = 0.05;
+pub(crate) const ERROR_RATE_CRITICAL: f64 = 0.20;
+pub(crate) const HISTORY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);

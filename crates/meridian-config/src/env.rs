@@ -98,6 +98,42 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        variable: "MERIDIAN_ADMIN_LISTEN",
+        field: "admin_listen",
+        description: "operator listener (metrics), IP:port (default 127.0.0.1:9930)",
+        apply: |raw, value| {
+            raw.admin_listen = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_PROBE_INTERVAL",
+        field: "monitor.probe_interval",
+        description: "how often each node is probed (default 1s)",
+        apply: |raw, value| {
+            raw.monitor.probe_interval = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_MONITOR_USER",
+        field: "monitor.user",
+        description: "role the probes log in as (default: the first user's server_user)",
+        apply: |raw, value| {
+            raw.monitor.user = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_MONITOR_PASSWORD",
+        field: "monitor.password",
+        description: "password of monitor.user",
+        apply: |raw, value| {
+            raw.monitor.password = Some(crate::secret::Secret::new(value));
+            Ok(())
+        },
+    },
+    EnvOverride {
         variable: "MERIDIAN_DATA_DIR",
         field: "data_dir",
         description: "directory of the embedded store (default meridian-data)",
@@ -264,7 +300,8 @@ mod tests {
         for entry in ENV_OVERRIDES {
             assert!(seen.insert(entry.variable), "{} twice", entry.variable);
             let value = match entry.field {
-                "listen" => "0.0.0.0:1",
+                "listen" | "admin_listen" => "0.0.0.0:1",
+                "monitor.probe_interval" => "7s",
                 "proxy.pool_mode" => "session",
                 "server_tls.mode" => "require",
                 f if f.ends_with("timeout") || f.ends_with("lifetime") => "7s",
@@ -278,6 +315,10 @@ mod tests {
             assert_eq!(origins.label(entry.field), entry.variable);
             let set = match entry.field {
                 "listen" => raw.listen.is_some(),
+                "admin_listen" => raw.admin_listen.is_some(),
+                "monitor.probe_interval" => raw.monitor.probe_interval.is_some(),
+                "monitor.user" => raw.monitor.user.is_some(),
+                "monitor.password" => raw.monitor.password.is_some(),
                 "data_dir" => raw.data_dir.is_some(),
                 "proxy.pool_mode" => raw.proxy.pool_mode.is_some(),
                 "proxy.max_client_connections" => raw.proxy.max_client_connections == Some(7),

@@ -18,6 +18,7 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub(crate) listen: Option<String>,
+    pub(crate) admin_listen: Option<String>,
     pub(crate) data_dir: Option<PathBuf>,
     #[serde(default)]
     pub(crate) proxy: RawProxy,
@@ -30,6 +31,39 @@ pub(crate) struct RawConfig {
     pub(crate) users: Vec<RawUser>,
     #[serde(default)]
     pub(crate) regions: Vec<RawRegion>,
+    #[serde(default)]
+    pub(crate) monitor: RawMonitor,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMonitor {
+    pub(crate) user: Option<String>,
+    #[serde(default, deserialize_with = "secret")]
+    pub(crate) password: Option<Secret>,
+    pub(crate) database: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) probe_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) reconnect_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) reconnect_max: Option<Duration>,
+    pub(crate) reconnect_attempts: Option<i64>,
+    pub(crate) failures_to_down: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) slow_warning: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) slow_critical: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) lag_warning: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) lag_critical: Option<Duration>,
+    pub(crate) error_rate_warning: Option<f64>,
+    pub(crate) error_rate_critical: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) history_retention: Option<Duration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -106,6 +140,8 @@ pub(crate) struct RawNode {
     pub(crate) name: Option<String>,
     pub(crate) host: Option<String>,
     pub(crate) port: Option<i64>,
+    pub(crate) no_failover: Option<bool>,
+    pub(crate) priority: Option<i64>,
 }
 
 /// Parses the text of the file at `path` (named in errors).

@@ -133,6 +133,8 @@ pub(crate) fn apply(
                         name: Some(name),
                         host: Some(url.host.clone()),
                         port: Some(i64::from(url.port)),
+                        no_failover: None,
+                        priority: None,
                     });
                     urls.push((label, url));
                 }

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    AuthMethod, Config, NodeConfig, PoolConfig, PoolMode, ProxyConfig, RegionConfig,
+    AuthMethod, Config, MonitorConfig, NodeConfig, PoolConfig, PoolMode, ProxyConfig, RegionConfig,
     ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
 };
 use crate::defaults;
 use crate::error::{ConfigError, ConfigErrors};
-use crate::file::{RawConfig, RawNode, RawPool, RawProxy, RawRegion, RawUser};
+use crate::file::{RawConfig, RawMonitor, RawNode, RawPool, RawProxy, RawRegion, RawUser};
 use crate::origin::Origins;
 use crate::secret::PasswordSpec;
 
@@ -34,6 +34,14 @@ pub(crate) fn validate(
 ) -> Result<Config, ConfigErrors> {
     let mut check = Checker { origins, errors };
     let listen = check.listen(raw.listen.as_deref());
+    let admin_listen = check.address(
+        "admin_listen",
+        raw.admin_listen
+            .as_deref()
+            .unwrap_or(defaults::ADMIN_LISTEN),
+        "127.0.0.1:9930",
+    );
+    let monitor = check.monitor(raw.monitor);
     let proxy = check.proxy(raw.proxy);
     let pool = check.pool(raw.pool);
     let tls = raw.tls.and_then(|tls| check.tls(tls.cert, tls.key));
@@ -51,6 +59,9 @@ pub(crate) fn validate(
     }
     Ok(Config {
         listen: listen.unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
+        admin_listen: admin_listen
+            .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("valid default")),
+        monitor,
         data_dir: raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
@@ -108,17 +119,161 @@ impl Checker<'_> {
     }
 
     fn listen(&mut self, listen: Option<&str>) -> Option<SocketAddr> {
-        let listen = listen.unwrap_or(defaults::LISTEN);
-        let parsed = listen.trim().parse().ok();
+        self.address(
+            "listen",
+            listen.unwrap_or(defaults::LISTEN),
+            "127.0.0.1:6432",
+        )
+    }
+
+    fn address(&mut self, path: &str, text: &str, example: &str) -> Option<SocketAddr> {
+        let parsed = text.trim().parse().ok();
         if parsed.is_none() {
+            let port = example.rsplit(':').next().unwrap_or_default();
             self.fail(
-                "listen",
-                Some(format!("{listen:?}")),
-                "must be an IP address and a port, e.g. \"127.0.0.1:6432\", \"0.0.0.0:6432\" or \
-                 \"[::1]:6432\" (host names are not resolved)",
+                path,
+                Some(format!("{text:?}")),
+                format!(
+                    "must be an IP address and a port, e.g. \"{example}\", \"0.0.0.0:{port}\" or \
+                     \"[::1]:{port}\" (host names are not resolved)"
+                ),
             );
         }
         parsed
+    }
+
+    fn monitor(&mut self, raw: RawMonitor) -> MonitorConfig {
+        let duration = |value: Option<Duration>, default: Duration| value.unwrap_or(default);
+        let probe_interval = self.positive(
+            "monitor.probe_interval",
+            duration(raw.probe_interval, defaults::PROBE_INTERVAL),
+            "how often nodes are probed",
+        );
+        let probe_timeout = self.positive(
+            "monitor.probe_timeout",
+            duration(raw.probe_timeout, defaults::PROBE_TIMEOUT),
+            "how long a probe may take",
+        );
+        let reconnect_initial = self.positive(
+            "monitor.reconnect_initial",
+            duration(raw.reconnect_initial, defaults::RECONNECT_INITIAL),
+            "first delay before reconnecting a probe",
+        );
+        let reconnect_max = duration(raw.reconnect_max, defaults::RECONNECT_MAX);
+        if reconnect_max < reconnect_initial {
+            self.fail(
+                "monitor.reconnect_max",
+                Some(format!(
+                    "{:?}",
+                    humantime::format_duration(reconnect_max).to_string()
+                )),
+                "must be at least monitor.reconnect_initial",
+            );
+        }
+        let reconnect_attempts = self.integer(
+            "monitor.reconnect_attempts",
+            raw.reconnect_attempts
+                .unwrap_or(defaults::RECONNECT_ATTEMPTS),
+            0,
+            100,
+            || "must be between 0 and 100".to_owned(),
+        );
+        let failures_to_down = self.integer(
+            "monitor.failures_to_down",
+            raw.failures_to_down.unwrap_or(defaults::FAILURES_TO_DOWN),
+            1,
+            100,
+            || {
+                "must be between 1 and 100 (consecutive failed probes before a node is down)"
+                    .to_owned()
+            },
+        );
+        let slow_warning = self.positive(
+            "monitor.slow_warning",
+            duration(raw.slow_warning, defaults::SLOW_WARNING),
+            "probe latency that degrades a node",
+        );
+        let slow_critical = duration(raw.slow_critical, defaults::SLOW_CRITICAL);
+        if slow_critical < slow_warning {
+            self.fail(
+                "monitor.slow_critical",
+                None,
+                "must be at least monitor.slow_warning",
+            );
+        }
+        let lag_warning = self.positive(
+            "monitor.lag_warning",
+            duration(raw.lag_warning, defaults::LAG_WARNING),
+            "replication lag alerted as medium",
+        );
+        let lag_critical = duration(raw.lag_critical, defaults::LAG_CRITICAL);
+        if lag_critical < lag_warning {
+            self.fail(
+                "monitor.lag_critical",
+                None,
+                "must be at least monitor.lag_warning",
+            );
+        }
+        let mut rate = |path: &str, value: f64| {
+            if !(0.0..=1.0).contains(&value) || value.is_nan() {
+                self.fail(
+                    path,
+                    Some(value.to_string()),
+                    "must be a fraction between 0 and 1, e.g. 0.05 for 5 %",
+                );
+            }
+            value
+        };
+        let error_rate_warning = rate(
+            "monitor.error_rate_warning",
+            raw.error_rate_warning
+                .unwrap_or(defaults::ERROR_RATE_WARNING),
+        );
+        let error_rate_critical = rate(
+            "monitor.error_rate_critical",
+            raw.error_rate_critical
+                .unwrap_or(defaults::ERROR_RATE_CRITICAL),
+        );
+        if error_rate_critical < error_rate_warning {
+            self.fail(
+                "monitor.error_rate_critical",
+                None,
+                "must be at least monitor.error_rate_warning",
+            );
+        }
+        let history_retention = self.positive(
+            "monitor.history_retention",
+            duration(raw.history_retention, defaults::HISTORY_RETENTION),
+            "how long probe samples are kept",
+        );
+        if raw.password.is_some() && raw.user.is_none() {
+            self.fail(
+                "monitor.password",
+                None,
+                "set monitor.user too: the password is for that role",
+            );
+        }
+        MonitorConfig {
+            user: raw.user.filter(|u| !u.is_empty()),
+            password: raw.password,
+            database: raw
+                .database
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| defaults::MONITOR_DATABASE.to_owned()),
+            probe_interval,
+            probe_timeout,
+            reconnect_initial,
+            reconnect_max,
+            reconnect_attempts,
+            failures_to_down,
+            slow_warning,
+            slow_critical,
+            lag_warning,
+            lag_critical,
+            error_rate_warning,
+            error_rate_critical,
+            history_retention,
+        }
     }
 
     fn proxy(&mut self, raw: RawProxy) -> ProxyConfig {
@@ -469,10 +624,19 @@ impl Checker<'_> {
             65535,
             || "must be between 1 and 65535".to_owned(),
         );
+        let priority = self.integer(
+            &format!("{path}.priority"),
+            node.priority.unwrap_or(defaults::PRIORITY),
+            i64::from(i32::MIN),
+            i64::from(i32::MAX),
+            || format!("must be between {} and {}", i32::MIN, i32::MAX),
+        );
         Some(NodeConfig {
             name: name?,
             host: host?,
             port,
+            no_failover: node.no_failover.unwrap_or(false),
+            priority,
         })
     }
 
@@ -998,6 +1162,55 @@ mod tests {
             "regions[0].priority = 3000000000: must be between -2147483648 and 2147483647",
         );
         assert_eq!(load(&region_with("priority = -5")).regions[0].priority, -5);
+    }
+
+    #[test]
+    fn monitor_defaults_are_the_original_services() {
+        let config = load(&region_with(""));
+        let monitor = &config.monitor;
+        assert_eq!(monitor.probe_interval, Duration::from_secs(1));
+        assert_eq!(monitor.probe_timeout, Duration::from_secs(1));
+        assert_eq!(monitor.reconnect_initial, Duration::from_secs(2));
+        assert_eq!(monitor.reconnect_max, Duration::from_secs(32));
+        assert_eq!(monitor.reconnect_attempts, 5);
+        assert_eq!(monitor.failures_to_down, 3);
+        assert_eq!(monitor.slow_warning, Duration::from_secs(1));
+        assert_eq!(monitor.slow_critical, Duration::from_secs(5));
+        assert_eq!(monitor.lag_warning, Duration::from_secs(30));
+        assert_eq!(monitor.lag_critical, Duration::from_secs(300));
+        assert_eq!(monitor.error_rate_warning, 0.05);
+        assert_eq!(monitor.error_rate_critical, 0.20);
+        assert_eq!(monitor.database, "postgres");
+        assert_eq!(monitor.user, None);
+        assert_eq!(config.admin_listen, "127.0.0.1:9930".parse().unwrap());
+    }
+
+    #[test]
+    fn monitor_thresholds_must_be_ordered_and_in_range() {
+        let errors = errors_of(&format!(
+            "[monitor]\nslow_warning = \"5s\"\nslow_critical = \"1s\"\nerror_rate_warning = 1.5\n\
+             probe_interval = \"0s\"\nfailures_to_down = 0\npassword = \"hunter2\"\n{}",
+            region_with("")
+        ));
+        assert!(find(&errors, "monitor.slow_critical").contains("at least monitor.slow_warning"));
+        assert!(find(&errors, "monitor.error_rate_warning").contains("fraction between 0 and 1"));
+        assert!(find(&errors, "monitor.probe_interval").contains("longer than 0s"));
+        assert!(find(&errors, "monitor.failures_to_down").contains("between 1 and 100"));
+        assert!(find(&errors, "monitor.password").contains("set monitor.user"));
+        assert!(errors.iter().all(|e| !e.contains("hunter2")), "{errors:?}");
+    }
+
+    #[test]
+    fn nodes_may_refuse_failover_and_carry_a_priority() {
+        let config = load(
+            "[[regions]]\nname = \"r\"\n[[regions.nodes]]\nname = \"a\"\nhost = \"h\"\nno_failover = true\npriority = 5\n\
+             [[regions.nodes]]\nname = \"b\"\nhost = \"h\"\n",
+        );
+        let nodes = &config.regions[0].nodes;
+        assert!(nodes[0].no_failover);
+        assert_eq!(nodes[0].priority, 5);
+        assert!(!nodes[1].no_failover);
+        assert_eq!(nodes[1].priority, 0);
     }
 
     #[test]

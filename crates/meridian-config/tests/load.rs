@@ -162,6 +162,10 @@ fn the_override_table_lists_every_variable() {
         variables,
         [
             "MERIDIAN_LISTEN",
+            "MERIDIAN_ADMIN_LISTEN",
+            "MERIDIAN_PROBE_INTERVAL",
+            "MERIDIAN_MONITOR_USER",
+            "MERIDIAN_MONITOR_PASSWORD",
             "MERIDIAN_DATA_DIR",
             "MERIDIAN_POOL_MODE",
             "MERIDIAN_MAX_CLIENT_CONNECTIONS",

@@ -34,13 +34,30 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// The server role and password of the first configured user, on database `postgres`.
+    /// `monitor.user` and its password, else the server role and password of the first
+    /// configured user; on `monitor.database`.
     pub fn from_config(config: &Config) -> Option<Credentials> {
-        let user = config.users.first()?;
+        let monitor = &config.monitor;
+        let (user, password) = match &monitor.user {
+            Some(user) => (
+                user.clone(),
+                monitor.password.as_ref().map(|p| p.expose().to_owned()),
+            ),
+            None => {
+                let first = config.users.first()?;
+                (
+                    first.server_user.clone(),
+                    first
+                        .server_password
+                        .as_ref()
+                        .map(|p| p.expose().to_owned()),
+                )
+            }
+        };
         Some(Credentials {
-            user: user.server_user.clone(),
-            password: user.server_password.as_ref().map(|p| p.expose().to_owned()),
-            database: "postgres".to_owned(),
+            user,
+            password,
+            database: monitor.database.clone(),
         })
     }
 }
