@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod lsn;
+pub mod observation;
 pub mod routing;
 pub mod topology;
 
