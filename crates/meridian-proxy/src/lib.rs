@@ -18,7 +18,6 @@ mod session_state;
 mod settings;
 mod statements;
 mod stream;
-mod tls;
 mod tracker;
 
 use std::future::Future;
@@ -34,10 +33,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use failure::Failure;
+pub use meridian_tls::{ClientTls, ServerTls, ServerTlsSet, TlsSetupError};
 pub use pool::{PoolSettings, PoolStats};
 pub use server::ServerError;
 pub use settings::{ClientAuth, ProxySettings, SettingsError, User};
-pub use tls::{ClientTls, ServerTls, TlsSetupError};
 
 use crate::cancel::CancelRegistry;
 use crate::login::Opening;

@@ -186,7 +186,8 @@ impl Pool {
             let grant = match waiter {
                 None => Grant::Open,
                 Some(mut rx) => match tokio::time::timeout_at(
-                    *deadline.get_or_insert_with(|| Instant::now() + self.settings.checkout_timeout),
+                    *deadline
+                        .get_or_insert_with(|| Instant::now() + self.settings.checkout_timeout),
                     &mut rx,
                 )
                 .await

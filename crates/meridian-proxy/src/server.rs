@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use crate::statements::StatementId;
 use crate::stream::Stream;
-use crate::tls::ServerTls;
+use meridian_tls::ServerTls;
 
 /// Where and as whom to log in.
 #[derive(Debug, Clone)]
@@ -357,11 +357,10 @@ async fn negotiate_tls(
     login: &ServerLogin,
     addr: &str,
 ) -> Result<Stream, ServerError> {
-    let (connector, required) = match &login.tls {
-        ServerTls::Disable => return Ok(Stream::Plain(tcp)),
-        ServerTls::Prefer(connector) => (connector, false),
-        ServerTls::Require(connector) => (connector, true),
+    let Some(connector) = login.tls.connector() else {
+        return Ok(Stream::Plain(tcp));
     };
+    let required = login.tls.is_required();
     let unreachable = |source: io::Error| ServerError::Unreachable {
         addr: addr.to_owned(),
         source,

@@ -962,7 +962,11 @@ impl Shared {
                     user: user.server_user.clone(),
                     database: database.clone(),
                     password: user.server_password.clone(),
-                    tls: self.settings.server_tls.clone(),
+                    tls: self
+                        .settings
+                        .server_tls
+                        .for_region(&node_view.region)
+                        .clone(),
                     connect_timeout: self.settings.connect_timeout,
                     max_message_size: self.settings.max_message_size,
                 },

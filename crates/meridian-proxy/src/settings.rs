@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_config::{AuthMethod, Config, PasswordSpec, PoolMode, Secret, ServerTlsMode};
+use meridian_config::{AuthMethod, Config, PasswordSpec, PoolMode, Secret};
+use meridian_tls::{ClientTls, ServerTlsSet, TlsSetupError};
 use meridian_wire::auth::{DEFAULT_ITERATIONS, ScramVerifier, md5_hash, random_salt};
 
 use crate::pool::PoolSettings;
-use crate::tls::{self, ClientTls, ServerTls, TlsSetupError};
 
 /// How a user proves who it is to the proxy.
 #[derive(Debug, Clone)]
@@ -58,8 +58,8 @@ pub struct ProxySettings {
     pub users: HashMap<String, User>,
     /// TLS for clients, when a certificate is configured.
     pub client_tls: Option<ClientTls>,
-    /// TLS towards servers.
-    pub server_tls: ServerTls,
+    /// TLS towards servers, per region.
+    pub server_tls: ServerTlsSet,
 }
 
 /// Why the settings could not be built.
@@ -122,23 +122,10 @@ impl ProxySettings {
             );
         }
         let client_tls = match &config.tls {
-            Some(tls) => Some(tls::acceptor(&tls.cert, &tls.key)?),
+            Some(tls) => Some(meridian_tls::acceptor(&tls.cert, &tls.key)?),
             None => None,
         };
-        let server_tls = match config.server_tls.mode {
-            ServerTlsMode::Disable => ServerTls::Disable,
-            ServerTlsMode::Prefer => ServerTls::prefer()?,
-            ServerTlsMode::Require => ServerTls::require()?,
-            ServerTlsMode::VerifyFull => {
-                let root = config.server_tls.root_cert.as_deref().ok_or_else(|| {
-                    TlsSetupError::new(
-                        "server_tls.root_cert",
-                        "verify-full needs a root certificate",
-                    )
-                })?;
-                ServerTls::verify_full(root)?
-            }
-        };
+        let server_tls = ServerTlsSet::from_config(config)?;
         Ok(ProxySettings {
             pool_mode: config.proxy.pool_mode,
             max_client_connections: config.proxy.max_client_connections as usize,

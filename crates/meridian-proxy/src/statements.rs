@@ -188,7 +188,8 @@ mod tests {
     #[test]
     fn equal_parameter_sets_are_one_allocation() {
         let sets = ParameterSets::default();
-        let params: BTreeMap<String, String> = [("application_name".to_owned(), "app".to_owned())].into();
+        let params: BTreeMap<String, String> =
+            [("application_name".to_owned(), "app".to_owned())].into();
         let a = sets.intern(params.clone());
         let b = sets.intern(params);
         assert!(Arc::ptr_eq(&a, &b));

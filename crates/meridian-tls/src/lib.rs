@@ -1,5 +1,6 @@
 //! TLS on both sides: accepted from clients with the configured certificate, and initiated to
-//! servers with libpq's `sslmode` semantics.
+//! servers with libpq's `sslmode` semantics. Shared by the proxy's pools and the control
+//! plane's probes, so that both reach a node the same way.
 //!
 //! `prefer` and `require` encrypt without checking the server's certificate, exactly as libpq
 //! does when no root certificate is given (PostgreSQL docs, 34.19.1 "Client Verification of
@@ -7,8 +8,11 @@
 //! checks the chain against the configured root and the host name. The handshake signatures
 //! are verified in every mode, so the peer must hold the key of the certificate it shows.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+
+use meridian_config::{Config, ServerTlsMode};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -82,9 +86,9 @@ pub enum ServerTls {
     /// Never ask for TLS.
     Disable,
     /// Ask; use plain TCP if the server declines.
-    Prefer(TlsConnector),
+    Prefer(Arc<rustls::ClientConfig>),
     /// Ask; refuse a server that declines.
-    Require(TlsConnector),
+    Require(Arc<rustls::ClientConfig>),
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -98,34 +102,41 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// `prefer`: encrypt when the server can, without certificate checks.
-    pub fn prefer() -> Result<ServerTls, TlsSetupError> {
-        Ok(ServerTls::Prefer(unverified_connector()?))
+    /// The setup for `mode`; `root_cert` is needed (and only used) for `verify-full`.
+    pub fn new(mode: ServerTlsMode, root_cert: Option<&Path>) -> Result<ServerTls, TlsSetupError> {
+        Ok(match mode {
+            ServerTlsMode::Disable => ServerTls::Disable,
+            ServerTlsMode::Prefer => ServerTls::Prefer(unverified_config()?),
+            ServerTlsMode::Require => ServerTls::Require(unverified_config()?),
+            ServerTlsMode::VerifyFull => {
+                let root = root_cert.ok_or_else(|| {
+                    TlsSetupError::new(
+                        "server_tls.root_cert",
+                        "verify-full needs a root certificate",
+                    )
+                })?;
+                ServerTls::Require(verifying_config(root)?)
+            }
+        })
     }
 
-    /// `require`: always encrypt, without certificate checks.
-    pub fn require() -> Result<ServerTls, TlsSetupError> {
-        Ok(ServerTls::Require(unverified_connector()?))
+    /// The rustls configuration, unless TLS is disabled.
+    pub fn client_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        match self {
+            ServerTls::Disable => None,
+            ServerTls::Prefer(config) | ServerTls::Require(config) => Some(config),
+        }
     }
 
-    /// `verify-full`: always encrypt, and check the chain against `root_cert` and the host name.
-    pub fn verify_full(root_cert: &Path) -> Result<ServerTls, TlsSetupError> {
-        let what = || format!("server_tls.root_cert {}", root_cert.display());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(root_cert).map_err(|e| setup_error(what(), e))? {
-            roots
-                .add(cert.map_err(|e| setup_error(what(), e))?)
-                .map_err(|e| setup_error(what(), e))?;
-        }
-        if roots.is_empty() {
-            return Err(setup_error(what(), "no certificate in the file"));
-        }
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| setup_error("server_tls", e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(ServerTls::Require(TlsConnector::from(Arc::new(config))))
+    /// A connector for tokio, unless TLS is disabled.
+    pub fn connector(&self) -> Option<TlsConnector> {
+        self.client_config()
+            .map(|config| TlsConnector::from(config.clone()))
+    }
+
+    /// Whether a server that declines TLS must be refused.
+    pub fn is_required(&self) -> bool {
+        matches!(self, ServerTls::Require(_))
     }
 
     /// The server name to present and check for `host`.
@@ -134,7 +145,61 @@ impl ServerTls {
     }
 }
 
-fn unverified_connector() -> Result<TlsConnector, TlsSetupError> {
+/// The TLS setup of every region: `server_tls.mode`, overridden by a region's `ssl`.
+#[derive(Debug, Clone)]
+pub struct ServerTlsSet {
+    default: ServerTls,
+    by_region: HashMap<String, ServerTls>,
+}
+
+impl ServerTlsSet {
+    /// Builds every setup the configuration names.
+    pub fn from_config(config: &Config) -> Result<ServerTlsSet, TlsSetupError> {
+        let root = config.server_tls.root_cert.as_deref();
+        let default = ServerTls::new(config.server_tls.mode, root)?;
+        let mut by_region = HashMap::new();
+        for region in &config.regions {
+            if let Some(mode) = region.ssl {
+                by_region.insert(region.name.clone(), ServerTls::new(mode, root)?);
+            }
+        }
+        Ok(ServerTlsSet { default, by_region })
+    }
+
+    /// One setup for every node.
+    pub fn uniform(tls: ServerTls) -> ServerTlsSet {
+        ServerTlsSet {
+            default: tls,
+            by_region: HashMap::new(),
+        }
+    }
+
+    /// The setup for the nodes of `region`.
+    pub fn for_region(&self, region: &str) -> &ServerTls {
+        self.by_region.get(region).unwrap_or(&self.default)
+    }
+}
+
+fn verifying_config(root_cert: &Path) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let what = || format!("server_tls.root_cert {}", root_cert.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root_cert).map_err(|e| setup_error(what(), e))? {
+        roots
+            .add(cert.map_err(|e| setup_error(what(), e))?)
+            .map_err(|e| setup_error(what(), e))?;
+    }
+    if roots.is_empty() {
+        return Err(setup_error(what(), "no certificate in the file"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup_error("server_tls", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn unverified_config() -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let provider = provider();
     let verifier = Arc::new(AnyCertificate {
         algorithms: provider.signature_verification_algorithms,
@@ -145,7 +210,7 @@ fn unverified_connector() -> Result<TlsConnector, TlsSetupError> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// Accepts any certificate (libpq's `sslmode=require` without a root certificate) but still
