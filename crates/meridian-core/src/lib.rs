@@ -4,10 +4,15 @@
 //! tested exhaustively without servers. The async crates gather inputs and carry out the
 //! decisions.
 
+pub mod alerts;
+pub mod backoff;
 pub mod classify;
+pub mod health;
+pub mod lag;
 pub mod lsn;
 pub mod observation;
 pub mod routing;
+pub mod status;
 pub mod topology;
 
 pub use lsn::Lsn;

@@ -143,14 +143,27 @@ mod tests {
         assert_eq!(t.plus(Duration::from_millis(500)), Timestamp(1_500));
         assert_eq!(Timestamp(1_500).since(t), Duration::from_millis(500));
         assert_eq!(t.since(Timestamp(1_500)), Duration::ZERO);
-        assert_eq!(Timestamp(u64::MAX).plus(Duration::from_secs(1)), Timestamp(u64::MAX));
+        assert_eq!(
+            Timestamp(u64::MAX).plus(Duration::from_secs(1)),
+            Timestamp(u64::MAX)
+        );
     }
 
     #[test]
     fn evidence_strength() {
         assert!(ProbeError::Refused.is_strong());
-        assert!(ProbeError::Rejected { sqlstate: "57P01".into() }.is_strong());
-        assert!(!ProbeError::Rejected { sqlstate: "28P01".into() }.is_strong());
+        assert!(
+            ProbeError::Rejected {
+                sqlstate: "57P01".into()
+            }
+            .is_strong()
+        );
+        assert!(
+            !ProbeError::Rejected {
+                sqlstate: "28P01".into()
+            }
+            .is_strong()
+        );
         assert!(!ProbeError::Timeout.is_strong());
         assert!(!ProbeError::Other("tls".into()).is_strong());
     }
