@@ -2,3 +2,6 @@
 //! decisions, carries out their actions and keeps the store.
 
 pub mod discovery;
+pub mod monitor;
+pub mod probe;
+pub mod store;

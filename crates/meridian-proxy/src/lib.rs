@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
-use meridian_core::topology::ClusterView;
+use meridian_core::topology::{ClusterView, NodeId};
 use meridian_wire::startup::{self, StartupPacket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use failure::Failure;
@@ -54,12 +54,22 @@ pub(crate) struct Shared {
     pub(crate) parameter_sets: ParameterSets,
     /// Keys the fixed per-user salt of mock authentication for unknown users.
     pub(crate) mock_secret: [u8; 32],
+    /// Where to report a node the proxy could not use (the monitor probes it at once).
+    fast_signal: Option<mpsc::UnboundedSender<NodeId>>,
     next_session: AtomicU64,
 }
 
 impl Shared {
     pub(crate) fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The proxy could not connect to `node` or lost a connection to it: a faster signal than
+    /// the next scheduled probe.
+    pub(crate) fn report_unusable(&self, node: NodeId) {
+        if let Some(signal) = &self.fast_signal {
+            let _ = signal.send(node);
+        }
     }
 }
 
@@ -91,8 +101,13 @@ pub struct PoolReport {
 }
 
 impl Proxy {
-    /// A proxy with these settings, following the cluster view published on `view`.
-    pub fn new(settings: ProxySettings, view: watch::Receiver<Arc<ClusterView>>) -> Proxy {
+    /// A proxy with these settings, following the cluster view published on `view`, and
+    /// reporting nodes it cannot use on `fast_signal`.
+    pub fn new(
+        settings: ProxySettings,
+        view: watch::Receiver<Arc<ClusterView>>,
+        fast_signal: Option<mpsc::UnboundedSender<NodeId>>,
+    ) -> Proxy {
         Proxy {
             shared: Arc::new(Shared {
                 settings,
@@ -102,6 +117,7 @@ impl Proxy {
                 cancels: CancelRegistry::default(),
                 parameter_sets: ParameterSets::default(),
                 mock_secret: rand::random(),
+                fast_signal,
                 next_session: AtomicU64::new(1),
             }),
         }

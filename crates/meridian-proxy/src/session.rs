@@ -628,6 +628,7 @@ impl Session {
             return Ok(());
         };
         self.cancel.set_target(None);
+        self.shared.report_unusable(attached.pool.node());
         let node = attached.pool.node_name().to_owned();
         let owed = self.tracker.owed_ready();
         let unfinished = self.tracker.in_unfinished_batch();
@@ -701,7 +702,15 @@ impl Session {
                 pool
             }
         };
-        let conn = pool.checkout().await?;
+        let conn = match pool.checkout().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                if matches!(error, crate::pool::PoolError::Connect(_)) {
+                    self.shared.report_unusable(node);
+                }
+                return Err(error.into());
+            }
+        };
         Ok(Attached {
             conn,
             pool,

@@ -1,6 +1,7 @@
 //! The `meridian` binary: the command line that wires the crates together.
 
 mod run;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,14 +3,16 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use meridian_config::{Config, Environment};
-use meridian_control::discovery::{self, Credentials};
+use meridian_control::discovery::Credentials;
+use meridian_control::monitor::{self, MonitorSettings};
+use meridian_control::store::{self, Retention, SqliteStore, Store};
 use meridian_proxy::{Proxy, ProxySettings};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+
+use crate::telemetry::Telemetry;
 
 pub fn main(config_path: Option<&Path>) -> ExitCode {
     init_logging();
@@ -47,21 +49,57 @@ pub fn main(config_path: Option<&Path>) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit();
     let settings = ProxySettings::from_config(&config).context("cannot prepare the proxy")?;
-    let credentials = Credentials::from_config(&config)
-        .context("no [[users]] configured: Meridian needs one to log in to the servers")?;
-    let view = discovery::observe_roles(&config, &credentials, Duration::from_secs(5)).await?;
-    match view.primary.and_then(|id| view.node(id)) {
+    let credentials = Credentials::from_config(&config).context(
+        "no credentials for the monitor: set [monitor] user (and password), or add a [[users]] entry",
+    )?;
+    let store_path = store::default_path(&config.data_dir);
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &store_path,
+            Retention {
+                probe_history: config.monitor.history_retention,
+                ..Retention::default()
+            },
+        )
+        .with_context(|| format!("cannot open the store {}", store_path.display()))?,
+    );
+    let monitor = monitor::spawn(
+        MonitorSettings::from_config(&config, credentials).context("cannot prepare the monitor")?,
+        store.clone(),
+    );
+    // Route nothing before every node has been looked at once (bounded: a node that does not
+    // answer is judged by its failures later).
+    let first = tokio::time::timeout(config.monitor.probe_timeout * 3, monitor.first_round()).await;
+    let status = first.unwrap_or_else(|_| monitor.status());
+    match status.primary.and_then(|id| status.node(id)) {
         Some(primary) => tracing::info!(node = %primary.name, "primary found"),
         None => tracing::warn!(
             "no node answered as a writable primary; transactions will fail until one does"
         ),
     }
-    let (_view_tx, view_rx) = watch::channel(Arc::new(view));
+
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
-    tracing::info!(listen = %config.listen, "accepting clients");
-    let proxy = Proxy::new(settings, view_rx);
+    let proxy = Proxy::new(settings, monitor.view(), Some(monitor.fast_signal()));
+    let telemetry = Telemetry {
+        monitor: monitor.clone(),
+        proxy: proxy.clone(),
+        store: store.clone(),
+    };
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_server = tokio::spawn(meridian_admin::serve(
+        admin,
+        meridian_admin::router(Arc::new(telemetry)),
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "accepting clients");
+
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let data_plane = run_data_plane(proxy, listener, stopped)?;
     shutdown_signal().await;
@@ -70,6 +108,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || data_plane.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the data plane thread panicked"))?;
+    let _ = stop_admin.send(());
+    let _ = admin_server.await;
+    store.flush();
     tracing::info!("stopped");
     Ok(())
 }

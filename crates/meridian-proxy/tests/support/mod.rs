@@ -80,7 +80,7 @@ impl ProxyUnderTest {
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let settings = ProxySettings::from_config(&config).unwrap();
         let (view, view_rx) = watch::channel(Arc::new(view_of(cluster, 0)));
-        let proxy = Proxy::new(settings, view_rx);
+        let proxy = Proxy::new(settings, view_rx, None);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

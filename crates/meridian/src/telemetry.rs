@@ -1,0 +1,347 @@
+//! The metrics Meridian exposes, read from the monitor's and the proxy's snapshots at each
+//! scrape (nothing is counted twice, and there is no global recorder).
+//!
+//! Names follow the Prometheus conventions: `meridian_` prefix, base units (seconds, bytes),
+//! `_total` for counters. Every node metric carries `node` and `region` labels.
+
+use std::sync::Arc;
+
+use meridian_control::monitor::{LATENCY_BUCKETS, MonitorHandle, health_str, role_str};
+use meridian_control::store::Store;
+use meridian_core::topology::{Health, Role};
+use meridian_proxy::Proxy;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// What the operator listener reads.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub monitor: MonitorHandle,
+    pub proxy: Proxy,
+    pub store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+impl meridian_admin::Control for Telemetry {
+    fn metrics(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, f64)],
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Telemetry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let status = self.monitor.status();
+        let counters = self.monitor.counters();
+        let node_labels = |name: &str, region: &str| -> Labels {
+            vec![("node", name.to_owned()), ("region", region.to_owned())]
+        };
+        let nodes = &status.nodes;
+
+        gauge(
+            &mut encoder,
+            "meridian_node_up",
+            "1 when the node answers probes (its health is not down).",
+            &nodes
+                .iter()
+                .map(|n| {
+                    (
+                        node_labels(&n.name, &n.region),
+                        f64::from(u8::from(
+                            n.health != Health::Down && n.health != Health::Unknown,
+                        )),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let mut health = Vec::new();
+        let mut role = Vec::new();
+        for n in nodes {
+            for state in [
+                Health::Healthy,
+                Health::Degraded,
+                Health::Down,
+                Health::Unknown,
+            ] {
+                let mut labels = node_labels(&n.name, &n.region);
+                labels.push(("state", health_str(state).to_owned()));
+                health.push((labels, f64::from(u8::from(n.health == state))));
+            }
+            for r in [Role::Primary, Role::Replica, Role::Unknown] {
+                let mut labels = node_labels(&n.name, &n.region);
+                labels.push(("role", role_str(r).to_owned()));
+                role.push((labels, f64::from(u8::from(n.role == r))));
+            }
+        }
+        gauge(
+            &mut encoder,
+            "meridian_node_health",
+            "The node's judged health: 1 for the current state.",
+            &health,
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_node_role",
+            "The node's observed role: 1 for the current role.",
+            &role,
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_node_replication_lag_bytes",
+            "WAL the primary wrote that the replica has not replayed.",
+            &nodes
+                .iter()
+                .filter_map(|n| Some((node_labels(&n.name, &n.region), n.lag?.bytes as f64)))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_node_replication_lag_seconds",
+            "How long ago the primary was where the replica is now (0 when caught up).",
+            &nodes
+                .iter()
+                .filter_map(|n| {
+                    Some((
+                        node_labels(&n.name, &n.region),
+                        n.lag?.seconds.as_secs_f64(),
+                    ))
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_node_connections",
+            "Client backends on the node, as its last probe saw.",
+            &nodes
+                .iter()
+                .map(|n| (node_labels(&n.name, &n.region), f64::from(n.connections)))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_node_probes",
+            "Probes of the node.",
+            &nodes
+                .iter()
+                .map(|n| (node_labels(&n.name, &n.region), n.probes))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_node_probe_errors",
+            "Probes of the node that failed.",
+            &nodes
+                .iter()
+                .map(|n| (node_labels(&n.name, &n.region), n.probe_failures))
+                .collect::<Vec<_>>(),
+        )?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "meridian_node_probe_latency_seconds",
+                "Round trip of successful probe queries.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for n in nodes {
+                let Some(histogram) = counters.latency.get(&*n.name) else {
+                    continue;
+                };
+                // Per-bucket counts (the encoder accumulates them), then the overflow bucket.
+                let mut previous = 0;
+                let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                    .iter()
+                    .zip(histogram.buckets)
+                    .map(|(&bound, cumulative)| {
+                        let count = cumulative - previous;
+                        previous = cumulative;
+                        (bound, count)
+                    })
+                    .collect();
+                buckets.push((f64::INFINITY, histogram.count - previous));
+                let labels = node_labels(&n.name, &n.region);
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        histogram.sum,
+                        histogram.count,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "meridian_cluster_generation",
+            "Increases whenever the primary changes.",
+            &[(Vec::new(), status.generation as f64)],
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_cluster_primary",
+            "1 for the node taking writes.",
+            &status
+                .primary
+                .and_then(|id| status.node(id))
+                .map(|n| vec![(node_labels(&n.name, &n.region), 1.0)])
+                .unwrap_or_default(),
+        )?;
+        let mut active: std::collections::BTreeMap<(&str, &str), u64> =
+            std::collections::BTreeMap::new();
+        for alert in &counters.active_alerts {
+            *active
+                .entry((alert.kind.as_str(), alert.severity.as_str()))
+                .or_default() += 1;
+        }
+        gauge(
+            &mut encoder,
+            "meridian_alerts_active",
+            "Active alerts by type and severity.",
+            &active
+                .iter()
+                .map(|((kind, severity), n)| {
+                    (
+                        vec![
+                            ("type", kind.to_string()),
+                            ("severity", severity.to_string()),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_alerts_raised",
+            "Alerts raised since start, by type and severity.",
+            &counters
+                .alerts_raised
+                .iter()
+                .map(|((kind, severity), n)| {
+                    (
+                        vec![
+                            ("type", kind.as_str().to_owned()),
+                            ("severity", severity.as_str().to_owned()),
+                        ],
+                        *n,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let pools = self.proxy.pool_reports();
+        let pool_labels = |p: &meridian_proxy::PoolReport| -> Labels {
+            vec![
+                ("node", p.node.clone()),
+                ("user", p.user.clone()),
+                ("database", p.database.clone()),
+            ]
+        };
+        let mut connections = Vec::new();
+        for p in &pools {
+            let mut idle = pool_labels(p);
+            idle.push(("state", "idle".to_owned()));
+            connections.push((idle, p.stats.idle as f64));
+            let mut busy = pool_labels(p);
+            busy.push(("state", "in_use".to_owned()));
+            connections.push((busy, p.stats.open.saturating_sub(p.stats.idle) as f64));
+        }
+        gauge(
+            &mut encoder,
+            "meridian_pool_connections",
+            "Server connections of each pool, idle or in use.",
+            &connections,
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_pool_waiting",
+            "Transactions waiting for a server connection.",
+            &pools
+                .iter()
+                .map(|p| (pool_labels(p), p.stats.waiting as f64))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_pool_checkouts",
+            "Server connections handed to transactions.",
+            &pools
+                .iter()
+                .map(|p| (pool_labels(p), p.stats.checkouts))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_pool_checkout_timeouts",
+            "Transactions refused with 53300 after the checkout timeout.",
+            &pools
+                .iter()
+                .map(|p| (pool_labels(p), p.stats.timeouts))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_pool_connects",
+            "Server connections opened.",
+            &pools
+                .iter()
+                .map(|p| (pool_labels(p), p.stats.connects))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_pool_connect_failures",
+            "Server connections that could not be opened.",
+            &pools
+                .iter()
+                .map(|p| (pool_labels(p), p.stats.connect_failures))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_store_dropped_samples",
+            "Probe samples the store dropped because its writer could not keep up.",
+            &[(Vec::new(), self.store.dropped_samples())],
+        )?;
+        Ok(())
+    }
+}
