@@ -1,7 +1,7 @@
 //! The control plane driver: probes every node, feeds `meridian-core`'s health and failover
 //! decisions, carries out their actions and keeps the store.
 
-pub mod discovery;
+pub mod credentials;
 pub mod monitor;
 pub mod probe;
 pub mod store;

@@ -32,7 +32,7 @@ use meridian_tls::{ServerTlsSet, TlsSetupError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::discovery::Credentials;
+use crate::credentials::Credentials;
 use crate::probe::{ProbeTarget, Prober, wall_clock};
 use crate::store::{AlertChange, AlertRecord, ProbeSample, Store};
 

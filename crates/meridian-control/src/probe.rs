@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::discovery::Credentials;
+use crate::credentials::Credentials;
 
 /// One round trip with everything a probe reports. `pg_walfile_name` names the current WAL file,
 /// whose first eight hex digits are the primary's timeline; it fails during recovery, hence the

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::discovery::Credentials;
+use meridian_control::credentials::Credentials;
 use meridian_control::monitor::{self, MonitorHandle, MonitorSettings, MonitoredNode};
 use meridian_control::store::{AlertQuery, Retention, SqliteStore, Store};
 use meridian_core::alerts::{AlertKind, AlertPolicy, Severity};

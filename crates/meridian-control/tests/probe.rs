@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::discovery::Credentials;
+use meridian_control::credentials::Credentials;
 use meridian_control::probe::{ProbeTarget, Prober};
 use meridian_core::backoff::Backoff;
 use meridian_core::observation::ProbeError;

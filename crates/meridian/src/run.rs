@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use meridian_config::{Config, Environment};
-use meridian_control::discovery::Credentials;
+use meridian_control::credentials::Credentials;
 use meridian_control::monitor::{self, MonitorSettings};
 use meridian_control::store::{self, Retention, SqliteStore, Store};
 use meridian_proxy::{Proxy, ProxySettings};
