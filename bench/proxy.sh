@@ -68,8 +68,10 @@ echo '"postgres" ""' > "$work/users.txt"
 pids+=($!)
 
 meridian_port=$(free_port)
+admin_port=$(free_port)
 cat > "$work/meridian.toml" <<EOF
 listen = "127.0.0.1:$meridian_port"
+admin_listen = "127.0.0.1:$admin_port"
 [proxy]
 pool_mode = "transaction"
 max_client_connections = 20000

@@ -19,11 +19,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn meridian() -> Command {
+/// The binary with a clean environment, its own admin port and data directory in `data`
+/// (tests run in parallel: the defaults would collide).
+fn meridian(data: &tempfile::TempDir) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_meridian"));
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(
+            "MERIDIAN_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("MERIDIAN_DATA_DIR", data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -56,6 +63,7 @@ async fn stop(mut child: Child) -> (Option<i32>, String) {
 
 #[tokio::test]
 async fn database_url_alone_runs_a_proxy_for_the_urls_user() {
+    let data = tempfile::tempdir().unwrap();
     let cluster = TestCluster::builder().start().await.unwrap();
     cluster
         .primary()
@@ -63,7 +71,7 @@ async fn database_url_alone_runs_a_proxy_for_the_urls_user() {
         .await
         .unwrap();
     let port = free_port();
-    let child = meridian()
+    let child = meridian(&data)
         .arg("run")
         .env(
             "DATABASE_URL",
@@ -108,6 +116,7 @@ async fn database_url_alone_runs_a_proxy_for_the_urls_user() {
 
 #[tokio::test]
 async fn a_config_file_runs_the_proxy_and_sigterm_stops_it() {
+    let data = tempfile::tempdir().unwrap();
     let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -125,7 +134,12 @@ async fn a_config_file_runs_the_proxy_and_sigterm_stops_it() {
     }
     let path = dir.path().join("meridian.toml");
     std::fs::write(&path, toml).unwrap();
-    let child = meridian().arg("run").arg("-c").arg(&path).spawn().unwrap();
+    let child = meridian(&data)
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .spawn()
+        .unwrap();
     let conninfo = format!("host=127.0.0.1 port={port} user=app password=app-pw dbname=postgres");
     let client = wait_until(TIMEOUT, "meridian to accept clients", || async {
         connect(&conninfo).await.into()
@@ -148,6 +162,7 @@ async fn a_config_file_runs_the_proxy_and_sigterm_stops_it() {
 
 #[tokio::test]
 async fn a_bad_configuration_is_refused_naming_the_field() {
+    let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meridian.toml");
     std::fs::write(
@@ -155,7 +170,7 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
         "[pool]\nmax_size = 0\n[[regions]]\nname = \"main\"\n[[regions.nodes]]\nname = \"pg1\"\nhost = \"127.0.0.1\"\n",
     )
     .unwrap();
-    let output = meridian()
+    let output = meridian(&data)
         .arg("run")
         .arg("-c")
         .arg(&path)
@@ -169,7 +184,8 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
 
 #[tokio::test]
 async fn no_configuration_at_all_says_how_to_give_one() {
-    let output = meridian().arg("run").output().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let output = meridian(&data).arg("run").output().await.unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
@@ -177,10 +193,11 @@ async fn no_configuration_at_all_says_how_to_give_one() {
 
 #[tokio::test]
 async fn the_proxy_keeps_waiting_for_a_primary_that_is_down_at_start() {
+    let data = tempfile::tempdir().unwrap();
     // Nothing listens on this port: the node is down. Meridian still starts and says so.
     let dead = free_port();
     let port = free_port();
-    let child = meridian()
+    let child = meridian(&data)
         .arg("run")
         .env(
             "DATABASE_URL",
