@@ -676,6 +676,7 @@ pub fn view_of(status: &ClusterStatus) -> ClusterView {
     ClusterView {
         generation: status.generation,
         primary: status.primary,
+        paused: false,
         nodes: status
             .nodes
             .iter()

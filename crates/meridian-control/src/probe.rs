@@ -37,11 +37,14 @@ SELECT r.in_recovery,
        (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::bigint,
        w.status, w.sender_host, w.sender_port,
        (extract(epoch FROM w.last_msg_receipt_time) * 1000)::bigint, w.received_tli,
+       (extract(epoch FROM now() - w.last_msg_receipt_time) * 1000)::bigint,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
        current_setting('max_connections'),
        (SELECT coalesce(json_agg(json_build_array(application_name, state, sync_state,
                                                   flush_lsn::text, replay_lsn::text)), '[]')
-          FROM pg_stat_replication)
+          FROM pg_stat_replication),
+       current_setting('synchronous_standby_names'),
+       (SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout')
   FROM (SELECT pg_is_in_recovery() AS in_recovery) r
   LEFT JOIN pg_stat_wal_receiver w ON true";
 
@@ -260,6 +263,7 @@ fn parse(messages: &[SimpleQueryMessage], latency: Duration) -> Result<NodeStatu
             sender_port: number(8)?.and_then(|p| u16::try_from(p).ok()),
             last_message_at: millis(9)?,
             timeline: number(10)?.and_then(|t| u32::try_from(t).ok()),
+            last_message_age: number(11)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
         }),
     };
     let timeline = if in_recovery {
@@ -267,7 +271,7 @@ fn parse(messages: &[SimpleQueryMessage], latency: Duration) -> Result<NodeStatu
     } else {
         walfile_timeline
     };
-    let downstream: Vec<serde_json::Value> = serde_json::from_str(text(13).unwrap_or("[]"))
+    let downstream: Vec<serde_json::Value> = serde_json::from_str(text(14).unwrap_or("[]"))
         .map_err(|e| format!("pg_stat_replication: {e}"))?;
     let downstream = downstream
         .into_iter()
@@ -293,8 +297,10 @@ fn parse(messages: &[SimpleQueryMessage], latency: Duration) -> Result<NodeStatu
         last_replay_at: millis(5)?,
         wal_receiver,
         downstream,
-        connections: number(11)?.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
-        max_connections: number(12)?.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        connections: number(12)?.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        max_connections: number(13)?.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+        synchronous_standby_names: text(15).unwrap_or_default().to_owned(),
+        wal_sender_timeout: number(16)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
     })
 }
 

@@ -69,6 +69,9 @@ pub struct WalReceiver {
     pub sender_port: Option<u16>,
     /// When the last message from the sender arrived.
     pub last_message_at: Option<Timestamp>,
+    /// How long ago that was, by the replica's own clock (so no clock skew between hosts
+    /// enters the judgement).
+    pub last_message_age: Option<Duration>,
     /// The timeline it receives.
     pub timeline: Option<u32>,
 }
@@ -116,6 +119,10 @@ pub struct NodeStatus {
     pub wal_receiver: Option<WalReceiver>,
     /// Replicas streaming from this node.
     pub downstream: Vec<Downstream>,
+    /// `synchronous_standby_names` (meaningful on a primary; empty = asynchronous).
+    pub synchronous_standby_names: String,
+    /// `wal_sender_timeout`: a live but idle stream still carries a keepalive every half of it.
+    pub wal_sender_timeout: Option<Duration>,
     /// Client backends connected.
     pub connections: u32,
     /// `max_connections`.

@@ -17,6 +17,8 @@ pub enum RouteReason {
 pub enum NoRoute {
     /// No node is known to be the primary.
     NoPrimary,
+    /// A failover or switchover is under way: wait for the next view.
+    Paused,
 }
 
 /// A routing decision.
@@ -35,6 +37,9 @@ pub enum RouteDecision {
 
 /// Routes a transaction: to the current primary.
 pub fn route(view: &ClusterView) -> RouteDecision {
+    if view.paused {
+        return RouteDecision::Unavailable(NoRoute::Paused);
+    }
     match view.primary.and_then(|id| view.node(id)) {
         Some(node) if node.role != Role::Replica => RouteDecision::Node {
             node: node.id,
@@ -68,6 +73,7 @@ mod tests {
         let view = ClusterView {
             generation: 1,
             primary: Some(NodeId(1)),
+            paused: false,
             nodes: vec![node(0, Role::Replica), node(1, Role::Primary)],
         };
         assert_eq!(
@@ -80,10 +86,22 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_view_routes_nowhere_yet() {
+        let view = ClusterView {
+            generation: 3,
+            primary: Some(NodeId(1)),
+            paused: true,
+            nodes: vec![node(0, Role::Replica), node(1, Role::Primary)],
+        };
+        assert_eq!(route(&view), RouteDecision::Unavailable(NoRoute::Paused));
+    }
+
+    #[test]
     fn no_primary_means_no_route() {
         let view = ClusterView {
             generation: 1,
             primary: None,
+            paused: false,
             nodes: vec![node(0, Role::Replica)],
         };
         assert_eq!(route(&view), RouteDecision::Unavailable(NoRoute::NoPrimary));
@@ -91,6 +109,7 @@ mod tests {
         let stale = ClusterView {
             generation: 1,
             primary: Some(NodeId(0)),
+            paused: false,
             nodes: vec![node(0, Role::Replica)],
         };
         assert_eq!(

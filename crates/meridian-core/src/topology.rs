@@ -69,6 +69,9 @@ pub struct ClusterView {
     pub generation: u64,
     /// The node that takes writes, if one is known.
     pub primary: Option<NodeId>,
+    /// A failover or switchover is under way: new transactions that need the primary wait for
+    /// the next view instead of failing.
+    pub paused: bool,
     /// Every configured node.
     pub nodes: Vec<NodeView>,
 }

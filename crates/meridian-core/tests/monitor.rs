@@ -30,6 +30,8 @@ fn success(latency: Duration) -> Result<NodeStatus, ProbeError> {
         last_replay_at: None,
         wal_receiver: None,
         downstream: Vec::new(),
+        synchronous_standby_names: String::new(),
+        wal_sender_timeout: None,
         connections: 1,
         max_connections: 100,
     })

@@ -37,6 +37,9 @@ max_wal_size = 512MB
 hot_standby = on
 hot_standby_feedback = on
 wal_receiver_status_interval = 1s
+# A live idle stream carries a keepalive every 2.5 s, so a replica that hears nothing for
+# longer can tell a hung primary from an idle one (Meridian's failover detection).
+wal_sender_timeout = 5s
 log_line_prefix = '%m [%p] %q%a '
 log_timezone = 'UTC'
 timezone = 'UTC'

@@ -202,6 +202,7 @@ pub fn view_of(cluster: &TestCluster, primary: usize) -> ClusterView {
     ClusterView {
         generation: 1,
         primary: Some(NodeId(primary as u16)),
+        paused: false,
         nodes: cluster
             .nodes()
             .iter()
