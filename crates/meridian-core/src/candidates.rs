@@ -243,18 +243,23 @@ mod tests {
             .collect()
     }
 
+    /// (node, place or exclusion) in ranking order.
+    type Expected = Vec<(u16, Result<usize, Exclusion>)>;
+    /// One row of the decision table.
+    type Case = (
+        &'static str,
+        Vec<Candidate>,
+        RankingPolicy,
+        Option<Lsn>,
+        Expected,
+    );
+
     /// Decision table: (what, candidates, policy changes, expected order / exclusions).
     #[test]
     fn ranking_table() {
         let mut far = candidate(3, "ap", 6, 100);
         far.received = Some(Lsn(100));
-        let cases: Vec<(
-            &str,
-            Vec<Candidate>,
-            RankingPolicy,
-            Option<Lsn>,
-            Vec<(u16, Result<usize, Exclusion>)>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "most data first, whatever the region",
                 vec![candidate(1, "eu", 8, 1000), candidate(2, "ap", 6, 2000)],

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod backoff;
 pub mod candidates;
 pub mod classify;
+pub mod failover;
 pub mod health;
 pub mod lag;
 pub mod lsn;

@@ -1,0 +1,1874 @@
+//! The failover machine: who the primary is, when it has failed, and the steps that replace it.
+//!
+//! Pure: `Failover::handle(now, input) -> Vec<Action>`. Inputs are probe observations, the
+//! proxy's fast signals, the outcomes of the steps it asked for, operator commands and ticks;
+//! actions ask for probes, publish views, execute steps on the servers, record the history and
+//! raise alerts. The control plane carries the actions out and feeds their outcomes back.
+//!
+//! # Detection
+//!
+//! The primary is *suspect* after one failed probe (or a fast signal from the proxy): from then
+//! on every node is probed every `confirm_interval` instead of every probe interval. It has
+//! *failed* once it missed `failure_threshold` consecutive probes **and** the replicas, probed
+//! after the suspicion began, confirm that none still receives WAL from it: a replica whose WAL
+//! receiver streams from the primary and heard from it within `receiver_timeout` proves the
+//! primary alive, however unreachable it is from here (a partition between the monitor and the
+//! primary), and then there is no failover, an alert instead. A killed primary is confirmed in
+//! about `failure_threshold × confirm_interval`: its replicas' streams break at once.
+//!
+//! # Safety
+//!
+//! - One run (failover or switchover) at a time; the primary is published only once promoted
+//!   and verified, with the generation increased: writes are only routed to the primary of the
+//!   current generation.
+//! - Never promote while the old primary is reachable and writable, except on an operator's
+//!   command, and then only after fencing it (a switchover).
+//! - After a failed promotion, automatic failover halts and `failover_failed` is raised: no
+//!   trying node after node. An operator command resumes it.
+//! - Automatic failovers are at least `min_interval` apart.
+//! - An old primary never becomes primary again by being observed writable: it *needs rejoin*
+//!   and receives no traffic until it is a replica again.
+//!
+//! # Runs
+//!
+//! Failover: publish a paused view (the proxies hold new transactions), fence the old primary
+//! unless it is known dead, promote the best candidate ([`crate::candidates`]), publish the new
+//! view (generation + 1), repoint the other replicas (region leaders to the new primary, the
+//! other members of their region to their leader), restore synchronous replication if the old
+//! primary had it. Switchover: pause, fence the primary (its last WAL position comes back),
+//! wait until the target replayed that position, then promote as above and turn the old
+//! primary into a replica (rejoin). Every phase is timed in the run's record.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::alerts::{AlertKind, Condition};
+use crate::candidates::{self, Candidate, Ranking, RankingPolicy};
+use crate::health::{HealthPolicy, NodeHealth};
+use crate::lsn::Lsn;
+use crate::observation::{NodeStatus, Observation, ProbeError, Timestamp};
+use crate::topology::{Health, NodeId};
+
+/// The rules of detection and promotion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverPolicy {
+    /// Fail over without an operator.
+    pub automatic: bool,
+    /// Consecutive failed probes of the primary before it can be declared failed.
+    pub failure_threshold: u32,
+    /// Probe cadence while the primary is suspect.
+    pub confirm_interval: Duration,
+    /// A replica that heard from its sender within this long still receives WAL (it is raised
+    /// to half the primary's `wal_sender_timeout` plus a second when that is longer: an idle
+    /// live stream carries a keepalive every half of it).
+    pub receiver_timeout: Duration,
+    /// Replicas further behind (bytes) are not promoted.
+    pub max_lag: u64,
+    /// Least time between two automatic failovers.
+    pub min_interval: Duration,
+    /// Time allowed for one step (fence, promote, repoint, ...).
+    pub step_timeout: Duration,
+    /// Health thresholds for judging candidates.
+    pub health: HealthPolicy,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        FailoverPolicy {
+            automatic: true,
+            failure_threshold: 3,
+            confirm_interval: Duration::from_millis(200),
+            receiver_timeout: Duration::from_secs(3),
+            max_lag: 16 * 1024 * 1024,
+            min_interval: Duration::from_secs(60),
+            step_timeout: Duration::from_secs(15),
+            health: HealthPolicy::default(),
+        }
+    }
+}
+
+/// A node as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Identity.
+    pub id: NodeId,
+    /// Name (also its `application_name` on its upstream).
+    pub name: Arc<str>,
+    /// Region.
+    pub region: Arc<str>,
+    /// The region's priority.
+    pub region_priority: i32,
+    /// The node's priority.
+    pub priority: i32,
+    /// Never promote.
+    pub no_failover: bool,
+    /// Host.
+    pub host: Arc<str>,
+    /// Port.
+    pub port: u16,
+}
+
+/// Identifies a step so that its outcome finds its way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepId(pub u64);
+
+/// Work on the servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Make the node refuse writes and end its client sessions; report its last WAL position.
+    Fence {
+        /// The node.
+        node: NodeId,
+    },
+    /// Undo a fence (an aborted switchover).
+    Unfence {
+        /// The node.
+        node: NodeId,
+    },
+    /// Wait until the node has replayed `lsn`.
+    WaitReplay {
+        /// The node.
+        node: NodeId,
+        /// The position.
+        lsn: Lsn,
+    },
+    /// Promote the replica and verify it accepts writes on a new timeline.
+    Promote {
+        /// The node.
+        node: NodeId,
+    },
+    /// Make the replica stream from `upstream`.
+    Repoint {
+        /// The replica.
+        node: NodeId,
+        /// Its new upstream.
+        upstream: NodeId,
+    },
+    /// Set the primary's `synchronous_standby_names`.
+    SetSynchronous {
+        /// The primary.
+        node: NodeId,
+        /// The setting.
+        value: String,
+    },
+    /// Turn a node (an old primary) into a replica of `upstream`.
+    Rejoin {
+        /// The node.
+        node: NodeId,
+        /// Its upstream.
+        upstream: NodeId,
+    },
+}
+
+impl Work {
+    fn node(&self) -> NodeId {
+        match self {
+            Work::Fence { node }
+            | Work::Unfence { node }
+            | Work::WaitReplay { node, .. }
+            | Work::Promote { node }
+            | Work::Repoint { node, .. }
+            | Work::SetSynchronous { node, .. }
+            | Work::Rejoin { node, .. } => *node,
+        }
+    }
+}
+
+/// What a step reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutput {
+    /// Fenced; its WAL position once no session could write any more.
+    Fenced {
+        /// `pg_current_wal_lsn()` after fencing.
+        lsn: Option<Lsn>,
+    },
+    /// Done, nothing to report.
+    Done,
+    /// Promoted, on this timeline.
+    Promoted {
+        /// The new timeline.
+        timeline: Option<u32>,
+    },
+}
+
+/// An operator's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Fail over now: to the best replica, of `region` if named, or to `node`. With the primary
+    /// alive this is a switchover (the primary is fenced first).
+    Failover {
+        /// Only replicas of this region.
+        region: Option<Arc<str>>,
+        /// This replica.
+        node: Option<NodeId>,
+    },
+    /// Planned change of primary, losing nothing.
+    Switchover {
+        /// The new primary, or the best replica.
+        to: Option<NodeId>,
+    },
+    /// Turn a node (an old primary) into a replica of the current primary.
+    Rejoin {
+        /// The node.
+        node: NodeId,
+    },
+    /// Resume automatic failover after a failed one.
+    ResumeAutomatic,
+}
+
+/// An input of the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A probe result.
+    Observation(Box<Observation>),
+    /// The proxy could not use this node.
+    FastSignal(NodeId),
+    /// A step finished.
+    Outcome {
+        /// Which.
+        step: StepId,
+        /// How.
+        result: Result<StepOutput, String>,
+    },
+    /// An operator's command.
+    Command(Command),
+    /// Time passes.
+    Tick,
+}
+
+/// Who takes writes, as published to the proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Increases with every promotion.
+    pub generation: u64,
+    /// The primary, if any.
+    pub primary: Option<NodeId>,
+    /// New write transactions must wait for the next view.
+    pub paused: bool,
+}
+
+/// How a run went or is going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Still running.
+    InProgress,
+    /// The new primary takes writes.
+    Completed,
+    /// It did not happen; why.
+    Failed(String),
+}
+
+/// A failover or a switchover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// Unplanned.
+    Failover,
+    /// Planned.
+    Switchover,
+}
+
+/// One timed phase of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseRecord {
+    /// `detection`, `fence`, `replay`, `promote`, `publish`, `repoint`, ...
+    pub name: String,
+    /// Start.
+    pub started_at: Timestamp,
+    /// End.
+    pub finished_at: Timestamp,
+    /// `ok`, `skipped: ...`, or the error.
+    pub outcome: String,
+}
+
+/// The history of one run, re-issued as it progresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Unique, increasing.
+    pub id: u64,
+    /// Failover or switchover.
+    pub kind: RunKind,
+    /// Why it started.
+    pub reason: String,
+    /// The primary it replaces.
+    pub old_primary: Option<NodeId>,
+    /// The node promoted (or chosen).
+    pub new_primary: Option<NodeId>,
+    /// The generation of the new primary.
+    pub generation: u64,
+    /// Start.
+    pub started_at: Timestamp,
+    /// End.
+    pub finished_at: Option<Timestamp>,
+    /// How it went.
+    pub outcome: RunOutcome,
+    /// Timed phases.
+    pub phases: Vec<PhaseRecord>,
+    /// The candidate ranking, one line per replica.
+    pub ranking: String,
+}
+
+/// A log line worth an operator's attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Normal progress.
+    Info,
+    /// Something is wrong.
+    Warn,
+}
+
+/// What the control plane must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Probe these nodes now.
+    Probe(Vec<NodeId>),
+    /// Publish who takes writes.
+    Publish(Published),
+    /// Do this on the servers; report with `Input::Outcome { step }`.
+    Execute {
+        /// Its id.
+        step: StepId,
+        /// What.
+        work: Work,
+    },
+    /// Store this state of a run.
+    Record(RunRecord),
+    /// Raise this alert.
+    Raise(Condition),
+    /// Resolve this alert.
+    Resolve(AlertKind, Option<NodeId>),
+    /// Log a decision.
+    Log(Level, String),
+}
+
+/// What the machine tracks of one node.
+#[derive(Debug, Clone)]
+struct Tracked {
+    health: NodeHealth,
+    /// The last successful probe.
+    last_ok: Option<(Timestamp, NodeStatus)>,
+    consecutive_failures: u32,
+    last_error: Option<ProbeError>,
+    observed: bool,
+}
+
+/// The detection state of the current primary.
+#[derive(Debug, Clone, PartialEq)]
+struct Suspicion {
+    since: Timestamp,
+    last_probe: Timestamp,
+    /// Decisions already explained in the log (once per suspicion).
+    reported: BTreeSet<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Fencing,
+    WaitingReplay,
+    Promoting,
+    Repointing,
+    Demoting,
+    Aborting,
+}
+
+/// A run in progress.
+#[derive(Debug, Clone)]
+struct Run {
+    record: RunRecord,
+    old: NodeId,
+    new: NodeId,
+    stage: Stage,
+    stage_started: Timestamp,
+    /// Steps under way and when each started.
+    pending: Vec<(StepId, Work, Timestamp)>,
+    /// Synchronous names of the old primary, to restore on the new one.
+    synchronous: Option<String>,
+    /// The old primary was fenced (to undo if a switchover aborts).
+    fenced: bool,
+}
+
+/// The machine.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    policy: FailoverPolicy,
+    nodes: Vec<NodeSpec>,
+    tracked: Vec<Tracked>,
+    primary: Option<NodeId>,
+    generation: u64,
+    paused: bool,
+    suspicion: Option<Suspicion>,
+    run: Option<Run>,
+    /// Automatic failover is halted, with why.
+    halted: Option<String>,
+    last_automatic: Option<Timestamp>,
+    needs_rejoin: BTreeSet<NodeId>,
+    next_step: u64,
+    next_run: u64,
+}
+
+/// A summary for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverState {
+    /// Increases with every promotion.
+    pub generation: u64,
+    /// The primary.
+    pub primary: Option<NodeId>,
+    /// Writes wait for a run to finish.
+    pub paused: bool,
+    /// The primary is suspect since.
+    pub suspect_since: Option<Timestamp>,
+    /// The run under way.
+    pub running: Option<u64>,
+    /// Automatic failover is halted, why.
+    pub halted: Option<String>,
+    /// Old primaries awaiting rejoin.
+    pub needs_rejoin: Vec<NodeId>,
+}
+
+impl Failover {
+    /// A machine for these nodes. `next_run` continues the numbering of stored runs.
+    pub fn new(policy: FailoverPolicy, nodes: Vec<NodeSpec>, next_run: u64) -> Failover {
+        let tracked = nodes
+            .iter()
+            .map(|_| Tracked {
+                health: NodeHealth::new(),
+                last_ok: None,
+                consecutive_failures: 0,
+                last_error: None,
+                observed: false,
+            })
+            .collect();
+        Failover {
+            policy,
+            nodes,
+            tracked,
+            primary: None,
+            generation: 0,
+            paused: false,
+            suspicion: None,
+            run: None,
+            halted: None,
+            last_automatic: None,
+            needs_rejoin: BTreeSet::new(),
+            next_step: 1,
+            next_run: next_run.max(1),
+        }
+    }
+
+    /// The operator's summary.
+    pub fn state(&self) -> FailoverState {
+        FailoverState {
+            generation: self.generation,
+            primary: self.primary,
+            paused: self.paused,
+            suspect_since: self.suspicion.as_ref().map(|s| s.since),
+            running: self.run.as_ref().map(|r| r.record.id),
+            halted: self.halted.clone(),
+            needs_rejoin: self.needs_rejoin.iter().copied().collect(),
+        }
+    }
+
+    /// What is published now.
+    pub fn published(&self) -> Published {
+        Published {
+            generation: self.generation,
+            primary: self.primary,
+            paused: self.paused,
+        }
+    }
+
+    /// Feeds one input; returns what to do.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Observation(observation) => self.observe(now, *observation, &mut out),
+            Input::FastSignal(node) => {
+                if self.primary == Some(node) && self.run.is_none() && self.suspicion.is_none() {
+                    self.suspect(now, "the proxy could not use it", &mut out);
+                }
+            }
+            Input::Outcome { step, result } => self.outcome(now, step, result, &mut out),
+            Input::Command(command) => self.command(now, command, &mut out),
+            Input::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    fn spec(&self, node: NodeId) -> &NodeSpec {
+        &self.nodes[usize::from(node.0)]
+    }
+
+    fn name(&self, node: NodeId) -> Arc<str> {
+        self.spec(node).name.clone()
+    }
+
+    fn all_nodes(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    fn status(&self, node: NodeId) -> Option<&NodeStatus> {
+        self.tracked[usize::from(node.0)]
+            .last_ok
+            .as_ref()
+            .map(|(_, s)| s)
+    }
+
+    fn publish(&self, out: &mut Vec<Action>) {
+        out.push(Action::Publish(self.published()));
+    }
+
+    fn observe(&mut self, now: Timestamp, observation: Observation, out: &mut Vec<Action>) {
+        let node = observation.node;
+        let Some(tracked) = self.tracked.get_mut(usize::from(node.0)) else {
+            return;
+        };
+        tracked.observed = true;
+        tracked
+            .health
+            .observe(&self.policy.health, &observation.outcome);
+        match &observation.outcome {
+            Ok(status) => {
+                tracked.consecutive_failures = 0;
+                tracked.last_error = None;
+                tracked.last_ok = Some((observation.at, status.clone()));
+            }
+            Err(error) => {
+                tracked.consecutive_failures = tracked.consecutive_failures.saturating_add(1);
+                tracked.last_error = Some(error.clone());
+            }
+        }
+        let writable = matches!(&observation.outcome, Ok(status) if !status.in_recovery);
+
+        if self.needs_rejoin.contains(&node) {
+            if matches!(&observation.outcome, Ok(status) if status.in_recovery) {
+                self.needs_rejoin.remove(&node);
+                out.push(Action::Log(
+                    Level::Info,
+                    format!("{} is a replica again", self.name(node)),
+                ));
+            }
+            return;
+        }
+        if self.run.is_some() {
+            return;
+        }
+        match self.primary {
+            None => self.adopt(now, out),
+            Some(primary) if primary == node => {
+                if writable {
+                    if self.suspicion.take().is_some() {
+                        out.push(Action::Log(
+                            Level::Info,
+                            format!("primary {} answers again", self.name(node)),
+                        ));
+                    }
+                } else if self.suspicion.is_none() {
+                    let why = match &observation.outcome {
+                        Ok(_) => "it is in recovery",
+                        Err(_) => "a probe failed",
+                    };
+                    self.suspect(now, why, out);
+                }
+            }
+            Some(primary) if writable => {
+                // A second writable node. Promoted by someone else after the primary died (a
+                // newer timeline while the primary does not answer), or a split brain.
+                let primary_timeline = self.status(primary).and_then(|s| s.timeline);
+                let timeline = self.status(node).and_then(|s| s.timeline);
+                let primary_failing = self.tracked[usize::from(primary.0)].consecutive_failures > 0;
+                if primary_failing && timeline > primary_timeline {
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!(
+                            "{} was promoted outside Meridian (timeline {:?}) while primary {} does not answer: following it",
+                            self.name(node),
+                            timeline,
+                            self.name(primary)
+                        ),
+                    ));
+                    self.needs_rejoin.insert(primary);
+                    self.suspicion = None;
+                    self.generation += 1;
+                    self.primary = Some(node);
+                    self.publish(out);
+                } else {
+                    self.needs_rejoin.insert(node);
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!(
+                            "{} accepts writes but is not the primary of generation {}: no traffic is routed to it until it rejoins",
+                            self.name(node),
+                            self.generation
+                        ),
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+        if self.suspicion.is_some() {
+            self.try_confirm(now, out);
+        }
+    }
+
+    /// Chooses the first primary once every node has been observed: the writable one, or among
+    /// several the one on the newest timeline (the others need rejoin).
+    fn adopt(&mut self, _now: Timestamp, out: &mut Vec<Action>) {
+        if self.tracked.iter().any(|t| !t.observed) || self.halted.is_some() {
+            return;
+        }
+        let mut writable: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| !self.needs_rejoin.contains(&id))
+            .filter(|&id| {
+                let t = &self.tracked[usize::from(id.0)];
+                t.consecutive_failures == 0
+                    && t.last_ok.as_ref().is_some_and(|(_, s)| !s.in_recovery)
+            })
+            .collect();
+        if writable.is_empty() {
+            return;
+        }
+        writable.sort_by_key(|&id| std::cmp::Reverse(self.status(id).and_then(|s| s.timeline)));
+        let chosen = writable[0];
+        for &other in &writable[1..] {
+            self.needs_rejoin.insert(other);
+            out.push(Action::Log(
+                Level::Warn,
+                format!(
+                    "{} also accepts writes, on an older timeline than {}: no traffic is routed to it until it rejoins",
+                    self.name(other),
+                    self.name(chosen)
+                ),
+            ));
+        }
+        self.generation += 1;
+        self.primary = Some(chosen);
+        out.push(Action::Log(
+            Level::Info,
+            format!(
+                "primary is {} (generation {})",
+                self.name(chosen),
+                self.generation
+            ),
+        ));
+        self.publish(out);
+    }
+
+    fn suspect(&mut self, now: Timestamp, why: &str, out: &mut Vec<Action>) {
+        let Some(primary) = self.primary else { return };
+        self.suspicion = Some(Suspicion {
+            since: now,
+            last_probe: now,
+            reported: BTreeSet::new(),
+        });
+        out.push(Action::Log(
+            Level::Warn,
+            format!(
+                "primary {} is suspect: {why}; probing every node every {:?}",
+                self.name(primary),
+                self.policy.confirm_interval
+            ),
+        ));
+        out.push(Action::Probe(self.all_nodes()));
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let all = self.all_nodes();
+        if let Some(suspicion) = &mut self.suspicion
+            && now.since(suspicion.last_probe) >= self.policy.confirm_interval
+        {
+            suspicion.last_probe = now;
+            out.push(Action::Probe(all));
+        }
+        if let Some(run) = &self.run {
+            let expired: Vec<StepId> = run
+                .pending
+                .iter()
+                .filter(|(_, _, started)| now.since(*started) >= self.policy.step_timeout)
+                .map(|(step, _, _)| *step)
+                .collect();
+            for step in expired {
+                let timeout = format!("timed out after {:?}", self.policy.step_timeout);
+                self.outcome(now, step, Err(timeout), out);
+            }
+        }
+    }
+
+    /// How long a live stream may be silent.
+    fn receiver_timeout(&self, primary: NodeId) -> Duration {
+        let keepalive = self
+            .status(primary)
+            .and_then(|s| s.wal_sender_timeout)
+            .map(|t| t / 2 + Duration::from_secs(1))
+            .unwrap_or_default();
+        self.policy.receiver_timeout.max(keepalive)
+    }
+
+    /// Whether `status` (a replica's) shows a live stream from the primary: streaming, heard
+    /// from recently, and not from another known node (a cascade).
+    fn receives_from_primary(
+        &self,
+        status: &NodeStatus,
+        primary: NodeId,
+        timeout: Duration,
+    ) -> bool {
+        let Some(receiver) = &status.wal_receiver else {
+            return false;
+        };
+        if !receiver.is_streaming() {
+            return false;
+        }
+        let from_other_node = self.nodes.iter().any(|n| {
+            n.id != primary
+                && Some(n.port) == receiver.sender_port
+                && receiver
+                    .sender_host
+                    .as_deref()
+                    .is_none_or(|h| h == &*n.host)
+        });
+        !from_other_node && receiver.last_message_age.is_none_or(|age| age <= timeout)
+    }
+
+    fn try_confirm(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let (Some(primary), Some(suspicion)) = (self.primary, self.suspicion.clone()) else {
+            return;
+        };
+        let failures = self.tracked[usize::from(primary.0)].consecutive_failures;
+        if failures < self.policy.failure_threshold {
+            return;
+        }
+        let timeout = self.receiver_timeout(primary);
+        let mut fresh = Vec::new();
+        let mut receiving = Vec::new();
+        for node in self.nodes.iter().map(|n| n.id).filter(|&n| n != primary) {
+            if let Some((at, status)) = &self.tracked[usize::from(node.0)].last_ok
+                && *at >= suspicion.since
+                && status.in_recovery
+            {
+                fresh.push(node);
+                if self.receives_from_primary(status, primary, timeout) {
+                    receiving.push(node);
+                }
+            }
+        }
+        if !receiving.is_empty() {
+            let names: Vec<Arc<str>> = receiving.iter().map(|&n| self.name(n)).collect();
+            self.report_once(
+                "receiving",
+                out,
+                Level::Warn,
+                format!(
+                    "primary {} does not answer Meridian but {} still receive WAL from it: it is alive, no failover",
+                    self.name(primary),
+                    names.join(", ")
+                ),
+            );
+            let alerted = self
+                .suspicion
+                .as_ref()
+                .is_some_and(|s| s.reported.contains("receiving-alert"));
+            if !alerted {
+                out.push(Action::Raise(Condition {
+                    kind: AlertKind::EndpointDown,
+                    node: Some(primary),
+                    severity: crate::alerts::Severity::Critical,
+                    value: f64::from(failures),
+                    threshold: f64::from(self.policy.failure_threshold),
+                    message: format!(
+                        "primary unreachable from Meridian, but replicas still receive WAL from it ({}): not failing over",
+                        names.join(", ")
+                    ),
+                }));
+                if let Some(s) = &mut self.suspicion {
+                    s.reported.insert("receiving-alert");
+                }
+            }
+            return;
+        }
+        if fresh.is_empty() {
+            self.report_once(
+                "no-witness",
+                out,
+                Level::Warn,
+                format!(
+                    "primary {} does not answer and no replica answers either: waiting",
+                    self.name(primary)
+                ),
+            );
+            return;
+        }
+        let reason = format!(
+            "primary {} missed {failures} probes and no replica receives WAL from it",
+            self.name(primary)
+        );
+        if !self.policy.automatic {
+            self.report_once(
+                "manual",
+                out,
+                Level::Warn,
+                format!("{reason}; automatic failover is off"),
+            );
+            return;
+        }
+        if let Some(why) = &self.halted {
+            let why = why.clone();
+            self.report_once(
+                "halted",
+                out,
+                Level::Warn,
+                format!("{reason}; automatic failover is halted ({why})"),
+            );
+            return;
+        }
+        if let Some(last) = self.last_automatic
+            && now.since(last) < self.policy.min_interval
+        {
+            self.report_once(
+                "too-soon",
+                out,
+                Level::Warn,
+                format!(
+                    "{reason}; the last failover was less than {:?} ago",
+                    self.policy.min_interval
+                ),
+            );
+            return;
+        }
+        self.start(now, RunKind::Failover, reason, None, None, out);
+    }
+
+    fn report_once(
+        &mut self,
+        key: &'static str,
+        out: &mut Vec<Action>,
+        level: Level,
+        message: String,
+    ) {
+        if let Some(suspicion) = &mut self.suspicion
+            && suspicion.reported.insert(key)
+        {
+            out.push(Action::Log(level, message));
+        }
+    }
+
+    /// The candidates for promotion: every replica but those awaiting rejoin.
+    fn candidates(&self, primary: Option<NodeId>) -> Vec<Candidate> {
+        let synchronous: BTreeSet<&str> = primary
+            .and_then(|p| self.status(p))
+            .map(|s| {
+                s.downstream
+                    .iter()
+                    .filter(|d| d.sync_state == "sync" || d.sync_state == "quorum")
+                    .map(|d| d.application_name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.nodes
+            .iter()
+            .filter(|n| Some(n.id) != primary && !self.needs_rejoin.contains(&n.id))
+            .filter_map(|n| {
+                let tracked = &self.tracked[usize::from(n.id.0)];
+                let status = tracked.last_ok.as_ref().map(|(_, s)| s);
+                if status.is_some_and(|s| !s.in_recovery) {
+                    return None;
+                }
+                Some(Candidate {
+                    node: n.id,
+                    name: n.name.clone(),
+                    region: n.region.clone(),
+                    region_priority: n.region_priority,
+                    node_priority: n.priority,
+                    no_failover: n.no_failover,
+                    // Unanswered probes since the last success make a node unfit whatever
+                    // its longer-term judgement.
+                    health: if tracked.consecutive_failures > 0 {
+                        Health::Down
+                    } else {
+                        tracked.health.health()
+                    },
+                    received: status.and_then(|s| s.receive_lsn.or(s.replay_lsn)),
+                    latency: status.map(|s| s.latency),
+                    synchronous: synchronous.contains(&*n.name),
+                })
+            })
+            .collect()
+    }
+
+    fn synchronous_mode(&self, primary: NodeId) -> Option<String> {
+        self.status(primary)
+            .map(|s| s.synchronous_standby_names.trim().to_owned())
+            .filter(|names| !names.is_empty())
+    }
+
+    /// Starts a failover (primary gone) or a switchover (primary alive, fenced first).
+    fn start(
+        &mut self,
+        now: Timestamp,
+        kind: RunKind,
+        reason: String,
+        region: Option<Arc<str>>,
+        target: Option<NodeId>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(old) = self.primary else {
+            out.push(Action::Log(
+                Level::Warn,
+                format!("{reason}: there is no primary to replace"),
+            ));
+            return;
+        };
+        let synchronous = self.synchronous_mode(old);
+        let policy = RankingPolicy {
+            max_lag: self.policy.max_lag,
+            synchronous: synchronous.is_some(),
+            region,
+        };
+        let reference = self.status(old).and_then(|s| s.current_lsn);
+        let mut candidates = self.candidates(Some(old));
+        if let Some(target) = target {
+            candidates.retain(|c| c.node == target);
+        }
+        let ranking: Ranking = candidates::rank(&candidates, reference, &policy);
+        let id = self.next_run;
+        self.next_run += 1;
+        let mut record = RunRecord {
+            id,
+            kind,
+            reason: reason.clone(),
+            old_primary: Some(old),
+            new_primary: None,
+            generation: self.generation,
+            started_at: now,
+            finished_at: None,
+            outcome: RunOutcome::InProgress,
+            phases: Vec::new(),
+            ranking: ranking.to_string(),
+        };
+        if let Some(suspicion) = &self.suspicion {
+            record.phases.push(PhaseRecord {
+                name: "detection".into(),
+                started_at: suspicion.since,
+                finished_at: now,
+                outcome: "ok".into(),
+            });
+        }
+        let Some(chosen) = ranking.chosen().map(|c| c.node) else {
+            let why = if ranking.entries.is_empty() {
+                "no replica to promote".to_owned()
+            } else {
+                format!("no eligible replica:\n{ranking}")
+            };
+            record.outcome = RunOutcome::Failed(why.clone());
+            record.finished_at = Some(now);
+            out.push(Action::Record(record));
+            out.push(Action::Log(Level::Warn, format!("{reason}, but {why}")));
+            if let Some(c) = Condition::failover(
+                AlertKind::FailoverFailed,
+                Some(old),
+                0.0,
+                format!("{reason}, but {why}"),
+            ) {
+                out.push(Action::Raise(c));
+            }
+            // Not halted: a replica may become eligible; but do not retry within this suspicion.
+            if let Some(s) = &mut self.suspicion {
+                s.reported.insert("no-candidate");
+            }
+            self.suspicion = self.suspicion.take().map(|mut s| {
+                s.since = now;
+                s
+            });
+            return;
+        };
+        record.new_primary = Some(chosen);
+        out.push(Action::Log(
+            Level::Warn,
+            format!(
+                "{}: {reason}; promoting {}\n{ranking}",
+                match kind {
+                    RunKind::Failover => "failover",
+                    RunKind::Switchover => "switchover",
+                },
+                self.name(chosen)
+            ),
+        ));
+        if let Some(c) = Condition::failover(
+            AlertKind::FailoverTriggered,
+            Some(old),
+            0.0,
+            format!("{reason}; promoting {}", self.name(chosen)),
+        ) {
+            out.push(Action::Raise(c));
+        }
+        self.paused = true;
+        self.primary = None;
+        self.publish(out);
+        let mut run = Run {
+            record,
+            old,
+            new: chosen,
+            stage: Stage::Fencing,
+            stage_started: now,
+            pending: Vec::new(),
+            synchronous,
+            fenced: false,
+        };
+        let old_error = self.tracked[usize::from(old.0)].last_error.clone();
+        let dead =
+            old_error.as_ref().is_some_and(ProbeError::is_strong) && kind == RunKind::Failover;
+        if dead {
+            run.record.phases.push(PhaseRecord {
+                name: "fence".into(),
+                started_at: now,
+                finished_at: now,
+                outcome: "skipped: nothing listens on the old primary".into(),
+            });
+            self.run = Some(run);
+            self.promote(now, out);
+        } else {
+            self.run = Some(run);
+            self.execute(now, Work::Fence { node: old }, out);
+        }
+        self.record(out);
+    }
+
+    fn execute(&mut self, now: Timestamp, work: Work, out: &mut Vec<Action>) {
+        let step = StepId(self.next_step);
+        self.next_step += 1;
+        if let Some(run) = &mut self.run {
+            run.pending.push((step, work.clone(), now));
+        }
+        out.push(Action::Execute { step, work });
+    }
+
+    fn record(&self, out: &mut Vec<Action>) {
+        if let Some(run) = &self.run {
+            out.push(Action::Record(run.record.clone()));
+        }
+    }
+
+    fn phase(&mut self, name: &str, now: Timestamp, outcome: String) {
+        if let Some(run) = &mut self.run {
+            run.record.phases.push(PhaseRecord {
+                name: name.to_owned(),
+                started_at: run.stage_started,
+                finished_at: now,
+                outcome,
+            });
+            run.stage_started = now;
+        }
+    }
+
+    fn set_stage(&mut self, stage: Stage, now: Timestamp) {
+        if let Some(run) = &mut self.run {
+            run.stage = stage;
+            run.stage_started = now;
+        }
+    }
+
+    fn promote(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(new) = self.run.as_ref().map(|r| r.new) else {
+            return;
+        };
+        self.set_stage(Stage::Promoting, now);
+        self.execute(now, Work::Promote { node: new }, out);
+    }
+
+    fn outcome(
+        &mut self,
+        now: Timestamp,
+        step: StepId,
+        result: Result<StepOutput, String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(run) = &mut self.run else { return };
+        let Some(index) = run.pending.iter().position(|(s, _, _)| *s == step) else {
+            return;
+        };
+        let (_, work, _) = run.pending.remove(index);
+        let stage = run.stage;
+        let kind = run.record.kind;
+        match (stage, &work, result) {
+            (Stage::Fencing, Work::Fence { .. }, Ok(StepOutput::Fenced { lsn })) => {
+                self.phase("fence", now, "ok".into());
+                if let Some(run) = &mut self.run {
+                    run.fenced = true;
+                }
+                match (kind, lsn) {
+                    (RunKind::Switchover, Some(lsn)) => {
+                        let new = self.run.as_ref().map(|r| r.new).expect("run");
+                        self.set_stage(Stage::WaitingReplay, now);
+                        self.execute(now, Work::WaitReplay { node: new, lsn }, out);
+                    }
+                    _ => self.promote(now, out),
+                }
+            }
+            (Stage::Fencing, Work::Fence { .. }, Err(error)) => {
+                if kind == RunKind::Switchover {
+                    // A live primary that cannot be fenced must stay the primary.
+                    self.phase("fence", now, error.clone());
+                    self.abort(now, format!("could not fence the primary: {error}"), out);
+                } else {
+                    // Best effort: the old primary does not answer, which is why we are here.
+                    self.phase("fence", now, format!("not reachable: {error}"));
+                    self.promote(now, out);
+                }
+            }
+            (Stage::WaitingReplay, Work::WaitReplay { .. }, Ok(_)) => {
+                self.phase("replay", now, "ok".into());
+                self.promote(now, out);
+            }
+            (Stage::WaitingReplay, Work::WaitReplay { .. }, Err(error)) => {
+                self.phase("replay", now, error.clone());
+                self.abort(now, format!("the target did not catch up: {error}"), out);
+            }
+            (Stage::Promoting, Work::Promote { node }, Ok(_)) => {
+                let node = *node;
+                self.phase("promote", now, "ok".into());
+                self.promoted(now, node, out);
+            }
+            (Stage::Promoting, Work::Promote { node }, Err(error)) => {
+                let name = self.name(*node);
+                self.phase("promote", now, error.clone());
+                let why = format!("promoting {name} failed: {error}");
+                self.halted = Some(why.clone());
+                self.finish(now, RunOutcome::Failed(why.clone()), out);
+                self.paused = false;
+                self.publish(out);
+                out.push(Action::Log(
+                    Level::Warn,
+                    format!("{why}; automatic failover is halted until an operator acts"),
+                ));
+                if let Some(c) =
+                    Condition::failover(AlertKind::FailoverFailed, Some(*node), 0.0, why)
+                {
+                    out.push(Action::Raise(c));
+                }
+            }
+            (Stage::Repointing, _, result) => {
+                if let Err(error) = &result {
+                    let target = self.name(work.node());
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!("{work:?} on {target} failed: {error}"),
+                    ));
+                }
+                if let Some((old, new)) = self
+                    .run
+                    .as_ref()
+                    .filter(|run| run.pending.is_empty())
+                    .map(|run| (run.old, run.new))
+                {
+                    self.phase("repoint", now, "ok".into());
+                    if kind == RunKind::Switchover {
+                        self.set_stage(Stage::Demoting, now);
+                        self.execute(
+                            now,
+                            Work::Rejoin {
+                                node: old,
+                                upstream: new,
+                            },
+                            out,
+                        );
+                    } else {
+                        self.complete(now, out);
+                    }
+                }
+            }
+            (Stage::Demoting, Work::Rejoin { node, .. }, result) => {
+                let outcome = match result {
+                    Ok(_) => "ok".to_owned(),
+                    Err(error) => {
+                        out.push(Action::Log(
+                            Level::Warn,
+                            format!(
+                                "{} could not be turned into a replica: {error}; it needs rejoin",
+                                self.name(*node)
+                            ),
+                        ));
+                        error
+                    }
+                };
+                self.phase("demote", now, outcome);
+                self.complete(now, out);
+            }
+            (Stage::Aborting, _, result) => {
+                if let Err(error) = result {
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!("undoing the fence failed: {error}"),
+                    ));
+                }
+                if self.run.as_ref().is_some_and(|r| r.pending.is_empty()) {
+                    self.run = None;
+                }
+            }
+            (_, work, result) => {
+                out.push(Action::Log(
+                    Level::Warn,
+                    format!("unexpected outcome of {work:?}: {result:?}"),
+                ));
+            }
+        }
+        self.record(out);
+    }
+
+    /// The new primary accepts writes: publish it, then repoint the others.
+    fn promoted(&mut self, now: Timestamp, new: NodeId, out: &mut Vec<Action>) {
+        let Some(run) = &mut self.run else { return };
+        let old = run.old;
+        self.generation += 1;
+        run.record.generation = self.generation;
+        self.primary = Some(new);
+        self.paused = false;
+        self.suspicion = None;
+        self.needs_rejoin.insert(old);
+        let synchronous = run.synchronous.clone();
+        self.publish(out);
+        self.phase("publish", now, format!("generation {}", self.generation));
+        out.push(Action::Log(
+            Level::Warn,
+            format!(
+                "{} is the primary of generation {}",
+                self.name(new),
+                self.generation
+            ),
+        ));
+        self.set_stage(Stage::Repointing, now);
+        for (node, upstream) in self.repoint_plan(new) {
+            self.execute(now, Work::Repoint { node, upstream }, out);
+        }
+        if let Some(names) = synchronous {
+            let live: Vec<Arc<str>> = self.live_replicas(new);
+            match new_synchronous(&names, &self.name(new), &live) {
+                Some(value) => self.execute(now, Work::SetSynchronous { node: new, value }, out),
+                None => out.push(Action::Log(
+                    Level::Warn,
+                    format!(
+                        "the old primary replicated synchronously ({names}) but no replica is left to wait for: {} replicates asynchronously until one is",
+                        self.name(new)
+                    ),
+                )),
+            }
+        }
+        if self.run.as_ref().is_some_and(|r| r.pending.is_empty()) {
+            self.phase("repoint", now, "nothing to repoint".into());
+            if self.run.as_ref().map(|r| r.record.kind) == Some(RunKind::Switchover) {
+                self.set_stage(Stage::Demoting, now);
+                self.execute(
+                    now,
+                    Work::Rejoin {
+                        node: old,
+                        upstream: new,
+                    },
+                    out,
+                );
+            } else {
+                self.complete(now, out);
+            }
+        }
+    }
+
+    /// Live replicas other than `primary`, those of its region first (in configuration order).
+    fn live_replicas(&self, primary: NodeId) -> Vec<Arc<str>> {
+        let region = self.spec(primary).region.clone();
+        let mut live: Vec<&NodeSpec> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                let t = &self.tracked[usize::from(n.id.0)];
+                n.id != primary
+                    && !self.needs_rejoin.contains(&n.id)
+                    && t.consecutive_failures == 0
+                    && t.last_ok.as_ref().is_some_and(|(_, s)| s.in_recovery)
+            })
+            .collect();
+        live.sort_by_key(|n| n.region != region);
+        live.into_iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Where each surviving replica should stream from: the new primary for its own region and
+    /// for every other region's leader (its first live member), the leader for the rest.
+    pub fn repoint_plan(&self, primary: NodeId) -> Vec<(NodeId, NodeId)> {
+        let primary_region = self.spec(primary).region.clone();
+        let live = |id: NodeId| {
+            let t = &self.tracked[usize::from(id.0)];
+            id != primary
+                && !self.needs_rejoin.contains(&id)
+                && t.consecutive_failures == 0
+                && t.last_ok.as_ref().is_some_and(|(_, s)| s.in_recovery)
+        };
+        let mut plan = Vec::new();
+        let mut leaders: Vec<(Arc<str>, NodeId)> = Vec::new();
+        for node in self.nodes.iter().filter(|n| live(n.id)) {
+            let upstream = if node.region == primary_region {
+                primary
+            } else if let Some((_, leader)) = leaders.iter().find(|(r, _)| *r == node.region) {
+                *leader
+            } else {
+                leaders.push((node.region.clone(), node.id));
+                primary
+            };
+            let current = self
+                .status(node.id)
+                .and_then(|s| s.wal_receiver.as_ref())
+                .and_then(|w| {
+                    self.nodes
+                        .iter()
+                        .find(|n| {
+                            Some(n.port) == w.sender_port
+                                && w.sender_host.as_deref().is_none_or(|h| h == &*n.host)
+                        })
+                        .map(|n| n.id)
+                });
+            if current != Some(upstream) {
+                plan.push((node.id, upstream));
+            }
+        }
+        plan
+    }
+
+    fn complete(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(run) = &self.run else { return };
+        let (old, new, kind) = (run.old, run.new, run.record.kind);
+        if kind == RunKind::Failover {
+            self.last_automatic = Some(now);
+        }
+        self.finish(now, RunOutcome::Completed, out);
+        out.push(Action::Resolve(AlertKind::FailoverTriggered, Some(old)));
+        if let Some(c) = Condition::failover(
+            AlertKind::FailoverCompleted,
+            Some(new),
+            0.0,
+            format!("{} replaced {} as primary", self.name(new), self.name(old)),
+        ) {
+            out.push(Action::Raise(c));
+        }
+    }
+
+    /// Ends the run with `outcome`, recording it.
+    fn finish(&mut self, now: Timestamp, outcome: RunOutcome, out: &mut Vec<Action>) {
+        if let Some(mut run) = self.run.take() {
+            run.record.outcome = outcome;
+            run.record.finished_at = Some(now);
+            out.push(Action::Record(run.record));
+        }
+    }
+
+    /// A switchover that cannot finish: the old primary stays primary.
+    fn abort(&mut self, now: Timestamp, why: String, out: &mut Vec<Action>) {
+        let Some(run) = &self.run else { return };
+        let (old, fenced) = (run.old, run.fenced);
+        out.push(Action::Log(
+            Level::Warn,
+            format!("switchover aborted: {why}"),
+        ));
+        self.primary = Some(old);
+        self.paused = false;
+        self.publish(out);
+        if let Some(c) = Condition::failover(
+            AlertKind::FailoverFailed,
+            Some(old),
+            0.0,
+            format!("switchover aborted: {why}"),
+        ) {
+            out.push(Action::Raise(c));
+        }
+        out.push(Action::Resolve(AlertKind::FailoverTriggered, Some(old)));
+        let mut record = run.record.clone();
+        record.outcome = RunOutcome::Failed(why);
+        record.finished_at = Some(now);
+        out.push(Action::Record(record));
+        if fenced {
+            self.set_stage(Stage::Aborting, now);
+            if let Some(run) = &mut self.run {
+                run.pending.clear();
+            }
+            self.execute(now, Work::Unfence { node: old }, out);
+        } else {
+            self.run = None;
+        }
+    }
+
+    fn command(&mut self, now: Timestamp, command: Command, out: &mut Vec<Action>) {
+        if self.run.is_some() && !matches!(command, Command::ResumeAutomatic) {
+            out.push(Action::Log(
+                Level::Warn,
+                format!("{command:?} refused: a failover or switchover is under way"),
+            ));
+            return;
+        }
+        match command {
+            Command::ResumeAutomatic => {
+                if self.halted.take().is_some() {
+                    out.push(Action::Log(
+                        Level::Info,
+                        "automatic failover resumed".into(),
+                    ));
+                }
+            }
+            Command::Switchover { to } => {
+                if !self.primary_alive() {
+                    out.push(Action::Log(
+                        Level::Warn,
+                        "switchover refused: the primary does not answer; use failover".into(),
+                    ));
+                    return;
+                }
+                let reason = "switchover requested by an operator".to_owned();
+                self.start(now, RunKind::Switchover, reason, None, to, out);
+            }
+            Command::Failover { region, node } => {
+                self.halted = None;
+                let target = match (&region, node) {
+                    (Some(r), _) => format!(" to region {r}"),
+                    (None, Some(n)) => format!(" to {}", self.name(n)),
+                    (None, None) => String::new(),
+                };
+                let reason = format!("failover{target} requested by an operator");
+                // A live primary is fenced first and its WAL replayed: a switchover.
+                let kind = if self.primary_alive() {
+                    RunKind::Switchover
+                } else {
+                    RunKind::Failover
+                };
+                self.start(now, kind, reason, region, node, out);
+            }
+            Command::Rejoin { node } => {
+                let Some(primary) = self.primary else {
+                    out.push(Action::Log(
+                        Level::Warn,
+                        "rejoin refused: there is no primary to follow".into(),
+                    ));
+                    return;
+                };
+                if node == primary {
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!("rejoin refused: {} is the primary", self.name(node)),
+                    ));
+                    return;
+                }
+                // A one-step run of its own, so its outcome is tracked like any step.
+                let id = self.next_run;
+                self.next_run += 1;
+                self.run = Some(Run {
+                    record: RunRecord {
+                        id,
+                        kind: RunKind::Switchover,
+                        reason: format!("rejoin of {} requested by an operator", self.name(node)),
+                        old_primary: Some(node),
+                        new_primary: Some(primary),
+                        generation: self.generation,
+                        started_at: now,
+                        finished_at: None,
+                        outcome: RunOutcome::InProgress,
+                        phases: Vec::new(),
+                        ranking: String::new(),
+                    },
+                    old: node,
+                    new: primary,
+                    stage: Stage::Demoting,
+                    stage_started: now,
+                    pending: Vec::new(),
+                    synchronous: None,
+                    fenced: false,
+                });
+                self.execute(
+                    now,
+                    Work::Rejoin {
+                        node,
+                        upstream: primary,
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    fn primary_alive(&self) -> bool {
+        self.primary.is_some_and(|p| {
+            let t = &self.tracked[usize::from(p.0)];
+            t.consecutive_failures == 0 && t.last_ok.as_ref().is_some_and(|(_, s)| !s.in_recovery)
+        })
+    }
+}
+
+/// The synchronous setting for a new primary, from the old primary's `setting`: the same method
+/// and quorum over the same names, the promoted node's name replaced by another live replica
+/// (`live`, preferred first), so that commits keep waiting for as many replicas as before.
+/// Names that are no longer live replicas are dropped; `None` when none is left (replication
+/// is then asynchronous until an operator sets it again). `*` (any standby) is kept as is.
+pub fn new_synchronous(setting: &str, promoted: &str, live: &[Arc<str>]) -> Option<String> {
+    let setting = setting.trim();
+    if setting == "*" {
+        return Some(setting.to_owned());
+    }
+    // Forms (PostgreSQL docs, 20.6.2): `ANY n (list)`, `FIRST n (list)`, `n (list)`, `list`.
+    let (method, quorum, list) = match setting.find('(') {
+        Some(open) => {
+            let head = setting[..open].trim();
+            let list = setting[open + 1..].trim_end().trim_end_matches(')');
+            let mut words = head.split_whitespace();
+            let (method, number) = match (words.next(), words.next()) {
+                (Some(m), Some(n)) => (Some(m.to_ascii_uppercase()), n),
+                (Some(n), None) => (None, n),
+                _ => return None,
+            };
+            (method, number.parse::<usize>().ok()?, list)
+        }
+        None => (None, 1, setting),
+    };
+    let names: Vec<String> = list
+        .split(',')
+        .map(|n| n.trim().trim_matches('"').to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut kept: Vec<String> = names
+        .iter()
+        .filter(|n| n.as_str() != promoted && live.iter().any(|l| &**l == n.as_str()))
+        .cloned()
+        .collect();
+    // As many names as before: replace the promoted one (and any dead one) by live replicas.
+    for candidate in live {
+        if kept.len() >= names.len() {
+            break;
+        }
+        if &**candidate != promoted && !kept.iter().any(|k| k == &**candidate) {
+            kept.push(candidate.to_string());
+        }
+    }
+    kept.truncate(names.len());
+    if kept.is_empty() {
+        return None;
+    }
+    let quorum = quorum.min(kept.len()).max(1);
+    let list = kept
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(match method {
+        Some(method) => format!("{method} {quorum} ({list})"),
+        None => format!("FIRST {quorum} ({list})"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::{Downstream, WalReceiver};
+
+    fn spec(id: u16, region: &str, region_priority: i32) -> NodeSpec {
+        NodeSpec {
+            id: NodeId(id),
+            name: Arc::from(format!("n{id}")),
+            region: Arc::from(region),
+            region_priority,
+            priority: 0,
+            no_failover: false,
+            host: Arc::from("127.0.0.1"),
+            port: 5000 + id,
+        }
+    }
+
+    fn primary_status(lsn: u64, downstream: &[(&str, &str)]) -> NodeStatus {
+        NodeStatus {
+            latency: Duration::from_millis(2),
+            in_recovery: false,
+            timeline: Some(1),
+            current_lsn: Some(Lsn(lsn)),
+            receive_lsn: None,
+            replay_lsn: None,
+            last_replay_at: None,
+            wal_receiver: None,
+            downstream: downstream
+                .iter()
+                .map(|(name, sync)| Downstream {
+                    application_name: (*name).into(),
+                    state: "streaming".into(),
+                    sync_state: (*sync).into(),
+                    flush_lsn: Some(Lsn(lsn)),
+                    replay_lsn: Some(Lsn(lsn)),
+                })
+                .collect(),
+            synchronous_standby_names: String::new(),
+            connections: 1,
+            max_connections: 100,
+            wal_sender_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+
+    fn replica_status(lsn: u64, upstream_port: Option<u16>, age: Duration) -> NodeStatus {
+        NodeStatus {
+            in_recovery: true,
+            current_lsn: None,
+            receive_lsn: Some(Lsn(lsn)),
+            replay_lsn: Some(Lsn(lsn)),
+            wal_receiver: upstream_port.map(|port| WalReceiver {
+                status: Some("streaming".into()),
+                sender_host: Some("127.0.0.1".into()),
+                sender_port: Some(port),
+                last_message_at: None,
+                last_message_age: Some(age),
+                timeline: Some(1),
+            }),
+            downstream: Vec::new(),
+            ..primary_status(0, &[])
+        }
+    }
+
+    fn ok(node: u16, at: u64, status: NodeStatus) -> Input {
+        Input::Observation(Box::new(Observation {
+            node: NodeId(node),
+            at: Timestamp(at),
+            outcome: Ok(status),
+        }))
+    }
+
+    fn failed(node: u16, at: u64, error: ProbeError) -> Input {
+        Input::Observation(Box::new(Observation {
+            node: NodeId(node),
+            at: Timestamp(at),
+            outcome: Err(error),
+        }))
+    }
+
+    fn published(actions: &[Action]) -> Vec<Published> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(p) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn work(actions: &[Action]) -> Vec<(StepId, Work)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Execute { step, work } => Some((*step, work.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Three nodes in one region, observed once: n0 primary.
+    fn steady() -> Failover {
+        let mut machine = Failover::new(
+            FailoverPolicy::default(),
+            vec![spec(0, "us", 10), spec(1, "us", 10), spec(2, "eu", 8)],
+            1,
+        );
+        let mut actions = Vec::new();
+        actions.extend(machine.handle(Timestamp(0), ok(0, 0, primary_status(100, &[]))));
+        actions.extend(machine.handle(
+            Timestamp(0),
+            ok(1, 0, replica_status(100, Some(5000), Duration::ZERO)),
+        ));
+        actions.extend(machine.handle(
+            Timestamp(0),
+            ok(2, 0, replica_status(100, Some(5000), Duration::ZERO)),
+        ));
+        assert_eq!(
+            published(&actions),
+            vec![Published {
+                generation: 1,
+                primary: Some(NodeId(0)),
+                paused: false
+            }]
+        );
+        machine
+    }
+
+    #[test]
+    fn the_writable_node_is_adopted_once_every_node_was_observed() {
+        steady();
+    }
+
+    #[test]
+    fn a_dead_primary_is_replaced_by_the_best_replica() {
+        let mut m = steady();
+        // The primary's postmaster is gone: refused, and the replicas' streams broke.
+        let suspect = m.handle(Timestamp(1000), failed(0, 1000, ProbeError::Refused));
+        assert!(
+            suspect
+                .iter()
+                .any(|a| matches!(a, Action::Probe(nodes) if nodes.len() == 3))
+        );
+        m.handle(
+            Timestamp(1200),
+            ok(1, 1200, replica_status(100, None, Duration::ZERO)),
+        );
+        m.handle(
+            Timestamp(1200),
+            ok(2, 1200, replica_status(90, None, Duration::ZERO)),
+        );
+        assert!(
+            m.handle(Timestamp(1200), failed(0, 1200, ProbeError::Refused))
+                .iter()
+                .all(|a| !matches!(a, Action::Execute { .. }))
+        );
+        let started = m.handle(Timestamp(1400), failed(0, 1400, ProbeError::Refused));
+        assert_eq!(
+            published(&started),
+            vec![Published {
+                generation: 1,
+                primary: None,
+                paused: true
+            }]
+        );
+        let steps = work(&started);
+        assert_eq!(
+            steps.len(),
+            1,
+            "fencing is skipped for a dead primary: {started:?}"
+        );
+        assert_eq!(
+            steps[0].1,
+            Work::Promote { node: NodeId(1) },
+            "n1 has the most WAL"
+        );
+
+        let promoted = m.handle(
+            Timestamp(1600),
+            Input::Outcome {
+                step: steps[0].0,
+                result: Ok(StepOutput::Promoted { timeline: Some(2) }),
+            },
+        );
+        assert_eq!(
+            published(&promoted),
+            vec![Published {
+                generation: 2,
+                primary: Some(NodeId(1)),
+                paused: false
+            }]
+        );
+        let repoints = work(&promoted);
+        assert_eq!(repoints.len(), 1);
+        assert_eq!(
+            repoints[0].1,
+            Work::Repoint {
+                node: NodeId(2),
+                upstream: NodeId(1)
+            }
+        );
+        let done = m.handle(
+            Timestamp(1700),
+            Input::Outcome {
+                step: repoints[0].0,
+                result: Ok(StepOutput::Done),
+            },
+        );
+        let record = done
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(r) => Some(r.clone()),
+                _ => None,
+            })
+            .next()
+            .unwrap();
+        assert_eq!(record.outcome, RunOutcome::Completed);
+        let phases: Vec<&str> = record.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            phases,
+            ["detection", "fence", "promote", "publish", "repoint"]
+        );
+        assert!(
+            done.iter()
+                .any(|a| matches!(a, Action::Raise(c) if c.kind == AlertKind::FailoverCompleted))
+        );
+        assert_eq!(m.state().needs_rejoin, vec![NodeId(0)]);
+    }
+
+    #[test]
+    fn an_unreachable_primary_that_still_streams_is_not_failed_over() {
+        let mut m = steady();
+        for at in [1000, 1200, 1400, 1600] {
+            let actions = m.handle(Timestamp(at), failed(0, at, ProbeError::Timeout));
+            assert!(work(&actions).is_empty(), "{actions:?}");
+            // n1 still hears from the primary (a partition between Meridian and the primary).
+            m.handle(
+                Timestamp(at),
+                ok(
+                    1,
+                    at,
+                    replica_status(100, Some(5000), Duration::from_millis(500)),
+                ),
+            );
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(100, None, Duration::ZERO)),
+            );
+        }
+        assert_eq!(
+            m.published(),
+            Published {
+                generation: 1,
+                primary: Some(NodeId(0)),
+                paused: false
+            }
+        );
+        assert!(m.state().suspect_since.is_some());
+    }
+
+    #[test]
+    fn a_failed_promotion_halts_automatic_failover() {
+        let mut m = steady();
+        m.handle(Timestamp(1000), failed(0, 1000, ProbeError::Refused));
+        m.handle(
+            Timestamp(1100),
+            ok(1, 1100, replica_status(100, None, Duration::ZERO)),
+        );
+        m.handle(Timestamp(1100), failed(0, 1100, ProbeError::Refused));
+        let started = m.handle(Timestamp(1200), failed(0, 1200, ProbeError::Refused));
+        let step = work(&started)[0].0;
+        let failed_out = m.handle(
+            Timestamp(1300),
+            Input::Outcome {
+                step,
+                result: Err("boom".into()),
+            },
+        );
+        assert!(
+            failed_out
+                .iter()
+                .any(|a| matches!(a, Action::Raise(c) if c.kind == AlertKind::FailoverFailed))
+        );
+        assert_eq!(
+            published(&failed_out),
+            vec![Published {
+                generation: 1,
+                primary: None,
+                paused: false
+            }]
+        );
+        assert!(m.state().halted.is_some());
+        // More evidence does not start another run.
+        let again = m.handle(Timestamp(1400), failed(0, 1400, ProbeError::Refused));
+        assert!(work(&again).is_empty());
+    }
+
+    #[test]
+    fn synchronous_names_move_to_the_surviving_replicas() {
+        let live = [Arc::from("n2"), Arc::from("n3")];
+        assert_eq!(
+            new_synchronous("ANY 1 (\"n1\")", "n1", &live).as_deref(),
+            Some("ANY 1 (\"n2\")")
+        );
+        assert_eq!(
+            new_synchronous("FIRST 2 (n1, n2)", "n1", &live).as_deref(),
+            Some("FIRST 2 (\"n2\", \"n3\")")
+        );
+        assert_eq!(
+            new_synchronous("n1", "n1", &live).as_deref(),
+            Some("FIRST 1 (\"n2\")")
+        );
+        assert_eq!(new_synchronous("ANY 1 (n1)", "n1", &[]), None);
+        assert_eq!(new_synchronous("*", "n1", &[]).as_deref(), Some("*"));
+    }
+}
