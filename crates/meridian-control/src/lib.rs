@@ -2,6 +2,7 @@
 //! decisions, carries out their actions and keeps the store.
 
 pub mod credentials;
+pub mod executor;
 pub mod monitor;
 pub mod probe;
 pub mod store;
