@@ -36,6 +36,36 @@ pub struct Config {
     pub regions: Vec<RegionConfig>,
     /// How the control plane watches the nodes.
     pub monitor: MonitorConfig,
+    /// When and how the control plane replaces the primary.
+    pub failover: FailoverConfig,
+    /// Bearer token the operator API's commands (switchover, failover, rejoin) require; `None`
+    /// = commands are accepted only when `admin_listen` is a loopback address.
+    pub admin_token: Option<Secret>,
+}
+
+/// `[failover]`: detection, promotion and rejoin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// Fail over without an operator when the primary is confirmed dead.
+    pub automatic: bool,
+    /// Consecutive failed probes of the primary before it can be declared failed.
+    pub failure_threshold: u32,
+    /// Probe cadence of every node while the primary is suspect.
+    pub confirm_interval: Duration,
+    /// A replica that heard from the primary within this long proves it alive.
+    pub receiver_timeout: Duration,
+    /// Replicas further behind the primary than this many bytes are not promoted.
+    pub max_lag_on_failover: u64,
+    /// Least time between two automatic failovers.
+    pub min_interval: Duration,
+    /// Time allowed for one step (fence, promote, repoint, rejoin); a region's
+    /// `failover_timeout` overrides it for that region's nodes.
+    pub step_timeout: Duration,
+    /// Directory of `pg_ctl` and `pg_rewind` for rejoining managed nodes; `None` = found on
+    /// `PATH` or under `/usr/lib/postgresql`.
+    pub pg_bin: Option<PathBuf>,
+    /// Shell command that turns a node Meridian does not manage into a replica.
+    pub rejoin_command: Option<String>,
 }
 
 /// `[monitor]`: probes, health judgement, alert thresholds and history.
@@ -95,6 +125,11 @@ pub struct ProxyConfig {
     /// Largest protocol message accepted from clients or servers, in bytes
     /// (1024 ..= 1 GiB).
     pub max_message_size: u32,
+    /// How long a transaction that needs the primary waits for one during a failover (a
+    /// paused view, or a primary that stopped answering) before it fails; more than 0.
+    pub failover_buffer_timeout: Duration,
+    /// Most sessions waiting that way at once; beyond it, SQLSTATE 53300. At least 1.
+    pub failover_buffer_size: u32,
 }
 
 /// `[pool]`: server connection pools, one per (node, user, database).
@@ -157,8 +192,8 @@ pub struct RegionConfig {
     pub priority: i32,
     /// How often the monitor probes this region's nodes; `None` = the monitor's default.
     pub probe_interval: Option<Duration>,
-    /// How long the monitor may take to fail over from this region's primary; `None` = the
-    /// monitor's default.
+    /// Time allowed for each failover step on this region's nodes; `None` =
+    /// `failover.step_timeout`.
     pub failover_timeout: Option<Duration>,
     /// TLS mode toward this region's nodes; `None` = `server_tls.mode`.
     pub ssl: Option<ServerTlsMode>,
@@ -179,6 +214,9 @@ pub struct NodeConfig {
     pub no_failover: bool,
     /// Preference among nodes of equal data and region priority; higher is preferred.
     pub priority: i32,
+    /// Its data directory, when it lives on Meridian's host: lets Meridian rejoin it as a
+    /// replica (`pg_rewind`, `pg_ctl`) after a failover or switchover.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Declares a config enum with its spellings, used alike by TOML, the environment and `Display`.

@@ -10,6 +10,8 @@ pub(crate) const SERVER_RESET_QUERY: &str = "DISCARD ALL";
 pub(crate) const CLIENT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+pub(crate) const FAILOVER_BUFFER_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const FAILOVER_BUFFER_SIZE: i64 = 10_000;
 
 pub(crate) const POOL_MIN_SIZE: i64 = 0;
 pub(crate) const POOL_MAX_SIZE: i64 = 20;
@@ -37,3 +39,10 @@ pub(crate) const LAG_CRITICAL: Duration = Duration::from_secs(5 * 60);
 pub(crate) const ERROR_RATE_WARNING: f64 = 0.05;
 pub(crate) const ERROR_RATE_CRITICAL: f64 = 0.20;
 pub(crate) const HISTORY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+pub(crate) const FAILURE_THRESHOLD: i64 = 3;
+pub(crate) const CONFIRM_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const RECEIVER_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const MAX_LAG_ON_FAILOVER: i64 = 16 * 1024 * 1024;
+pub(crate) const MIN_FAILOVER_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -134,6 +134,24 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        variable: "MERIDIAN_FAILOVER_AUTOMATIC",
+        field: "failover.automatic",
+        description: "fail over without an operator: true or false (default true)",
+        apply: |raw, value| {
+            raw.failover.automatic = Some(boolean(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_ADMIN_TOKEN",
+        field: "admin_token",
+        description: "bearer token the operator API's commands require",
+        apply: |raw, value| {
+            raw.admin_token = Some(crate::secret::Secret::new(value));
+            Ok(())
+        },
+    },
+    EnvOverride {
         variable: "MERIDIAN_DATA_DIR",
         field: "data_dir",
         description: "directory of the embedded store (default meridian-data)",
@@ -157,6 +175,24 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         description: "client connections accepted at once (default 10000)",
         apply: |raw, value| {
             raw.proxy.max_client_connections = Some(integer(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_FAILOVER_BUFFER_TIMEOUT",
+        field: "proxy.failover_buffer_timeout",
+        description: "how long a transaction waits for a primary during a failover (default 15s)",
+        apply: |raw, value| {
+            raw.proxy.failover_buffer_timeout = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_FAILOVER_BUFFER_SIZE",
+        field: "proxy.failover_buffer_size",
+        description: "transactions waiting for a primary at once, beyond it 53300 (default 10000)",
+        apply: |raw, value| {
+            raw.proxy.failover_buffer_size = Some(integer(value)?);
             Ok(())
         },
     },
@@ -266,6 +302,14 @@ pub(crate) fn apply_overrides(
     errors
 }
 
+fn boolean(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err("must be true or false".to_owned()),
+    }
+}
+
 fn integer(value: &str) -> Result<i64, String> {
     value
         .trim()
@@ -302,6 +346,7 @@ mod tests {
             let value = match entry.field {
                 "listen" | "admin_listen" => "0.0.0.0:1",
                 "monitor.probe_interval" => "7s",
+                "failover.automatic" => "false",
                 "proxy.pool_mode" => "session",
                 "server_tls.mode" => "require",
                 f if f.ends_with("timeout") || f.ends_with("lifetime") => "7s",
@@ -320,8 +365,12 @@ mod tests {
                 "monitor.user" => raw.monitor.user.is_some(),
                 "monitor.password" => raw.monitor.password.is_some(),
                 "data_dir" => raw.data_dir.is_some(),
+                "failover.automatic" => raw.failover.automatic == Some(false),
+                "admin_token" => raw.admin_token.is_some(),
                 "proxy.pool_mode" => raw.proxy.pool_mode.is_some(),
                 "proxy.max_client_connections" => raw.proxy.max_client_connections == Some(7),
+                "proxy.failover_buffer_timeout" => raw.proxy.failover_buffer_timeout.is_some(),
+                "proxy.failover_buffer_size" => raw.proxy.failover_buffer_size == Some(7),
                 "pool.min_size" => raw.pool.min_size == Some(7),
                 "pool.max_size" => raw.pool.max_size == Some(7),
                 "pool.connect_timeout" => raw.pool.connect_timeout.is_some(),

@@ -33,6 +33,28 @@ pub(crate) struct RawConfig {
     pub(crate) regions: Vec<RawRegion>,
     #[serde(default)]
     pub(crate) monitor: RawMonitor,
+    #[serde(default)]
+    pub(crate) failover: RawFailover,
+    #[serde(default, deserialize_with = "secret")]
+    pub(crate) admin_token: Option<Secret>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFailover {
+    pub(crate) automatic: Option<bool>,
+    pub(crate) failure_threshold: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) confirm_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) receiver_timeout: Option<Duration>,
+    pub(crate) max_lag_on_failover: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) min_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) step_timeout: Option<Duration>,
+    pub(crate) pg_bin: Option<PathBuf>,
+    pub(crate) rejoin_command: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -77,6 +99,9 @@ pub(crate) struct RawProxy {
     #[serde(default, with = "humantime_serde")]
     pub(crate) shutdown_timeout: Option<Duration>,
     pub(crate) max_message_size: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) failover_buffer_timeout: Option<Duration>,
+    pub(crate) failover_buffer_size: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -142,6 +167,7 @@ pub(crate) struct RawNode {
     pub(crate) port: Option<i64>,
     pub(crate) no_failover: Option<bool>,
     pub(crate) priority: Option<i64>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 /// Parses the text of the file at `path` (named in errors).
@@ -187,6 +213,12 @@ impl RawConfig {
             tls.key.iter_mut().for_each(resolve);
         }
         self.server_tls.root_cert.iter_mut().for_each(resolve);
+        self.failover.pg_bin.iter_mut().for_each(resolve);
+        for region in &mut self.regions {
+            for node in &mut region.nodes {
+                node.data_dir.iter_mut().for_each(resolve);
+            }
+        }
     }
 }
 

@@ -26,8 +26,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use crate::config::{
-    AuthMethod, Config, NodeConfig, PoolConfig, PoolMode, ProxyConfig, RegionConfig,
-    ServerTlsConfig, ServerTlsMode, TlsConfig, UnknownKeyword, UserConfig,
+    AuthMethod, Config, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
+    ProxyConfig, RegionConfig, ServerTlsConfig, ServerTlsMode, TlsConfig, UnknownKeyword,
+    UserConfig,
 };
 pub use crate::env::{ENV_OVERRIDES, EnvOverride, Environment};
 pub use crate::error::{ConfigError, ConfigErrors};

@@ -135,6 +135,7 @@ pub(crate) fn apply(
                         port: Some(i64::from(url.port)),
                         no_failover: None,
                         priority: None,
+                        data_dir: None,
                     });
                     urls.push((label, url));
                 }

@@ -11,12 +11,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    AuthMethod, Config, MonitorConfig, NodeConfig, PoolConfig, PoolMode, ProxyConfig, RegionConfig,
-    ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
+    AuthMethod, Config, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
+    ProxyConfig, RegionConfig, ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
 };
 use crate::defaults;
 use crate::error::{ConfigError, ConfigErrors};
-use crate::file::{RawConfig, RawMonitor, RawNode, RawPool, RawProxy, RawRegion, RawUser};
+use crate::file::{
+    RawConfig, RawFailover, RawMonitor, RawNode, RawPool, RawProxy, RawRegion, RawUser,
+};
 use crate::origin::Origins;
 use crate::secret::PasswordSpec;
 
@@ -42,6 +44,7 @@ pub(crate) fn validate(
         "127.0.0.1:9930",
     );
     let monitor = check.monitor(raw.monitor);
+    let failover = check.failover(raw.failover);
     let proxy = check.proxy(raw.proxy);
     let pool = check.pool(raw.pool);
     let tls = raw.tls.and_then(|tls| check.tls(tls.cert, tls.key));
@@ -62,6 +65,8 @@ pub(crate) fn validate(
         admin_listen: admin_listen
             .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("valid default")),
         monitor,
+        failover,
+        admin_token: raw.admin_token.filter(|token| !token.expose().is_empty()),
         data_dir: raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
@@ -276,6 +281,83 @@ impl Checker<'_> {
         }
     }
 
+    fn failover(&mut self, raw: RawFailover) -> FailoverConfig {
+        let duration = |value: Option<Duration>, default: Duration| value.unwrap_or(default);
+        let failure_threshold = self.integer(
+            "failover.failure_threshold",
+            raw.failure_threshold.unwrap_or(defaults::FAILURE_THRESHOLD),
+            1,
+            100,
+            || {
+                "must be between 1 and 100 (consecutive failed probes before the primary can \
+                 be declared failed)"
+                    .to_owned()
+            },
+        );
+        let confirm_interval = self.positive(
+            "failover.confirm_interval",
+            duration(raw.confirm_interval, defaults::CONFIRM_INTERVAL),
+            "probe cadence while the primary is suspect",
+        );
+        let receiver_timeout = self.positive(
+            "failover.receiver_timeout",
+            duration(raw.receiver_timeout, defaults::RECEIVER_TIMEOUT),
+            "how recently a replica must have heard from the primary",
+        );
+        let max_lag_on_failover = self.integer(
+            "failover.max_lag_on_failover",
+            raw.max_lag_on_failover
+                .unwrap_or(defaults::MAX_LAG_ON_FAILOVER),
+            0,
+            i64::MAX,
+            || "must be a number of bytes, 0 or more (e.g. 16777216 for 16 MiB)".to_owned(),
+        );
+        let step_timeout = self.positive(
+            "failover.step_timeout",
+            duration(raw.step_timeout, defaults::STEP_TIMEOUT),
+            "time allowed for one failover step",
+        );
+        let rejoin_command = raw.rejoin_command.filter(|c| !c.trim().is_empty());
+        if let Some(command) = &rejoin_command {
+            let known = [
+                "{node}",
+                "{host}",
+                "{port}",
+                "{primary_host}",
+                "{primary_port}",
+            ];
+            let mut rest = command.as_str();
+            while let Some(open) = rest.find('{') {
+                let tail = &rest[open..];
+                let end = tail.find('}').map_or(tail.len(), |close| close + 1);
+                let placeholder = &tail[..end];
+                if !known.contains(&placeholder) {
+                    self.fail(
+                        "failover.rejoin_command",
+                        Some(format!("{command:?}")),
+                        format!(
+                            "unknown placeholder {placeholder}: use {}",
+                            known.join(", ")
+                        ),
+                    );
+                    break;
+                }
+                rest = &tail[end..];
+            }
+        }
+        FailoverConfig {
+            automatic: raw.automatic.unwrap_or(true),
+            failure_threshold,
+            confirm_interval,
+            receiver_timeout,
+            max_lag_on_failover,
+            min_interval: duration(raw.min_interval, defaults::MIN_FAILOVER_INTERVAL),
+            step_timeout,
+            pg_bin: raw.pg_bin,
+            rejoin_command,
+        }
+    }
+
     fn proxy(&mut self, raw: RawProxy) -> ProxyConfig {
         let max_client_connections = self.integer(
             "proxy.max_client_connections",
@@ -308,6 +390,25 @@ impl Checker<'_> {
                 .unwrap_or(defaults::CLIENT_LOGIN_TIMEOUT),
             "the time a client has to finish startup and authentication",
         );
+        let failover_buffer_timeout = self.positive(
+            "proxy.failover_buffer_timeout",
+            raw.failover_buffer_timeout
+                .unwrap_or(defaults::FAILOVER_BUFFER_TIMEOUT),
+            "how long a transaction waits for a primary during a failover",
+        );
+        let failover_buffer_size = self.integer(
+            "proxy.failover_buffer_size",
+            raw.failover_buffer_size
+                .unwrap_or(defaults::FAILOVER_BUFFER_SIZE),
+            1,
+            i64::from(u32::MAX),
+            || {
+                format!(
+                    "must be between 1 and {} (sessions that may wait for a primary at once)",
+                    u32::MAX
+                )
+            },
+        );
         let server_reset_query = raw
             .server_reset_query
             .unwrap_or_else(|| defaults::SERVER_RESET_QUERY.to_owned());
@@ -319,6 +420,8 @@ impl Checker<'_> {
             client_login_timeout,
             shutdown_timeout: raw.shutdown_timeout.unwrap_or(defaults::SHUTDOWN_TIMEOUT),
             max_message_size,
+            failover_buffer_timeout,
+            failover_buffer_size,
         }
     }
 
@@ -637,6 +740,7 @@ impl Checker<'_> {
             port,
             no_failover: node.no_failover.unwrap_or(false),
             priority,
+            data_dir: node.data_dir,
         })
     }
 
@@ -905,6 +1009,45 @@ mod tests {
             let config = load(&format!("[proxy]\nmax_message_size = {good}\n{NODE}"));
             assert_eq!(config.proxy.max_message_size, good);
         }
+    }
+
+    #[test]
+    fn the_failover_buffer_needs_a_positive_timeout_and_room_for_one_session() {
+        let errors = errors_of(&format!(
+            "[proxy]\nfailover_buffer_timeout = \"0s\"\nfailover_buffer_size = 0\n{NODE}"
+        ));
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        find(
+            &errors,
+            "proxy.failover_buffer_timeout = \"0s\": must be longer than 0s",
+        );
+        find(
+            &errors,
+            "proxy.failover_buffer_size = 0: must be between 1 and 4294967295",
+        );
+        let errors = errors_with(
+            NODE,
+            &[
+                ("MERIDIAN_FAILOVER_BUFFER_TIMEOUT", "0ms"),
+                ("MERIDIAN_FAILOVER_BUFFER_SIZE", "-1"),
+            ],
+        );
+        find(
+            &errors,
+            "MERIDIAN_FAILOVER_BUFFER_TIMEOUT = \"0s\": must be longer than 0s",
+        );
+        find(
+            &errors,
+            "MERIDIAN_FAILOVER_BUFFER_SIZE = -1: must be between 1",
+        );
+        let config = load(&format!(
+            "[proxy]\nfailover_buffer_timeout = \"500ms\"\nfailover_buffer_size = 1\n{NODE}"
+        ));
+        assert_eq!(
+            config.proxy.failover_buffer_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(config.proxy.failover_buffer_size, 1);
     }
 
     #[test]
@@ -1198,6 +1341,51 @@ mod tests {
         assert!(find(&errors, "monitor.failures_to_down").contains("between 1 and 100"));
         assert!(find(&errors, "monitor.password").contains("set monitor.user"));
         assert!(errors.iter().all(|e| !e.contains("hunter2")), "{errors:?}");
+    }
+
+    #[test]
+    fn failover_defaults_and_rules() {
+        let config = load(&region_with(""));
+        let failover = &config.failover;
+        assert!(failover.automatic);
+        assert_eq!(failover.failure_threshold, 3);
+        assert_eq!(failover.confirm_interval, Duration::from_millis(200));
+        assert_eq!(failover.max_lag_on_failover, 16 * 1024 * 1024);
+        assert_eq!(failover.min_interval, Duration::from_secs(60));
+        assert_eq!(failover.step_timeout, Duration::from_secs(15));
+        assert_eq!(failover.rejoin_command, None);
+        assert_eq!(config.admin_token, None);
+
+        let errors = errors_of(&format!(
+            "admin_token = \"s3cret-token\"\n[failover]\nfailure_threshold = 0\nconfirm_interval = \"0s\"\n\
+             max_lag_on_failover = -1\nrejoin_command = \"rejoin {{node}} {{datadir}}\"\n{}",
+            region_with("")
+        ));
+        assert!(find(&errors, "failover.failure_threshold").contains("between 1 and 100"));
+        assert!(find(&errors, "failover.confirm_interval").contains("longer than 0s"));
+        assert!(find(&errors, "failover.max_lag_on_failover").contains("number of bytes"));
+        assert!(
+            find(&errors, "failover.rejoin_command").contains("unknown placeholder {datadir}"),
+            "{errors:?}"
+        );
+        assert!(errors.iter().all(|e| !e.contains("s3cret")), "{errors:?}");
+    }
+
+    #[test]
+    fn node_data_dirs_are_relative_to_the_file() {
+        let config = load(
+            "[failover]\npg_bin = \"/usr/lib/postgresql/17/bin\"\nrejoin_command = \"ssh {host} rejoin {primary_host}:{primary_port}\"\n\
+             [[regions]]\nname = \"r\"\n[[regions.nodes]]\nname = \"a\"\nhost = \"h\"\ndata_dir = \"pg/a\"\n",
+        );
+        assert_eq!(
+            config.regions[0].nodes[0].data_dir.as_deref(),
+            Some(Path::new("/etc/meridian/pg/a"))
+        );
+        assert_eq!(
+            config.failover.pg_bin.as_deref(),
+            Some(Path::new("/usr/lib/postgresql/17/bin"))
+        );
+        assert!(config.failover.rejoin_command.is_some());
     }
 
     #[test]

@@ -48,6 +48,8 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(proxy.client_login_timeout, Duration::from_secs(10));
     assert_eq!(proxy.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(proxy.max_message_size, 64 * 1024 * 1024);
+    assert_eq!(proxy.failover_buffer_timeout, Duration::from_secs(15));
+    assert_eq!(proxy.failover_buffer_size, 10_000);
 
     let pool = &config.pool;
     assert_eq!((pool.min_size, pool.max_size), (0, 20));
@@ -166,9 +168,13 @@ fn the_override_table_lists_every_variable() {
             "MERIDIAN_PROBE_INTERVAL",
             "MERIDIAN_MONITOR_USER",
             "MERIDIAN_MONITOR_PASSWORD",
+            "MERIDIAN_FAILOVER_AUTOMATIC",
+            "MERIDIAN_ADMIN_TOKEN",
             "MERIDIAN_DATA_DIR",
             "MERIDIAN_POOL_MODE",
             "MERIDIAN_MAX_CLIENT_CONNECTIONS",
+            "MERIDIAN_FAILOVER_BUFFER_TIMEOUT",
+            "MERIDIAN_FAILOVER_BUFFER_SIZE",
             "MERIDIAN_POOL_MIN_SIZE",
             "MERIDIAN_POOL_MAX_SIZE",
             "MERIDIAN_POOL_CONNECT_TIMEOUT",
@@ -354,6 +360,17 @@ fn secrets_never_appear_in_debug_or_errors() {
             ),
         ),
         ("wrong type", user("password = [\"hunter2\"]")),
+        (
+            "admin token",
+            format!(
+                "admin_token = \"hunter2\"\n{}",
+                user("password = \"hunter2\"")
+            ),
+        ),
+        (
+            "admin token of the wrong type",
+            format!("admin_token = 12\n{}", user("password = \"hunter2\"")),
+        ),
         (
             "bad field next to it",
             user("password = \"hunter2\"\nauth = \"md6\""),

@@ -43,6 +43,8 @@ pub struct ExecNode {
     pub tls: ServerTls,
     /// Its data directory, when Meridian manages it on this host.
     pub data_dir: Option<PathBuf>,
+    /// Time allowed for one step on it (its region's `failover_timeout`).
+    pub step_timeout: Duration,
 }
 
 /// What the executor needs.
@@ -88,8 +90,19 @@ impl Executor {
             .ok_or_else(|| format!("unknown node {id}"))
     }
 
-    /// Does `work`; the machine bounds its time.
+    /// Does `work` within the step timeout of the node it is done on.
     pub async fn run(&self, work: Work) -> Result<StepOutput, String> {
+        let limit = self
+            .node(work.node())
+            .map(|n| n.step_timeout)
+            .unwrap_or(Duration::from_secs(15));
+        match tokio::time::timeout(limit, self.run_unbounded(work)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timed out after {limit:?}")),
+        }
+    }
+
+    async fn run_unbounded(&self, work: Work) -> Result<StepOutput, String> {
         match work {
             Work::Fence { node } => self.fence(node).await,
             Work::Unfence { node } => {
@@ -367,7 +380,8 @@ impl Executor {
         owner.give(&signal)?;
         let upstream_client = self.connect(upstream.id).await?;
         ensure_slot(&upstream_client, &slot).await?;
-        let log = data_dir.with_extension("log");
+        // Inside the data directory: its owner may write there, whoever owns the parent.
+        let log = data_dir.join("meridian-rejoin.log");
         let output = owner
             .command(bin.join("pg_ctl"))
             .arg("-D")

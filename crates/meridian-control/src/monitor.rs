@@ -11,8 +11,11 @@
 //!   probe sample and alert changes to the store (which never blocks it) and logs one line per
 //!   state change.
 //!
-//! Until the failover machine takes over the choice, the primary is the node last observed
-//! writable; the generation increases whenever that node changes.
+//! The judge also drives the failover machine ([`meridian_core::failover`]): it feeds it every
+//! observation, the proxy's fast signals, operator commands, the outcomes of the steps it asked
+//! for and a tick, and carries out its actions: probes, the published primary and pause (the
+//! view), steps run by the [`Executor`] on their own tasks, run records to the store, alerts.
+//! The primary and the generation in the view are the machine's, never a guess.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +26,10 @@ use meridian_core::alerts::{
     Alert, AlertBook, AlertEvent, AlertKind, AlertPolicy, Severity, node_conditions,
 };
 use meridian_core::backoff::Backoff;
+use meridian_core::failover::{
+    Action, Command, Failover, FailoverPolicy, Input, Level, NodeSpec, RunKind, RunOutcome,
+    RunRecord, StepId, StepOutput,
+};
 use meridian_core::health::{HealthPolicy, NodeHealth};
 use meridian_core::lag::{Lag, LagTracker};
 use meridian_core::observation::{Observation, ProbeError};
@@ -33,8 +40,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::credentials::Credentials;
+use crate::executor::{ExecNode, Executor};
 use crate::probe::{ProbeTarget, Prober, wall_clock};
-use crate::store::{AlertChange, AlertRecord, ProbeSample, Store};
+use crate::store::{AlertChange, AlertRecord, FailoverRecord, Phase, ProbeSample, Store};
 
 /// Latency histogram buckets (upper bounds, seconds), for the metrics.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -47,6 +55,9 @@ const FAST_SIGNAL_QUIET: Duration = Duration::from_millis(200);
 
 /// How many primary positions the lag tracker keeps: minutes of history at one per second.
 const LAG_HISTORY: usize = 600;
+
+/// How many recent run records the handle keeps for the operator interface.
+const RECENT_RUNS: usize = 20;
 
 /// One node to watch.
 #[derive(Debug, Clone)]
@@ -65,6 +76,8 @@ pub struct MonitoredNode {
     pub no_failover: bool,
     /// Preference among equals.
     pub priority: i32,
+    /// Its region's priority.
+    pub region_priority: i32,
     /// Its region's probe interval.
     pub probe_interval: Duration,
 }
@@ -84,6 +97,10 @@ pub struct MonitorSettings {
     pub backoff: Backoff,
     /// Health and alert thresholds.
     pub policy: AlertPolicy,
+    /// Detection and promotion rules.
+    pub failover: FailoverPolicy,
+    /// Carries out failover steps on the servers.
+    pub executor: Executor,
 }
 
 impl MonitorSettings {
@@ -93,7 +110,8 @@ impl MonitorSettings {
         credentials: Credentials,
     ) -> Result<MonitorSettings, TlsSetupError> {
         let monitor = &config.monitor;
-        let nodes = config
+        let tls = ServerTlsSet::from_config(config)?;
+        let nodes: Vec<MonitoredNode> = config
             .regions
             .iter()
             .flat_map(|region| region.nodes.iter().map(move |node| (region, node)))
@@ -106,13 +124,62 @@ impl MonitorSettings {
                 port: node.port,
                 no_failover: node.no_failover,
                 priority: node.priority,
+                region_priority: region.priority,
                 probe_interval: region.probe_interval.unwrap_or(monitor.probe_interval),
             })
             .collect();
+        let failover = &config.failover;
+        let exec_nodes = config
+            .regions
+            .iter()
+            .flat_map(|region| region.nodes.iter().map(move |node| (region, node)))
+            .zip(&nodes)
+            .map(|((region, node), monitored)| ExecNode {
+                id: monitored.id,
+                name: monitored.name.clone(),
+                host: monitored.host.clone(),
+                port: monitored.port,
+                tls: tls.for_region(&region.name).clone(),
+                data_dir: node.data_dir.clone(),
+                step_timeout: region.failover_timeout.unwrap_or(failover.step_timeout),
+            })
+            .collect::<Vec<_>>();
+        // The machine's own step limit is a backstop behind the executor's (per region, with
+        // a precise message): the longest of them and a second.
+        let longest_step = exec_nodes
+            .iter()
+            .map(|n| n.step_timeout)
+            .max()
+            .unwrap_or(failover.step_timeout);
+        let health = HealthPolicy {
+            slow_warning: monitor.slow_warning,
+            slow_critical: monitor.slow_critical,
+            failures_to_down: monitor.failures_to_down,
+            error_rate_warning: monitor.error_rate_warning,
+            error_rate_critical: monitor.error_rate_critical,
+            ..HealthPolicy::default()
+        };
         Ok(MonitorSettings {
             nodes,
+            failover: FailoverPolicy {
+                automatic: failover.automatic,
+                failure_threshold: failover.failure_threshold,
+                confirm_interval: failover.confirm_interval,
+                receiver_timeout: failover.receiver_timeout,
+                max_lag: failover.max_lag_on_failover,
+                min_interval: failover.min_interval,
+                step_timeout: longest_step + Duration::from_secs(1),
+                health: health.clone(),
+            },
+            executor: Executor {
+                nodes: exec_nodes,
+                credentials: credentials.clone(),
+                pg_bin: failover.pg_bin.clone(),
+                rejoin_command: failover.rejoin_command.clone(),
+                connect_timeout: monitor.probe_timeout,
+            },
             credentials,
-            tls: ServerTlsSet::from_config(config)?,
+            tls,
             probe_timeout: monitor.probe_timeout,
             backoff: Backoff {
                 initial: monitor.reconnect_initial,
@@ -122,14 +189,7 @@ impl MonitorSettings {
                 jitter: 0.2,
             },
             policy: AlertPolicy {
-                health: HealthPolicy {
-                    slow_warning: monitor.slow_warning,
-                    slow_critical: monitor.slow_critical,
-                    failures_to_down: monitor.failures_to_down,
-                    error_rate_warning: monitor.error_rate_warning,
-                    error_rate_critical: monitor.error_rate_critical,
-                    ..HealthPolicy::default()
-                },
+                health,
                 lag_warning: monitor.lag_warning,
                 lag_critical: monitor.lag_critical,
             },
@@ -176,6 +236,8 @@ impl LatencyHistogram {
 enum NodeCommand {
     /// Probe now and answer after the observation is judged.
     Probe(oneshot::Sender<()>),
+    /// The failover machine wants a fresh observation: probe now, reconnecting if needed.
+    Soon,
     /// The proxy could not use the node: probe now if not done very recently.
     FastSignal,
 }
@@ -183,8 +245,16 @@ enum NodeCommand {
 struct Judged {
     observation: Observation,
     /// Answered once the observation is judged and published.
-    reply: Option<oneshot::Sender<()>>,
+    replies: Vec<oneshot::Sender<()>>,
 }
+
+/// What an operator's command started.
+pub type CommandReply = Result<Option<u64>, String>;
+
+type CommandRequest = (Command, oneshot::Sender<CommandReply>);
+
+/// A step's outcome on its way back to the machine.
+type StepResult = (StepId, Result<StepOutput, String>);
 
 /// The monitor's outputs and controls, cheap to clone.
 #[derive(Debug, Clone)]
@@ -192,14 +262,17 @@ pub struct MonitorHandle {
     view: watch::Receiver<Arc<ClusterView>>,
     status: watch::Receiver<Arc<ClusterStatus>>,
     counters: watch::Receiver<Arc<MonitorCounters>>,
+    runs: watch::Receiver<Arc<Vec<FailoverRecord>>>,
     nodes: Vec<mpsc::UnboundedSender<NodeCommand>>,
     fast: mpsc::UnboundedSender<NodeId>,
+    commands: mpsc::UnboundedSender<CommandRequest>,
 }
 
 impl std::fmt::Debug for NodeCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             NodeCommand::Probe(_) => "Probe",
+            NodeCommand::Soon => "Soon",
             NodeCommand::FastSignal => "FastSignal",
         })
     }
@@ -231,6 +304,11 @@ impl MonitorHandle {
         self.fast.clone()
     }
 
+    /// The most recent failover and switchover records, newest first, as they progress.
+    pub fn recent_runs(&self) -> Arc<Vec<FailoverRecord>> {
+        self.runs.borrow().clone()
+    }
+
     /// Probes `node` (or every node) now, reconnecting if needed, and returns the status once
     /// the results are judged.
     pub async fn probe_now(&self, node: Option<NodeId>) -> Arc<ClusterStatus> {
@@ -257,6 +335,30 @@ impl MonitorHandle {
             .await;
         self.status()
     }
+
+    /// Hands an operator's command to the failover machine. `Ok(Some(id))`: run `id` started;
+    /// `Ok(None)`: done at once (resuming automatic failover); `Err`: refused, with why.
+    pub async fn command(&self, command: Command) -> CommandReply {
+        let (reply, answered) = oneshot::channel();
+        self.commands
+            .send((command, reply))
+            .map_err(|_| "the monitor has stopped".to_owned())?;
+        answered
+            .await
+            .map_err(|_| "the monitor has stopped".to_owned())?
+    }
+
+    /// Waits until run `id` has finished, up to `limit`; returns its last record.
+    pub async fn wait_run(&self, id: u64, limit: Duration) -> Option<FailoverRecord> {
+        let mut runs = self.runs.clone();
+        let finished = |runs: &Arc<Vec<FailoverRecord>>| {
+            runs.iter()
+                .any(|r| r.id == id && r.outcome != "in_progress")
+        };
+        let _ = tokio::time::timeout(limit, runs.wait_for(finished)).await;
+        let runs = self.runs.borrow().clone();
+        runs.iter().find(|r| r.id == id).cloned()
+    }
 }
 
 /// Starts the probe loops and the judge on the current runtime.
@@ -265,9 +367,6 @@ pub fn spawn(settings: MonitorSettings, store: Arc<dyn Store>) -> MonitorHandle 
     let view = view_of(&status);
     let (view_tx, view_rx) = watch::channel(Arc::new(view));
     let (status_tx, status_rx) = watch::channel(Arc::new(status.clone()));
-    let judge = Judge::new(settings.clone(), status.clone(), store);
-    // Alerts restored from the store are visible before the first probe.
-    let (counters_tx, counters_rx) = watch::channel(Arc::new(judge.counters.clone()));
     let (observations_tx, observations_rx) = mpsc::unbounded_channel::<Judged>();
     let mut node_senders = Vec::new();
     for node in &settings.nodes {
@@ -295,22 +394,33 @@ pub fn spawn(settings: MonitorSettings, store: Arc<dyn Store>) -> MonitorHandle 
             observations_tx.clone(),
         ));
     }
-    let (fast_tx, mut fast_rx) = mpsc::unbounded_channel::<NodeId>();
-    let forward = node_senders.clone();
-    tokio::spawn(async move {
-        while let Some(node) = fast_rx.recv().await {
-            if let Some(sender) = forward.get(usize::from(node.0)) {
-                let _ = sender.send(NodeCommand::FastSignal);
-            }
-        }
-    });
-    tokio::spawn(judge.run(observations_rx, view_tx, status_tx, counters_tx));
+    let judge = Judge::new(settings, status, store, node_senders.clone());
+    // Alerts and runs restored from the store are visible before the first probe.
+    let (counters_tx, counters_rx) = watch::channel(Arc::new(judge.counters.clone()));
+    let (runs_tx, runs_rx) = watch::channel(Arc::new(judge.runs.clone()));
+    let (fast_tx, fast_rx) = mpsc::unbounded_channel::<NodeId>();
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandRequest>();
+    tokio::spawn(judge.run(
+        Inputs {
+            observations: observations_rx,
+            fast: fast_rx,
+            commands: commands_rx,
+        },
+        Outputs {
+            view: view_tx,
+            status: status_tx,
+            counters: counters_tx,
+            runs: runs_tx,
+        },
+    ));
     MonitorHandle {
         view: view_rx,
         status: status_rx,
         counters: counters_rx,
+        runs: runs_rx,
         nodes: node_senders,
         fast: fast_tx,
+        commands: commands_tx,
     }
 }
 
@@ -324,20 +434,32 @@ async fn probe_loop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_probe: Option<Instant> = None;
     loop {
-        let (force, reply) = tokio::select! {
-            _ = tick.tick() => (false, None),
+        let mut replies = Vec::new();
+        let force = tokio::select! {
+            _ = tick.tick() => false,
             command = commands.recv() => match command {
                 None => return,
-                Some(NodeCommand::Probe(reply)) => (true, Some(reply)),
+                Some(NodeCommand::Probe(reply)) => {
+                    replies.push(reply);
+                    true
+                }
+                Some(NodeCommand::Soon) => true,
                 Some(NodeCommand::FastSignal) => {
                     if last_probe.is_some_and(|at| at.elapsed() < FAST_SIGNAL_QUIET) {
                         continue;
                     }
                     prober.disconnect();
-                    (true, None)
+                    true
                 }
             },
         };
+        // Requests that arrived meanwhile are served by this probe: a slow node does not
+        // build a queue of probes.
+        while let Ok(command) = commands.try_recv() {
+            if let NodeCommand::Probe(reply) = command {
+                replies.push(reply);
+            }
+        }
         let outcome = prober.probe(force).await;
         last_probe = Some(Instant::now());
         let observation = Observation {
@@ -345,7 +467,13 @@ async fn probe_loop(
             at: wall_clock(),
             outcome,
         };
-        if observations.send(Judged { observation, reply }).is_err() {
+        if observations
+            .send(Judged {
+                observation,
+                replies,
+            })
+            .is_err()
+        {
             return;
         }
         if force {
@@ -353,6 +481,19 @@ async fn probe_loop(
             tick.reset();
         }
     }
+}
+
+struct Inputs {
+    observations: mpsc::UnboundedReceiver<Judged>,
+    fast: mpsc::UnboundedReceiver<NodeId>,
+    commands: mpsc::UnboundedReceiver<CommandRequest>,
+}
+
+struct Outputs {
+    view: watch::Sender<Arc<ClusterView>>,
+    status: watch::Sender<Arc<ClusterStatus>>,
+    counters: watch::Sender<Arc<MonitorCounters>>,
+    runs: watch::Sender<Arc<Vec<FailoverRecord>>>,
 }
 
 /// All judgement state, owned by one task.
@@ -366,10 +507,25 @@ struct Judge {
     alerts: AlertBook,
     counters: MonitorCounters,
     store: Arc<dyn Store>,
+    machine: Failover,
+    executor: Arc<Executor>,
+    /// Each node's probe loop.
+    probes: Vec<mpsc::UnboundedSender<NodeCommand>>,
+    steps: (
+        mpsc::UnboundedSender<StepResult>,
+        mpsc::UnboundedReceiver<StepResult>,
+    ),
+    /// Recent run records, newest first.
+    runs: Vec<FailoverRecord>,
 }
 
 impl Judge {
-    fn new(settings: MonitorSettings, status: ClusterStatus, store: Arc<dyn Store>) -> Judge {
+    fn new(
+        settings: MonitorSettings,
+        status: ClusterStatus,
+        store: Arc<dyn Store>,
+        probes: Vec<mpsc::UnboundedSender<NodeCommand>>,
+    ) -> Judge {
         let mut alerts = AlertBook::new(store.next_alert_id().unwrap_or(1));
         match store.active_alerts() {
             Ok(active) => {
@@ -388,8 +544,29 @@ impl Judge {
             active_alerts: alerts.active().cloned().collect(),
             ..MonitorCounters::default()
         };
+        let runs = store.failover_history(RECENT_RUNS).unwrap_or_else(|e| {
+            tracing::warn!("cannot read the failover history: {e}");
+            Vec::new()
+        });
+        let next_run = store.next_failover_id().unwrap_or(1);
+        let specs = settings
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                id: n.id,
+                name: n.name.clone(),
+                region: n.region.clone(),
+                region_priority: n.region_priority,
+                priority: n.priority,
+                no_failover: n.no_failover,
+                host: n.host.clone(),
+                port: n.port,
+            })
+            .collect();
+        let machine = Failover::new(settings.failover.clone(), specs, next_run);
         let nodes = settings.nodes.len();
         Judge {
+            executor: Arc::new(settings.executor.clone()),
             settings,
             status,
             health: (0..nodes).map(|_| NodeHealth::new()).collect(),
@@ -398,36 +575,246 @@ impl Judge {
             alerts,
             counters,
             store,
+            machine,
+            probes,
+            steps: mpsc::unbounded_channel(),
+            runs,
         }
     }
 
-    async fn run(
-        mut self,
-        mut observations: mpsc::UnboundedReceiver<Judged>,
-        view: watch::Sender<Arc<ClusterView>>,
-        status: watch::Sender<Arc<ClusterStatus>>,
-        counters: watch::Sender<Arc<MonitorCounters>>,
-    ) {
-        while let Some(Judged { observation, reply }) = observations.recv().await {
-            self.judge(observation);
-            let new_view = view_of(&self.status);
-            view.send_if_modified(|current| {
-                if **current == new_view {
-                    false
-                } else {
-                    *current = Arc::new(new_view);
-                    true
+    async fn run(mut self, mut inputs: Inputs, outputs: Outputs) {
+        // The machine's clock: suspicion probes every confirm interval, step deadlines.
+        let period = (self.settings.failover.confirm_interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let mut replies = Vec::new();
+            tokio::select! {
+                judged = inputs.observations.recv() => {
+                    let Some(judged) = judged else { return };
+                    replies = judged.replies;
+                    let observation = judged.observation;
+                    self.judge(&observation);
+                    self.feed(Input::Observation(Box::new(observation)));
                 }
-            });
-            let _ = status.send(Arc::new(self.status.clone()));
-            let _ = counters.send(Arc::new(self.counters.clone()));
-            if let Some(reply) = reply {
+                Some(node) = inputs.fast.recv() => {
+                    if let Some(probe) = self.probes.get(usize::from(node.0)) {
+                        let _ = probe.send(NodeCommand::FastSignal);
+                    }
+                    self.feed(Input::FastSignal(node));
+                }
+                Some((command, reply)) = inputs.commands.recv() => {
+                    let answer = self.command(command);
+                    let _ = reply.send(answer);
+                }
+                Some((step, result)) = self.steps.1.recv() => {
+                    self.feed(Input::Outcome { step, result });
+                }
+                _ = tick.tick() => {
+                    self.feed(Input::Tick);
+                }
+            }
+            self.publish(&outputs);
+            for reply in replies {
                 let _ = reply.send(());
             }
         }
     }
 
-    fn judge(&mut self, observation: Observation) {
+    fn publish(&self, outputs: &Outputs) {
+        let new_view = view_of(&self.status);
+        outputs.view.send_if_modified(|current| {
+            if **current == new_view {
+                false
+            } else {
+                *current = Arc::new(new_view);
+                true
+            }
+        });
+        outputs.status.send_if_modified(|current| {
+            if **current == self.status {
+                false
+            } else {
+                *current = Arc::new(self.status.clone());
+                true
+            }
+        });
+        outputs.counters.send_if_modified(|current| {
+            if **current == self.counters {
+                false
+            } else {
+                *current = Arc::new(self.counters.clone());
+                true
+            }
+        });
+        outputs.runs.send_if_modified(|current| {
+            if **current == self.runs {
+                false
+            } else {
+                *current = Arc::new(self.runs.clone());
+                true
+            }
+        });
+    }
+
+    /// An operator's command: the machine's answer is read from what it did.
+    fn command(&mut self, command: Command) -> CommandReply {
+        tracing::info!(?command, "operator command");
+        let before = self.machine.state().running;
+        let actions = self.machine.handle(wall_clock(), Input::Command(command));
+        let refusal = actions.iter().rev().find_map(|a| match a {
+            Action::Log(Level::Warn, text) => Some(text.clone()),
+            _ => None,
+        });
+        let started = actions.iter().find_map(|a| match a {
+            Action::Record(record) if Some(record.id) != before => Some(record.clone()),
+            _ => None,
+        });
+        self.apply(actions);
+        match started {
+            Some(record) => match &record.outcome {
+                RunOutcome::Failed(why) => Err(why.clone()),
+                _ => Ok(Some(record.id)),
+            },
+            None => match refusal {
+                Some(why) => Err(why),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        let actions = self.machine.handle(wall_clock(), input);
+        self.apply(actions);
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let now = wall_clock();
+        for action in actions {
+            match action {
+                Action::Probe(nodes) => {
+                    for node in nodes {
+                        if let Some(probe) = self.probes.get(usize::from(node.0)) {
+                            let _ = probe.send(NodeCommand::Soon);
+                        }
+                    }
+                }
+                Action::Publish(published) => {
+                    if published.primary != self.status.primary
+                        || published.generation != self.status.generation
+                    {
+                        self.lag.reset();
+                    }
+                    self.status.generation = published.generation;
+                    self.status.primary = published.primary;
+                    self.status.paused = published.paused;
+                    let primary = published
+                        .primary
+                        .map(|id| self.node_name(id))
+                        .unwrap_or_else(|| "none".into());
+                    tracing::info!(
+                        generation = published.generation,
+                        primary = %primary,
+                        paused = published.paused,
+                        "view published"
+                    );
+                }
+                Action::Execute { step, work } => {
+                    let node = self.node_name(work.node());
+                    tracing::info!(step = step.0, node = %node, ?work, "failover step started");
+                    let executor = self.executor.clone();
+                    let outcomes = self.steps.0.clone();
+                    tokio::spawn(async move {
+                        let result = executor.run(work).await;
+                        match &result {
+                            Ok(output) => {
+                                tracing::info!(step = step.0, node = %node, ?output, "failover step done")
+                            }
+                            Err(error) => {
+                                tracing::warn!(step = step.0, node = %node, error = %error, "failover step failed")
+                            }
+                        }
+                        let _ = outcomes.send((step, result));
+                    });
+                }
+                Action::Record(record) => {
+                    let record = self.failover_record(&record);
+                    self.store.record_failover(record.clone());
+                    self.runs.retain(|r| r.id != record.id);
+                    self.runs.insert(0, record);
+                    self.runs.truncate(RECENT_RUNS);
+                }
+                Action::Raise(condition) => {
+                    let node = condition.node.map(|id| self.node_name(id));
+                    let region = condition
+                        .node
+                        .and_then(|id| self.settings.nodes.get(usize::from(id.0)))
+                        .map(|n| n.region.clone());
+                    let event =
+                        self.alerts
+                            .raise(condition, node.as_deref(), region.as_deref(), now);
+                    self.on_alert(event);
+                }
+                Action::Resolve(kind, node) => {
+                    if let Some(event) = self.alerts.resolve(kind, node, now) {
+                        self.on_alert(event);
+                    }
+                }
+                Action::Log(Level::Info, text) => tracing::info!("{text}"),
+                Action::Log(Level::Warn, text) => tracing::warn!("{text}"),
+            }
+        }
+        self.counters.active_alerts = self.alerts.active().cloned().collect();
+        let state = self.machine.state();
+        for node in &mut self.status.nodes {
+            node.needs_rejoin = state.needs_rejoin.contains(&node.id);
+        }
+        self.status.failover = state;
+    }
+
+    fn node_name(&self, id: NodeId) -> Arc<str> {
+        self.settings
+            .nodes
+            .get(usize::from(id.0))
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| Arc::from(id.to_string()))
+    }
+
+    fn failover_record(&self, record: &RunRecord) -> FailoverRecord {
+        FailoverRecord {
+            id: record.id,
+            kind: match record.kind {
+                RunKind::Failover => "failover",
+                RunKind::Switchover => "switchover",
+            }
+            .to_owned(),
+            reason: record.reason.clone(),
+            old_primary: record.old_primary.map(|id| self.node_name(id).to_string()),
+            new_primary: record.new_primary.map(|id| self.node_name(id).to_string()),
+            generation: record.generation,
+            started_at_ms: record.started_at.0,
+            finished_at_ms: record.finished_at.map(|t| t.0),
+            outcome: match &record.outcome {
+                RunOutcome::InProgress => "in_progress".to_owned(),
+                RunOutcome::Completed => "completed".to_owned(),
+                RunOutcome::Failed(why) => format!("failed: {why}"),
+            },
+            phases: record
+                .phases
+                .iter()
+                .map(|p| Phase {
+                    name: p.name.clone(),
+                    started_at_ms: p.started_at.0,
+                    finished_at_ms: p.finished_at.0,
+                    outcome: p.outcome.clone(),
+                })
+                .collect(),
+            ranking: record.ranking.clone(),
+        }
+    }
+
+    fn judge(&mut self, observation: &Observation) {
         let index = usize::from(observation.node.0);
         let Some(node) = self.settings.nodes.get(index).cloned() else {
             return;
@@ -441,7 +828,6 @@ impl Judge {
                 Role::Primary
             };
         }
-        self.choose_primary();
         if self.status.primary == Some(node.id)
             && let Ok(status) = &observation.outcome
             && let Some(lsn) = status.current_lsn
@@ -540,43 +926,6 @@ impl Judge {
 
     /// The primary is the node last observed writable and not judged down. Two writable nodes
     /// (a promotion Meridian did not make) keep the current primary while it stays writable.
-    fn choose_primary(&mut self) {
-        let writable: Vec<usize> = (0..self.roles.len())
-            .filter(|&i| self.roles[i] == Role::Primary && self.health[i].health() != Health::Down)
-            .collect();
-        let current = self.status.primary.map(|id| usize::from(id.0));
-        let chosen = match current {
-            Some(i) if writable.contains(&i) => Some(i),
-            _ => match writable.as_slice() {
-                [only] => Some(*only),
-                [] => None,
-                several => {
-                    // The one on the newest timeline was promoted last.
-                    several
-                        .iter()
-                        .copied()
-                        .max_by_key(|&i| self.status.nodes[i].timeline.unwrap_or(0))
-                }
-            },
-        };
-        let chosen = chosen.map(|i| self.settings.nodes[i].id);
-        if chosen != self.status.primary {
-            if let Some(id) = chosen {
-                self.status.generation += 1;
-                self.lag.reset();
-                let node = &self.settings.nodes[usize::from(id.0)].name;
-                let generation = self.status.generation;
-                if generation == 1 {
-                    tracing::info!(node = %node, generation, "primary observed");
-                } else {
-                    tracing::warn!(node = %node, generation, "primary changed");
-                }
-            } else {
-                tracing::warn!("no node is observed as a writable primary");
-            }
-            self.status.primary = chosen;
-        }
-    }
 
     fn on_alert(&mut self, event: AlertEvent) {
         let alert = event.alert();
@@ -638,6 +987,8 @@ fn initial_status(settings: &MonitorSettings) -> ClusterStatus {
     ClusterStatus {
         generation: 0,
         primary: None,
+        paused: false,
+        failover: Default::default(),
         nodes: settings
             .nodes
             .iter()
@@ -666,6 +1017,7 @@ fn initial_status(settings: &MonitorSettings) -> ClusterStatus {
                 last_probe_at: None,
                 probes: 0,
                 probe_failures: 0,
+                needs_rejoin: false,
             })
             .collect(),
     }
@@ -676,7 +1028,7 @@ pub fn view_of(status: &ClusterStatus) -> ClusterView {
     ClusterView {
         generation: status.generation,
         primary: status.primary,
-        paused: false,
+        paused: status.paused,
         nodes: status
             .nodes
             .iter()

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::credentials::Credentials;
+use meridian_control::executor::Executor;
 use meridian_control::monitor::{self, MonitorHandle, MonitorSettings, MonitoredNode};
 use meridian_control::store::{AlertQuery, Retention, SqliteStore, Store};
 use meridian_core::alerts::{AlertKind, AlertPolicy, Severity};
 use meridian_core::backoff::Backoff;
+use meridian_core::failover::FailoverPolicy;
 use meridian_core::health::HealthPolicy;
 use meridian_core::status::ClusterStatus;
 use meridian_core::topology::{Health, NodeId, Role};
@@ -26,6 +28,11 @@ fn settings(
     port_of: impl Fn(usize) -> u16,
     policy: AlertPolicy,
 ) -> MonitorSettings {
+    let credentials = Credentials {
+        user: "postgres".into(),
+        password: None,
+        database: "postgres".into(),
+    };
     MonitorSettings {
         nodes: cluster
             .nodes()
@@ -39,14 +46,23 @@ fn settings(
                 port: port_of(i),
                 no_failover: false,
                 priority: 0,
+                region_priority: 0,
                 probe_interval: INTERVAL,
             })
             .collect(),
-        credentials: Credentials {
-            user: "postgres".into(),
-            password: None,
-            database: "postgres".into(),
+        // These tests watch; failing over is tested in tests/failover.rs.
+        failover: FailoverPolicy {
+            automatic: false,
+            ..FailoverPolicy::default()
         },
+        executor: Executor {
+            nodes: Vec::new(),
+            credentials: credentials.clone(),
+            pg_bin: None,
+            rejoin_command: None,
+            connect_timeout: Duration::from_secs(1),
+        },
+        credentials,
         tls: ServerTlsSet::uniform(ServerTls::Disable),
         probe_timeout: Duration::from_millis(800),
         backoff: Backoff {

@@ -5,7 +5,10 @@
 //! one of its synchronous replicas (only they are sure to hold every acknowledged commit).
 //! Among the eligible, the order is: most WAL received first (the least data lost), then
 //! region priority, then node priority, then the lowest probe latency, then the name (so the
-//! decision is deterministic). The ranking lists every replica with its place or the reason it
+//! decision is deterministic). When no eligible replica is left in the primary's own region
+//! (the region is lost), the failover is regional: region priority comes first, then the
+//! received WAL, so that the cluster moves to the region the operator ranked next rather than
+//! to whichever region happened to be a few bytes ahead. The ranking lists every replica with its place or the reason it
 //! was excluded, for the failover history and for operators.
 
 use std::cmp::Ordering;
@@ -50,6 +53,9 @@ pub struct RankingPolicy {
     pub synchronous: bool,
     /// Only replicas of this region (an operator's regional failover).
     pub region: Option<Arc<str>>,
+    /// The failed primary's region: when none of its replicas is eligible, region priority
+    /// ranks before received WAL.
+    pub primary_region: Option<Arc<str>>,
 }
 
 /// Why a replica cannot be promoted.
@@ -181,7 +187,19 @@ pub fn rank(candidates: &[Candidate], reference: Option<Lsn>, policy: &RankingPo
             }),
         }
     }
-    eligible.sort_by(preference);
+    let regional = policy
+        .primary_region
+        .as_ref()
+        .is_some_and(|region| !eligible.iter().any(|c| c.region == *region));
+    if regional {
+        eligible.sort_by(|a, b| {
+            b.region_priority
+                .cmp(&a.region_priority)
+                .then_with(|| preference(a, b))
+        });
+    } else {
+        eligible.sort_by(preference);
+    }
     let mut entries: Vec<Ranked> = eligible
         .into_iter()
         .enumerate()
@@ -232,6 +250,7 @@ mod tests {
             max_lag: 16 * 1024 * 1024,
             synchronous: false,
             region: None,
+            primary_region: None,
         }
     }
 
@@ -264,6 +283,30 @@ mod tests {
                 "most data first, whatever the region",
                 vec![candidate(1, "eu", 8, 1000), candidate(2, "ap", 6, 2000)],
                 policy(),
+                None,
+                vec![(2, Ok(1)), (1, Ok(2))],
+            ),
+            (
+                "the primary's region is lost: next region by priority, then data",
+                vec![
+                    candidate(1, "ap", 6, 3000),
+                    candidate(2, "eu", 8, 1000),
+                    candidate(3, "eu", 8, 2000),
+                ],
+                RankingPolicy {
+                    primary_region: Some(Arc::from("us")),
+                    ..policy()
+                },
+                None,
+                vec![(3, Ok(1)), (2, Ok(2)), (1, Ok(3))],
+            ),
+            (
+                "a replica left in the primary's region: most data first again",
+                vec![candidate(1, "us", 10, 1000), candidate(2, "eu", 8, 2000)],
+                RankingPolicy {
+                    primary_region: Some(Arc::from("us")),
+                    ..policy()
+                },
                 None,
                 vec![(2, Ok(1)), (1, Ok(2))],
             ),

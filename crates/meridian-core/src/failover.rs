@@ -162,7 +162,8 @@ pub enum Work {
 }
 
 impl Work {
-    fn node(&self) -> NodeId {
+    /// The node the work is done on.
+    pub fn node(&self) -> NodeId {
         match self {
             Work::Fence { node }
             | Work::Unfence { node }
@@ -407,7 +408,7 @@ pub struct Failover {
 }
 
 /// A summary for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FailoverState {
     /// Increases with every promotion.
     pub generation: u64,
@@ -924,6 +925,7 @@ impl Failover {
             max_lag: self.policy.max_lag,
             synchronous: synchronous.is_some(),
             region,
+            primary_region: Some(self.spec(old).region.clone()),
         };
         let reference = self.status(old).and_then(|s| s.current_lsn);
         let mut candidates = self.candidates(Some(old));

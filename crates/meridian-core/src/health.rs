@@ -624,7 +624,7 @@ pub(crate) mod tests {
 
         fn is_good(policy: &HealthPolicy, latency: Option<Duration>, rate: f64) -> bool {
             matches!(latency, Some(l) if l < policy.slow_warning)
-                && rate < policy.error_rate_warning
+                && rate <= policy.error_rate_warning
         }
 
         proptest! {

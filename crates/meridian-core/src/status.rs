@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::failover::FailoverState;
 use crate::lag::Lag;
 use crate::lsn::Lsn;
 use crate::observation::Timestamp;
@@ -63,6 +64,8 @@ pub struct NodeState {
     pub probes: u64,
     /// Of those, failed.
     pub probe_failures: u64,
+    /// An old primary that receives no traffic until it is a replica again.
+    pub needs_rejoin: bool,
 }
 
 /// Every node, and who is primary.
@@ -72,6 +75,10 @@ pub struct ClusterStatus {
     pub generation: u64,
     /// The node taking writes, if known.
     pub primary: Option<NodeId>,
+    /// A failover or switchover is under way: transactions needing the primary wait.
+    pub paused: bool,
+    /// The failover machine's state: suspicion, the run under way, a halt.
+    pub failover: FailoverState,
     /// Every configured node, in configuration order.
     pub nodes: Vec<NodeState>,
 }

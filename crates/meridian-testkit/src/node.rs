@@ -280,9 +280,39 @@ impl Node {
         }
     }
 
-    /// Shuts the server down immediately for teardown (immediate shutdown, then SIGKILL).
+    /// Takes charge of a server that something else started in this node's data directory
+    /// (Meridian's rejoin restarts an old primary with `pg_ctl`): from then on the kit stops,
+    /// kills, pauses and tears it down like one it started. Fails if no server runs there.
+    pub fn adopt(&self) -> anyhow::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let pid = self.foreign_postmaster().with_context(|| {
+            format!(
+                "no server runs in {} (no live postmaster in postmaster.pid)",
+                self.data_dir().display()
+            )
+        })?;
+        self.guardian.watch(pid.as_raw() as u32);
+        *self.lock() = Some(pid);
+        self.started_once.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A live postmaster of this data directory that the kit did not start, from
+    /// `postmaster.pid` (line 1 its PID, line 2 its data directory).
+    fn foreign_postmaster(&self) -> Option<Pid> {
+        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let mut lines = text.lines();
+        let pid = Pid::from_raw(lines.next()?.trim().parse().ok()?);
+        let dir = fs::canonicalize(lines.next()?.trim()).ok()?;
+        (dir == fs::canonicalize(self.data_dir()).ok()? && process::is_postgres(pid)).then_some(pid)
+    }
+
+    /// Shuts the server down immediately for teardown (immediate shutdown, then SIGKILL),
+    /// whoever started it.
     pub(crate) fn shut_down_for_teardown(&self) {
-        if let Some(pid) = self.take_process() {
+        if let Some(pid) = self.take_process().or_else(|| self.foreign_postmaster()) {
             process::shut_down(pid, Signal::SIGQUIT, Duration::from_secs(10));
             self.guardian.forget(pid.as_raw() as u32);
         }

@@ -124,15 +124,21 @@ pub(crate) fn kill_tree(postmaster: Pid) {
     }
 }
 
-/// Whether our child `pid` has exited, reaping it if so.
+/// Whether `pid` has exited, reaping it if it is our child.
 pub(crate) fn has_exited(pid: Pid) -> bool {
     match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::StillAlive) => false,
         Ok(_) => true,
-        // Not our child any more: it was reaped already.
-        Err(Errno::ECHILD) => true,
+        // Not our child: reaped already, or an adopted server started by someone else.
+        Err(Errno::ECHILD) => !is_postgres(pid),
         Err(_) => false,
     }
+}
+
+/// Whether `pid` is a live (not zombie) `postgres` process.
+pub(crate) fn is_postgres(pid: Pid) -> bool {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    comm.trim() == "postgres" && state_of(pid).is_some_and(|state| state != 'Z')
 }
 
 /// Sends `signal` and waits up to `grace` for the postmaster to exit, reaping it; then, if it
