@@ -339,6 +339,11 @@ impl Executor {
             .args(["stop", "-m", "fast", "-w", "-t", "30"])
             .output()
             .await;
+        // A freshly promoted primary writes its new timeline to pg_control only at the end of
+        // its first checkpoint; until then pg_rewind sees both on the same timeline and does
+        // nothing (PostgreSQL docs, pg_rewind notes).
+        let upstream_client = self.connect(upstream.id).await?;
+        execute(&upstream_client, "CHECKPOINT").await?;
         let source = format!(
             "host={} port={} user={} dbname={}",
             upstream.host, upstream.port, self.credentials.user, self.credentials.database
@@ -356,14 +361,17 @@ impl Executor {
             .output()
             .await
             .map_err(|e| format!("cannot run pg_rewind: {e}"))?;
+        // pg_rewind reports on stderr, failure or not.
+        let report = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
             return Err(format!(
                 "pg_rewind of {} from {} failed: {}",
                 node.name,
                 upstream.name,
-                String::from_utf8_lossy(&output.stderr).trim()
+                report.trim()
             ));
         }
+        tracing::info!(node = %node.name, upstream = %upstream.name, "pg_rewind: {}", report.trim());
         let slot = slot_name(&node.name);
         let mut conninfo = format!(
             "host={} port={} user={} application_name={}",
@@ -378,7 +386,6 @@ impl Executor {
         std::fs::write(&signal, b"")
             .map_err(|e| format!("cannot write {}: {e}", signal.display()))?;
         owner.give(&signal)?;
-        let upstream_client = self.connect(upstream.id).await?;
         ensure_slot(&upstream_client, &slot).await?;
         // Inside the data directory: its owner may write there, whoever owns the parent.
         let log = data_dir.join("meridian-rejoin.log");
