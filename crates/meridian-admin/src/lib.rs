@@ -1,28 +1,100 @@
 //! The operator interface: an HTTP router over a small control trait, so that it can be tested
-//! without a cluster. Today it serves the Prometheus exposition (`/metrics`); the REST API and
-//! the dashboard build on the same listener.
+//! without a cluster. It serves the Prometheus exposition (`/metrics`), the failover history
+//! and the operator commands (switchover, failover to a region, rejoin) under
+//! `/api/database/`; the rest of the REST API and the dashboard build on the same listener.
+//!
+//! Commands change the cluster, so they need `Authorization: Bearer <token>` with the
+//! configured `admin_token`; without one configured they are refused with how to set it. Each
+//! command leaves one audit line in the log (what, outcome; never the token). Errors have one
+//! JSON shape: `{"error":{"code":"…","message":"…"}}`.
+
+mod auth;
+mod error;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::net::TcpListener;
+
+pub use crate::auth::AdminAuth;
+pub use crate::error::ApiError;
+pub use axum::http::StatusCode;
+
+/// A command that changes the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// Planned change of primary, to `to` or the best replica.
+    Switchover {
+        /// The replica to promote, by name.
+        to: Option<String>,
+    },
+    /// Fail over to the best replica of `region`.
+    Failover {
+        /// The region, by name.
+        region: String,
+    },
+    /// Turn `node` (an old primary) into a replica of the current primary.
+    Rejoin {
+        /// The node, by name.
+        node: String,
+    },
+}
+
+impl Mutation {
+    fn describe(&self) -> String {
+        match self {
+            Mutation::Switchover { to: None } => "switchover".to_owned(),
+            Mutation::Switchover { to: Some(to) } => format!("switchover to {to}"),
+            Mutation::Failover { region } => format!("failover to region {region}"),
+            Mutation::Rejoin { node } => format!("rejoin of {node}"),
+        }
+    }
+}
+
+/// The future a mutation returns.
+pub type MutationFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
 
 /// What the operator interface needs from the running Meridian.
 pub trait Control: Send + Sync + 'static {
     /// Everything Meridian measures, in the Prometheus text exposition format.
     fn metrics(&self) -> String;
+
+    /// The most recent failovers and switchovers, newest first, as a JSON array.
+    fn failover_history(&self, limit: usize) -> Result<Value, ApiError>;
+
+    /// Carries out a command and returns its result (the run's record) once it has finished
+    /// or a wait limit passed.
+    fn mutate(&self, mutation: Mutation) -> MutationFuture<'_>;
+}
+
+#[derive(Clone)]
+struct AppState {
+    control: Arc<dyn Control>,
+    auth: Arc<AdminAuth>,
 }
 
 /// The operator interface's routes.
-pub fn router(control: Arc<dyn Control>) -> Router {
+pub fn router(control: Arc<dyn Control>, auth: AdminAuth) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(control)
+        .route("/api/database/failover-history", get(failover_history))
+        .route("/api/database/switchover", post(switchover))
+        .route("/api/database/failover/{region}", post(failover))
+        .route("/api/database/rejoin/{node}", post(rejoin))
+        .fallback(not_found)
+        .with_state(AppState {
+            control,
+            auth: Arc::new(auth),
+        })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -37,48 +109,96 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: OpenMetrics-compatible Prometheus text.
-async fn metrics(State(control): State<Arc<dyn Control>>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        control.metrics(),
+        state.control.metrics(),
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
 
-    struct Fixed;
+/// `GET /api/database/failover-history?limit=N` (default 20, at most 1000).
+async fn failover_history(
+    State(state): State<AppState>,
+    Query(query): Query<Limit>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(20).clamp(1, 1000);
+    Ok(axum::Json(state.control.failover_history(limit)?).into_response())
+}
 
-    impl Control for Fixed {
-        fn metrics(&self) -> String {
-            "meridian_up 1\n".to_owned()
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    to: Option<String>,
+}
+
+/// `POST /api/database/switchover` with an optional body `{"to": "node"}`.
+async fn switchover(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<SwitchoverBody>(&body) {
+            Ok(body) => body.to,
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the body must be {{\"to\": \"<node>\"}} or empty: {e}"),
+                )
+                .into_response();
+            }
+        }
+    };
+    command(&state, &headers, Mutation::Switchover { to }).await
+}
+
+/// `POST /api/database/failover/{region}`.
+async fn failover(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(region): Path<String>,
+) -> Response {
+    command(&state, &headers, Mutation::Failover { region }).await
+}
+
+/// `POST /api/database/rejoin/{node}`.
+async fn rejoin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> Response {
+    command(&state, &headers, Mutation::Rejoin { node }).await
+}
+
+/// Checks the token, runs the command, and leaves the audit line.
+async fn command(state: &AppState, headers: &HeaderMap, mutation: Mutation) -> Response {
+    let what = mutation.describe();
+    if let Err(refused) = state.auth.check(headers) {
+        tracing::warn!(target: "meridian::audit", command = %what, outcome = "refused", reason = %refused.message(), "operator command");
+        return refused.into_response();
+    }
+    match state.control.mutate(mutation).await {
+        Ok(result) => {
+            tracing::info!(target: "meridian::audit", command = %what, outcome = "done", "operator command");
+            axum::Json(result).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(target: "meridian::audit", command = %what, outcome = "failed", reason = %error.message(), "operator command");
+            error.into_response()
         }
     }
-
-    #[tokio::test]
-    async fn metrics_are_served_as_prometheus_text() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router(Arc::new(Fixed)), async {
-            let _ = stopped.await;
-        }));
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        assert!(response.contains("text/plain; version=0.0.4"), "{response}");
-        assert!(response.ends_with("meridian_up 1\n"), "{response}");
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
-    }
 }
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+#[cfg(test)]
+mod tests;

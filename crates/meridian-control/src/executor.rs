@@ -226,13 +226,18 @@ impl Executor {
 
     async fn promote(&self, node: NodeId) -> Result<StepOutput, String> {
         let client = self.connect(node).await?;
-        let promoted = value(
-            &client,
-            "SELECT pg_promote(wait => true, wait_seconds => 60)",
-        )
-        .await?;
-        if promoted.as_deref() != Some("t") {
-            return Err(format!("pg_promote returned {promoted:?}"));
+        // Someone may have promoted it already (an operator racing Meridian): pg_promote would
+        // fail with "recovery is not in progress", yet the node is what was asked for.
+        let in_recovery = value(&client, "SELECT pg_is_in_recovery()").await?;
+        if in_recovery.as_deref() == Some("t") {
+            let promoted = value(
+                &client,
+                "SELECT pg_promote(wait => true, wait_seconds => 60)",
+            )
+            .await?;
+            if promoted.as_deref() != Some("t") {
+                return Err(format!("pg_promote returned {promoted:?}"));
+            }
         }
         if value(&client, "SELECT pg_is_in_recovery()")
             .await?

@@ -1,5 +1,7 @@
 //! The `meridian` binary: the command line that wires the crates together.
 
+mod cli;
+mod operator;
 mod run;
 mod telemetry;
 
@@ -28,11 +30,49 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Planned change of primary, losing nothing: pause writes, fence the primary, wait for
+    /// the new one to replay everything, promote it, and turn the old one into its replica.
+    Switchover {
+        /// The replica to promote (default: the best one).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Move the primary to the best replica of a region (a switchover while the primary
+    /// answers, a failover when it does not).
+    Failover {
+        /// The region.
+        #[arg(long)]
+        region: String,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Turn an old primary into a replica of the current primary (pg_rewind for nodes whose
+    /// data_dir Meridian manages, the rejoin_command for others).
+    Rejoin {
+        /// The node.
+        node: String,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// The failovers and switchovers recorded, newest first.
+    History {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run::main(config.as_deref()),
+        Command::Switchover { to, api } => cli::switchover(&api, to.as_deref()),
+        Command::Failover { region, api } => cli::failover(&api, &region),
+        Command::Rejoin { node, api } => cli::rejoin(&api, &node),
+        Command::History { limit, api } => cli::history(&api, limit),
     }
 }

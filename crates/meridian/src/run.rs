@@ -12,7 +12,9 @@ use meridian_control::store::{self, Retention, SqliteStore, Store};
 use meridian_proxy::{Proxy, ProxySettings};
 use tokio::net::TcpListener;
 
+use crate::operator::Operator;
 use crate::telemetry::Telemetry;
+use meridian_admin::AdminAuth;
 
 pub fn main(config_path: Option<&Path>) -> ExitCode {
     init_logging();
@@ -85,15 +87,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let proxy = Proxy::new(settings, monitor.view(), Some(monitor.fast_signal()));
-    let telemetry = Telemetry {
+    let operator = Operator {
+        telemetry: Telemetry {
+            monitor: monitor.clone(),
+            proxy: proxy.clone(),
+            store: store.clone(),
+        },
         monitor: monitor.clone(),
-        proxy: proxy.clone(),
         store: store.clone(),
     };
+    let auth = AdminAuth::new(
+        config
+            .admin_token
+            .as_ref()
+            .map(|token| token.expose().to_owned()),
+    );
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_server = tokio::spawn(meridian_admin::serve(
         admin,
-        meridian_admin::router(Arc::new(telemetry)),
+        meridian_admin::router(Arc::new(operator), auth),
         async {
             let _ = admin_stopped.await;
         },

@@ -31,8 +31,9 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
-impl meridian_admin::Control for Telemetry {
-    fn metrics(&self) -> String {
+impl Telemetry {
+    /// Everything measured, in the Prometheus text exposition format.
+    pub fn metrics(&self) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
         let mut text = String::new();

@@ -1,0 +1,239 @@
+//! The operator commands of the `meridian` binary (`switchover`, `failover`, `rejoin`,
+//! `history`): thin clients of the admin API of a running Meridian.
+//!
+//! Exit codes, for scripts: 0 done; 1 Meridian refused the command or the run failed (the
+//! message says why); 3 Meridian could not be reached or answered something unexpected.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Base URL of Meridian's admin listener.
+    #[arg(
+        long,
+        env = "MERIDIAN_ADMIN_URL",
+        default_value = "http://127.0.0.1:9930",
+        global = true
+    )]
+    url: String,
+    /// The admin token (commands need it).
+    #[arg(
+        long,
+        env = "MERIDIAN_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// Print the API's JSON instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+const REFUSED: u8 = 1;
+const UNREACHABLE: u8 = 3;
+
+/// A run can take a while (a switchover waits for replay, a rejoin runs pg_rewind).
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+enum Failure {
+    /// Meridian answered with an error.
+    Refused(String),
+    /// No usable answer.
+    Unreachable(String),
+}
+
+fn call(api: &ApiArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .into();
+    let url = format!("{}{path}", api.url.trim_end_matches('/'));
+    let authorization = api.token.as_ref().map(|t| format!("Bearer {t}"));
+    let response = if method == "POST" {
+        let mut request = agent.post(&url);
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        match body {
+            Some(body) => request.send_json(body),
+            None => request.send_empty(),
+        }
+    } else {
+        let mut request = agent.get(&url);
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        request.call()
+    };
+    let mut response = response
+        .map_err(|e| Failure::Unreachable(format!("cannot reach Meridian at {url}: {e}")))?;
+    let status = response.status();
+    let value: Value = response.body_mut().read_json().map_err(|e| {
+        Failure::Unreachable(format!("unexpected answer from {url} ({status}): {e}"))
+    })?;
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let message = value["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        Err(Failure::Refused(format!(
+            "{message} (HTTP {})",
+            status.as_u16()
+        )))
+    }
+}
+
+fn finish(api: &ApiArgs, result: Result<Value, Failure>, show: fn(&Value) -> String) -> ExitCode {
+    match result {
+        Ok(value) if api.json => {
+            println!("{value:#}");
+            ExitCode::SUCCESS
+        }
+        Ok(value) => {
+            print!("{}", show(&value));
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Refused(message)) => {
+            eprintln!("meridian: {message}");
+            ExitCode::from(REFUSED)
+        }
+        Err(Failure::Unreachable(message)) => {
+            eprintln!("meridian: {message}");
+            ExitCode::from(UNREACHABLE)
+        }
+    }
+}
+
+/// `meridian switchover [--to NODE]`.
+pub fn switchover(api: &ApiArgs, to: Option<&str>) -> ExitCode {
+    let body = to.map(|to| serde_json::json!({ "to": to }));
+    finish(
+        api,
+        call(api, "POST", "/api/database/switchover", body),
+        show_run,
+    )
+}
+
+/// `meridian failover --region REGION`.
+pub fn failover(api: &ApiArgs, region: &str) -> ExitCode {
+    let path = format!("/api/database/failover/{}", path_segment(region));
+    finish(api, call(api, "POST", &path, None), show_run)
+}
+
+/// `meridian rejoin NODE`.
+pub fn rejoin(api: &ApiArgs, node: &str) -> ExitCode {
+    let path = format!("/api/database/rejoin/{}", path_segment(node));
+    finish(api, call(api, "POST", &path, None), show_run)
+}
+
+/// `meridian history [--limit N]`.
+pub fn history(api: &ApiArgs, limit: usize) -> ExitCode {
+    let path = format!("/api/database/failover-history?limit={limit}");
+    finish(api, call(api, "GET", &path, None), show_history)
+}
+
+/// Names are `[a-z0-9_-]` (validated in the config), so only a wrong argument needs escaping.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn seconds(ms: &Value) -> String {
+    ms.as_u64()
+        .map(|ms| format!("{:.2} s", ms as f64 / 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("-")
+}
+
+/// One run: headline, then its phases.
+fn show_run(run: &Value) -> String {
+    if run.get("id").is_none() {
+        return format!("{}\n", text(&run["outcome"]));
+    }
+    let mut out = format!(
+        "{} {} {} in {}: {} -> {} (generation {})\n",
+        text(&run["kind"]),
+        run["id"],
+        text(&run["outcome"]),
+        seconds(&run["duration_ms"]),
+        text(&run["old_primary"]),
+        text(&run["new_primary"]),
+        run["generation"],
+    );
+    for phase in run["phases"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<10} {:>9}  {}\n",
+            text(&phase["name"]),
+            seconds(&phase["duration_ms"]),
+            text(&phase["outcome"]),
+        ));
+    }
+    out
+}
+
+/// The history as a table, newest first.
+fn show_history(runs: &Value) -> String {
+    let runs = runs.as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        return "no failover or switchover recorded\n".to_owned();
+    }
+    let mut out = format!(
+        "{:>4}  {:<10}  {:<10}  {:<10}  {:>4}  {:>9}  {}\n",
+        "id", "kind", "from", "to", "gen", "took", "outcome"
+    );
+    for run in &runs {
+        out.push_str(&format!(
+            "{:>4}  {:<10}  {:<10}  {:<10}  {:>4}  {:>9}  {}\n",
+            run["id"],
+            text(&run["kind"]),
+            text(&run["old_primary"]),
+            text(&run["new_primary"]),
+            run["generation"],
+            seconds(&run["duration_ms"]),
+            text(&run["outcome"]),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_reads_as_a_headline_and_phases() {
+        let run = serde_json::json!({
+            "id": 3, "kind": "switchover", "outcome": "completed", "duration_ms": 350,
+            "old_primary": "us-1", "new_primary": "eu-1", "generation": 2,
+            "phases": [{ "name": "fence", "duration_ms": 12, "outcome": "ok" }],
+        });
+        assert_eq!(
+            show_run(&run),
+            "switchover 3 completed in 0.35 s: us-1 -> eu-1 (generation 2)\n  fence         0.01 s  ok\n"
+        );
+    }
+
+    #[test]
+    fn odd_names_are_escaped_in_paths() {
+        assert_eq!(path_segment("eu-west_1"), "eu-west_1");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+}
