@@ -207,6 +207,9 @@ pub struct MonitorCounters {
     pub alerts_raised: BTreeMap<(AlertKind, Severity), u64>,
     /// Active alerts now.
     pub active_alerts: Vec<Alert>,
+    /// Failovers and switchovers finished since start, by kind and outcome (`completed`,
+    /// `failed`).
+    pub runs_finished: BTreeMap<(String, String), u64>,
 }
 
 /// A latency histogram with the fixed [`LATENCY_BUCKETS`].
@@ -740,6 +743,18 @@ impl Judge {
                 }
                 Action::Record(record) => {
                     let record = self.failover_record(&record);
+                    let was_finished = self
+                        .runs
+                        .iter()
+                        .any(|r| r.id == record.id && r.outcome != "in_progress");
+                    if record.outcome != "in_progress" && !was_finished {
+                        let outcome = record.outcome.split(':').next().unwrap_or_default();
+                        *self
+                            .counters
+                            .runs_finished
+                            .entry((record.kind.clone(), outcome.to_owned()))
+                            .or_default() += 1;
+                    }
                     self.store.record_failover(record.clone());
                     self.runs.retain(|r| r.id != record.id);
                     self.runs.insert(0, record);

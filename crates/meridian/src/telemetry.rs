@@ -227,6 +227,50 @@ impl Collector for Telemetry {
                 .map(|n| vec![(node_labels(&n.name, &n.region), 1.0)])
                 .unwrap_or_default(),
         )?;
+        gauge(
+            &mut encoder,
+            "meridian_cluster_paused",
+            "1 while a failover or switchover holds transactions that need the primary.",
+            &[(Vec::new(), f64::from(u8::from(status.paused)))],
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_failover_halted",
+            "1 while automatic failover is halted after a failed promotion (an operator resumes it).",
+            &[(
+                Vec::new(),
+                f64::from(u8::from(status.failover.halted.is_some())),
+            )],
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_node_needs_rejoin",
+            "1 for an old primary that gets no traffic until it rejoins as a replica.",
+            &nodes
+                .iter()
+                .map(|n| {
+                    (
+                        node_labels(&n.name, &n.region),
+                        f64::from(u8::from(n.needs_rejoin)),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_failover_runs",
+            "Failovers and switchovers finished since start, by kind and outcome.",
+            &counters
+                .runs_finished
+                .iter()
+                .map(|((kind, outcome), n)| {
+                    (
+                        vec![("kind", kind.clone()), ("outcome", outcome.clone())],
+                        *n,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
         let mut active: std::collections::BTreeMap<(&str, &str), u64> =
             std::collections::BTreeMap::new();
         for alert in &counters.active_alerts {
