@@ -89,7 +89,10 @@ async fn client_loop(
             match connect(port).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    log.lock().unwrap().errors.push((Instant::now(), e.to_string()));
+                    log.lock()
+                        .unwrap()
+                        .errors
+                        .push((Instant::now(), e.to_string()));
                     continue;
                 }
             }
@@ -174,15 +177,19 @@ async fn trial(meridian: &str, synchronous: bool) -> anyhow::Result<Trial> {
         .kill_on_drop(true)
         .spawn()
         .context("cannot start meridian")?;
-    wait_until(Duration::from_secs(30), "Meridian to accept clients", || async {
-        match connect(port).await {
-            Ok(client) => match client.simple_query("SELECT 1").await {
-                Ok(_) => Check::Ready(()),
+    wait_until(
+        Duration::from_secs(30),
+        "Meridian to accept clients",
+        || async {
+            match connect(port).await {
+                Ok(client) => match client.simple_query("SELECT 1").await {
+                    Ok(_) => Check::Ready(()),
+                    Err(e) => Check::NotYet(e.to_string()),
+                },
                 Err(e) => Check::NotYet(e.to_string()),
-            },
-            Err(e) => Check::NotYet(e.to_string()),
-        }
-    })
+            }
+        },
+    )
     .await?;
 
     let log = Arc::new(Mutex::new(Log::default()));
@@ -314,11 +321,17 @@ async fn main() -> anyhow::Result<()> {
             "--meridian" => meridian = args.next(),
             "--trials" => trials = args.next().context("--trials N")?.parse()?,
             "--synchronous" => synchronous = true,
-            other => bail!("unknown argument {other}; usage: failover_bench --meridian PATH [--trials N] [--synchronous]"),
+            other => bail!(
+                "unknown argument {other}; usage: failover_bench --meridian PATH [--trials N] [--synchronous]"
+            ),
         }
     }
     let meridian = meridian.context("--meridian PATH (the meridian binary) is required")?;
-    let mode = if synchronous { "synchronous" } else { "asynchronous" };
+    let mode = if synchronous {
+        "synchronous"
+    } else {
+        "asynchronous"
+    };
     println!("1 primary + 2 replicas, {mode} replication, SIGKILL of the primary, {trials} trials");
     println!(
         "{:>5}  {:>12}  {:>11}  {:>5}  {:>4}  {:>6}  {:>6}",
