@@ -939,9 +939,6 @@ impl Judge {
         });
     }
 
-    /// The primary is the node last observed writable and not judged down. Two writable nodes
-    /// (a promotion Meridian did not make) keep the current primary while it stays writable.
-
     fn on_alert(&mut self, event: AlertEvent) {
         let alert = event.alert();
         let node = alert.node.as_deref().unwrap_or("-");
