@@ -401,6 +401,8 @@ pub struct Failover {
     run: Option<Run>,
     /// Automatic failover is halted, with why.
     halted: Option<String>,
+    /// The primary a failed promotion left unreplaced: what an operator's failover replaces.
+    orphaned: Option<NodeId>,
     last_automatic: Option<Timestamp>,
     needs_rejoin: BTreeSet<NodeId>,
     next_step: u64,
@@ -449,6 +451,7 @@ impl Failover {
             suspicion: None,
             run: None,
             halted: None,
+            orphaned: None,
             last_automatic: None,
             needs_rejoin: BTreeSet::new(),
             next_step: 1,
@@ -591,6 +594,7 @@ impl Failover {
                     self.suspicion = None;
                     self.generation += 1;
                     self.primary = Some(node);
+                    self.orphaned = None;
                     self.publish(out);
                 } else {
                     self.needs_rejoin.insert(node);
@@ -644,8 +648,32 @@ impl Failover {
                 ),
             ));
         }
+        // A node that does not answer now but accepted writes when it last did (the primary a
+        // failed run left behind) was a primary before this one: it must not come back as one.
+        let silent: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| id != chosen && !self.needs_rejoin.contains(&id))
+            .filter(|&id| {
+                let t = &self.tracked[usize::from(id.0)];
+                t.consecutive_failures > 0
+                    && t.last_ok.as_ref().is_some_and(|(_, s)| !s.in_recovery)
+            })
+            .collect();
+        for other in silent {
+            self.needs_rejoin.insert(other);
+            out.push(Action::Log(
+                Level::Warn,
+                format!(
+                    "{} does not answer and accepted writes when it last did: no traffic is routed to it until it rejoins",
+                    self.name(other)
+                ),
+            ));
+        }
         self.generation += 1;
         self.primary = Some(chosen);
+        self.orphaned = None;
         out.push(Action::Log(
             Level::Info,
             format!(
@@ -913,7 +941,7 @@ impl Failover {
         target: Option<NodeId>,
         out: &mut Vec<Action>,
     ) {
-        let Some(old) = self.primary else {
+        let Some(old) = self.primary.or(self.orphaned) else {
             out.push(Action::Log(
                 Level::Warn,
                 format!("{reason}: there is no primary to replace"),
@@ -1108,10 +1136,27 @@ impl Failover {
                 }
             }
             (Stage::Fencing, Work::Fence { .. }, Err(error)) => {
+                let (old, started) = self
+                    .run
+                    .as_ref()
+                    .map(|r| (r.old, r.record.started_at))
+                    .expect("run");
                 if kind == RunKind::Switchover {
                     // A live primary that cannot be fenced must stay the primary.
                     self.phase("fence", now, error.clone());
                     self.abort(now, format!("could not fence the primary: {error}"), out);
+                } else if self.answers_writable_since(old, started) {
+                    // It came back while the fence was under way: promoting now would make
+                    // two writable primaries. It stays the primary.
+                    self.phase("fence", now, error.clone());
+                    self.abort(
+                        now,
+                        format!(
+                            "primary {} answers again but could not be fenced: {error}",
+                            self.name(old)
+                        ),
+                        out,
+                    );
                 } else {
                     // Best effort: the old primary does not answer, which is why we are here.
                     self.phase("fence", now, format!("not reachable: {error}"));
@@ -1136,6 +1181,7 @@ impl Failover {
                 self.phase("promote", now, error.clone());
                 let why = format!("promoting {name} failed: {error}");
                 self.halted = Some(why.clone());
+                self.orphaned = self.run.as_ref().map(|r| r.old);
                 self.finish(now, RunOutcome::Failed(why.clone()), out);
                 self.paused = false;
                 self.publish(out);
@@ -1224,6 +1270,7 @@ impl Failover {
         self.generation += 1;
         run.record.generation = self.generation;
         self.primary = Some(new);
+        self.orphaned = None;
         self.paused = false;
         self.suspicion = None;
         self.needs_rejoin.insert(old);
@@ -1359,30 +1406,35 @@ impl Failover {
         }
     }
 
-    /// A switchover that cannot finish: the old primary stays primary.
+    /// A run that cannot finish: the old primary stays primary.
     fn abort(&mut self, now: Timestamp, why: String, out: &mut Vec<Action>) {
         let Some(run) = &self.run else { return };
         let (old, fenced) = (run.old, run.fenced);
-        out.push(Action::Log(
-            Level::Warn,
-            format!("switchover aborted: {why}"),
-        ));
+        let what = match run.record.kind {
+            RunKind::Failover => "failover",
+            RunKind::Switchover => "switchover",
+        };
+        out.push(Action::Log(Level::Warn, format!("{what} aborted: {why}")));
         self.primary = Some(old);
+        self.orphaned = None;
         self.paused = false;
         self.publish(out);
         if let Some(c) = Condition::failover(
             AlertKind::FailoverFailed,
             Some(old),
             0.0,
-            format!("switchover aborted: {why}"),
+            format!("{what} aborted: {why}"),
         ) {
             out.push(Action::Raise(c));
         }
         out.push(Action::Resolve(AlertKind::FailoverTriggered, Some(old)));
-        let mut record = run.record.clone();
-        record.outcome = RunOutcome::Failed(why);
-        record.finished_at = Some(now);
-        out.push(Action::Record(record));
+        // On the run's own record: while the fence is undone the run lives on, and every
+        // record re-issued from now on must say how it ended.
+        if let Some(run) = &mut self.run {
+            run.record.outcome = RunOutcome::Failed(why);
+            run.record.finished_at = Some(now);
+            out.push(Action::Record(run.record.clone()));
+        }
         if fenced {
             self.set_stage(Stage::Aborting, now);
             if let Some(run) = &mut self.run {
@@ -1488,6 +1540,15 @@ impl Failover {
                 );
             }
         }
+    }
+
+    /// Whether `node`'s latest probe succeeded, at or after `since`, and found it writable.
+    fn answers_writable_since(&self, node: NodeId, since: Timestamp) -> bool {
+        let t = &self.tracked[usize::from(node.0)];
+        t.consecutive_failures == 0
+            && t.last_ok
+                .as_ref()
+                .is_some_and(|(at, s)| *at >= since && !s.in_recovery)
     }
 
     fn primary_alive(&self) -> bool {
