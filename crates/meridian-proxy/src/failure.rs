@@ -3,6 +3,22 @@
 //! Each failure has the SQLSTATE PostgreSQL itself uses for the same situation (PostgreSQL
 //! docs, appendix A), and a message naming the cause. Whether the session survives is part of
 //! the mapping: `FATAL` closes the client connection, `ERROR` keeps it.
+//!
+//! Failover, as the client sees it:
+//! - a transaction that waited for a primary longer than `failover_buffer_timeout` gets
+//!   `08006` (connection_failure), ERROR, naming the last connection error when the named
+//!   primary was unreachable: the same code as [`Failure::NoPrimary`], because the
+//!   outcome is the same (no primary to run on), only later. `57P03` (cannot_connect_now) was
+//!   the other candidate; PostgreSQL sends it only to a connection being opened, and a client
+//!   already logged in to Meridian keeps its connection here, so class 08, which drivers and
+//!   retry policies already treat as "try again", says it better;
+//! - a session that cannot even wait, because `failover_buffer_size` sessions already do,
+//!   gets `53300` (too_many_connections), ERROR, as for an exhausted pool;
+//! - a transaction open on a primary that a failover replaced gets `08006`, ERROR (FATAL in
+//!   session pooling), exactly as when its server connection is lost ([`Failure::ServerLost`]):
+//!   its server connection is abandoned, the old server rolls it back, and whether a COMMIT in
+//!   flight took effect there is unknown, which is what class 08 tells. `57P01`
+//!   (admin_shutdown) stays the code of Meridian's own shutdown.
 
 use meridian_wire::WireError;
 use meridian_wire::auth::AuthError;
@@ -55,6 +71,34 @@ pub enum Failure {
     /// The proxy is shutting down.
     #[error("terminating connection because Meridian is shutting down")]
     ShuttingDown,
+    /// A transaction waited for a primary for all of `failover_buffer_timeout`.
+    #[error(
+        "no primary became available within failover_buffer_timeout ({timeout:?}){}",
+        last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+    )]
+    FailoverTimeout {
+        /// `failover_buffer_timeout`.
+        timeout: std::time::Duration,
+        /// Why the last attempt to reach the primary failed, when it was attempted.
+        last_error: Option<String>,
+    },
+    /// `failover_buffer_size` sessions already wait for a primary.
+    #[error("the failover buffer is full: {size} transactions already wait for a primary")]
+    FailoverBufferFull {
+        /// `failover_buffer_size`.
+        size: usize,
+    },
+    /// The view's generation moved past the server connection's: the primary was replaced.
+    #[error(
+        "the primary changed (failover from {old} to {}); the transaction was rolled back",
+        new.as_deref().unwrap_or("a primary not chosen yet")
+    )]
+    FailedOver {
+        /// The node the transaction was running on.
+        old: String,
+        /// The new primary's name, when the new view names one.
+        new: Option<String>,
+    },
 }
 
 impl Failure {
@@ -62,8 +106,19 @@ impl Failure {
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            Failure::Pool(_) | Failure::NoPrimary | Failure::ServerLost { .. }
+            Failure::Pool(_)
+                | Failure::NoPrimary
+                | Failure::ServerLost { .. }
+                | Failure::FailoverTimeout { .. }
+                | Failure::FailoverBufferFull { .. }
+                | Failure::FailedOver { .. }
         )
+    }
+
+    /// A connection to the node the view names as primary failed in a way that says the node
+    /// is down or going away: worth waiting for the next view rather than failing at once.
+    pub(crate) fn is_node_unavailable(&self) -> bool {
+        matches!(self, Failure::Pool(PoolError::Connect(e)) if e.is_node_unavailable())
     }
 
     /// The ErrorResponse fields, `FATAL` when the connection ends with it.
@@ -127,6 +182,20 @@ impl Failure {
             ),
             Failure::ServerLost { .. } => (sqlstate::CONNECTION_FAILURE, self.to_string(), None),
             Failure::ShuttingDown => (sqlstate::ADMIN_SHUTDOWN, self.to_string(), None),
+            Failure::FailoverTimeout { .. } => (
+                sqlstate::CONNECTION_FAILURE,
+                self.to_string(),
+                Some(
+                    "a failover is under way or the primary is unreachable; retry the \
+                     transaction, or raise proxy.failover_buffer_timeout",
+                ),
+            ),
+            Failure::FailoverBufferFull { .. } => (
+                sqlstate::TOO_MANY_CONNECTIONS,
+                self.to_string(),
+                Some("raise proxy.failover_buffer_size, or retry once the failover is over"),
+            ),
+            Failure::FailedOver { .. } => (sqlstate::CONNECTION_FAILURE, self.to_string(), None),
         };
         let fields = ErrorFields::new(severity, code, message);
         match hint {
@@ -167,6 +236,70 @@ mod tests {
                 .code(),
             "08P01"
         );
+    }
+
+    #[test]
+    fn failover_failures_keep_the_session_and_say_what_happened() {
+        let timeout = Failure::FailoverTimeout {
+            timeout: Duration::from_millis(500),
+            last_error: None,
+        };
+        assert_eq!(timeout.to_fields().code(), "08006");
+        assert_eq!(timeout.to_fields().severity(), "ERROR");
+        assert_eq!(
+            timeout.to_string(),
+            "no primary became available within failover_buffer_timeout (500ms)"
+        );
+        let unreachable = Failure::FailoverTimeout {
+            timeout: Duration::from_secs(15),
+            last_error: Some("cannot reach 10.0.0.1:5432: connection refused".into()),
+        };
+        assert_eq!(unreachable.to_fields().code(), "08006");
+        assert_eq!(
+            unreachable.to_string(),
+            "no primary became available within failover_buffer_timeout (15s); last error: \
+             cannot reach 10.0.0.1:5432: connection refused"
+        );
+        let full = Failure::FailoverBufferFull { size: 1 };
+        assert_eq!(full.to_fields().code(), "53300");
+        assert_eq!(full.to_fields().severity(), "ERROR");
+        let failed_over = Failure::FailedOver {
+            old: "pg0".into(),
+            new: Some("pg1".into()),
+        };
+        assert_eq!(failed_over.to_fields().code(), "08006");
+        assert_eq!(failed_over.to_fields().severity(), "ERROR");
+        assert_eq!(failed_over.to_fatal_fields().severity(), "FATAL");
+        assert_eq!(
+            failed_over.to_string(),
+            "the primary changed (failover from pg0 to pg1); the transaction was rolled back"
+        );
+    }
+
+    #[test]
+    fn only_a_node_that_seems_down_is_worth_waiting_for() {
+        let io = |kind: std::io::ErrorKind| ServerError::Unreachable {
+            addr: "127.0.0.1:5432".into(),
+            source: kind.into(),
+        };
+        let waits = |e: ServerError| Failure::Pool(PoolError::Connect(e)).is_node_unavailable();
+        assert!(waits(io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(waits(ServerError::Timeout {
+            addr: "127.0.0.1:5432".into(),
+            timeout: Duration::from_secs(5),
+        }));
+        let refused =
+            |code: &str| ServerError::Refused(ErrorFields::new(Severity::Fatal, code, "refused"));
+        // "the database system is starting up / shutting down / in recovery mode".
+        assert!(waits(refused("57P03")));
+        assert!(waits(refused("57P01")));
+        // A refusal that waiting will not change fails at once.
+        assert!(!waits(refused("3D000")));
+        assert!(!waits(refused("28P01")));
+        assert!(!waits(ServerError::TlsRefused {
+            addr: "127.0.0.1:5432".into()
+        }));
+        assert!(!Failure::NoPrimary.is_node_unavailable());
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! ([`session`]); the pools, the prepared-statement registry and the cancel keys are shared
 //! by all of them through [`Shared`]. The cluster view comes in through a `watch` channel, so
 //! the control plane can move the primary without restarting the proxy.
+//!
+//! During a failover (see [`session`]) a transaction that needs the primary waits for the next
+//! view instead of failing, up to `failover_buffer_timeout`; at most `failover_buffer_size`
+//! sessions wait at once, counted here. Server connections are tagged with the view generation
+//! they were opened under ([`pool`]), and a session whose connection belongs to a replaced
+//! primary abandons it as soon as the view moves on.
 
 mod cancel;
 mod failure;
@@ -22,7 +28,7 @@ mod tracker;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use meridian_core::topology::{ClusterView, NodeId};
@@ -57,6 +63,8 @@ pub(crate) struct Shared {
     /// Where to report a node the proxy could not use (the monitor probes it at once).
     fast_signal: Option<mpsc::UnboundedSender<NodeId>>,
     next_session: AtomicU64,
+    /// Sessions waiting for a primary (the failover buffer).
+    waiting: AtomicUsize,
 }
 
 impl Shared {
@@ -70,6 +78,26 @@ impl Shared {
         if let Some(signal) = &self.fast_signal {
             let _ = signal.send(node);
         }
+    }
+
+    /// A place in the failover buffer, or `None` when `failover_buffer_size` sessions already
+    /// wait.
+    pub(crate) fn enter_failover_buffer(self: &Arc<Self>) -> Option<BufferSlot> {
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if before >= self.settings.failover_buffer_size {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(BufferSlot(self.clone()))
+    }
+}
+
+/// A session's place in the failover buffer, given back when dropped.
+pub(crate) struct BufferSlot(Arc<Shared>);
+
+impl Drop for BufferSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -119,6 +147,7 @@ impl Proxy {
                 mock_secret: rand::random(),
                 fast_signal,
                 next_session: AtomicU64::new(1),
+                waiting: AtomicUsize::new(0),
             }),
         }
     }
@@ -139,6 +168,12 @@ impl Proxy {
                 }
             })
             .collect()
+    }
+
+    /// Sessions waiting for a primary right now (a failover is under way, or the primary
+    /// stopped answering), at most `failover_buffer_size`.
+    pub fn waiting_for_primary(&self) -> usize {
+        self.shared.waiting.load(Ordering::Acquire)
     }
 
     /// Serves clients from `listener` until `shutdown` completes, then shuts down gracefully.

@@ -16,6 +16,14 @@
 //! Ages are kept on a coarse clock, the pool's `tick` (seconds, advanced by the maintenance
 //! task), not by reading the system clock: checkout and release run for every transaction,
 //! and the clock reads were a visible share of their cost. Ages are therefore whole seconds.
+//!
+//! Every connection carries the generation of the cluster view under which it was opened
+//! (the fencing token, see `meridian_core::topology`). A checkout names the current
+//! generation; the pool remembers the newest one it was asked for, and a connection opened
+//! under an older one is closed instead of being handed out or taken back, so nothing opened
+//! before a failover carries a transaction after it, even if its node becomes the primary
+//! again. A connection the server has closed (its node was killed) is noticed at checkout from
+//! the socket's readiness, which the runtime already tracks, without a system call.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,6 +120,9 @@ pub struct Pool {
     state: Mutex<State>,
     /// The coarse clock: seconds since the pool was made, as counted by its maintenance task.
     tick: AtomicU64,
+    /// The newest view generation a checkout named: connections opened under an older one
+    /// are closed.
+    generation: AtomicU64,
     checkouts: AtomicU64,
     timeouts: AtomicU64,
     connects: AtomicU64,
@@ -139,6 +150,7 @@ impl Pool {
             settings,
             state: Mutex::new(State::default()),
             tick: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             checkouts: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -163,13 +175,15 @@ impl Pool {
         (self.login.user.to_string(), self.login.database.to_string())
     }
 
-    /// A connection: an idle one, a new one, or the next one given back.
-    pub async fn checkout(&self) -> Result<Box<ServerConnection>, PoolError> {
+    /// A connection opened under view `generation` or a newer one: an idle one, a new one, or
+    /// the next one given back.
+    pub async fn checkout(&self, generation: u64) -> Result<Box<ServerConnection>, PoolError> {
+        let generation = self.advance_generation(generation);
         let mut deadline = None;
         loop {
             let waiter = {
                 let mut state = self.lock();
-                if let Some(conn) = self.take_idle(&mut state) {
+                if let Some(conn) = self.take_idle(&mut state, generation) {
                     drop(state);
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
@@ -212,12 +226,19 @@ impl Pool {
                 },
             };
             match grant {
-                Grant::Connection(conn) => {
+                Grant::Connection(conn) if conn.generation >= generation => {
+                    self.checkouts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Grant::Connection(stale) => {
+                    // Given back under an older generation: close it and use its slot.
+                    tokio::spawn(stale.terminate());
+                    let conn = self.open_connection(generation).await?;
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
                 }
                 Grant::Open => {
-                    let conn = self.open_connection().await?;
+                    let conn = self.open_connection(generation).await?;
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
                 }
@@ -226,14 +247,17 @@ impl Pool {
     }
 
     /// Gives a connection back after use. `reusable` is false when its state is unknown
-    /// (an error mid-stream, a desync): it is closed and its slot freed.
+    /// (an error mid-stream, a desync): it is closed and its slot freed, as is a connection
+    /// marked [`ServerConnection::retire`] or opened under an older generation than the
+    /// newest one checked out.
     pub fn release(&self, mut conn: Box<ServerConnection>, reusable: bool) {
         let now = self.now();
         let expired = self
             .settings
             .max_lifetime
             .is_some_and(|lifetime| now - conn.created_tick >= ticks(lifetime));
-        if !reusable || expired {
+        let stale = conn.generation < self.generation.load(Ordering::Relaxed);
+        if !reusable || conn.retire || expired || stale {
             tokio::spawn(conn.terminate());
             self.slot_lost();
             return;
@@ -294,21 +318,47 @@ impl Pool {
         state.open -= 1;
     }
 
-    fn take_idle(&self, state: &mut State) -> Option<Box<ServerConnection>> {
+    /// Records that a checkout named `generation`; returns the newest generation named so far.
+    fn advance_generation(&self, generation: u64) -> u64 {
+        let newest = self.generation.load(Ordering::Relaxed);
+        if generation <= newest {
+            return newest;
+        }
+        self.generation
+            .fetch_max(generation, Ordering::Relaxed)
+            .max(generation)
+    }
+
+    /// The warmest usable idle connection. Connections of an older generation are closed
+    /// politely (in the background: this runs under the lock, and only after a failover);
+    /// connections the server closed are dropped.
+    fn take_idle(&self, state: &mut State, generation: u64) -> Option<Box<ServerConnection>> {
         while let Some(conn) = state.idle.pop_back() {
-            if self.now() - conn.idle_tick < CHECK_IDLE_AFTER_TICKS || !conn.stream.is_broken() {
+            if conn.generation < generation {
+                state.open -= 1;
+                tokio::spawn(conn.terminate());
+                continue;
+            }
+            // A server that exits closes its sockets: the runtime has seen the FIN already.
+            // Anything else the server does to an idle connection (a FATAL before closing) is
+            // found by a peek, made only for connections idle a while: it is a system call.
+            let closed = conn.stream.closed_by_peer()
+                || (self.now() - conn.idle_tick >= CHECK_IDLE_AFTER_TICKS
+                    && conn.stream.is_broken());
+            if !closed {
                 return Some(conn);
             }
-            // Closed by the server while idle (restart, idle_session_timeout, ...).
+            // Closed by the server while idle (killed, restarted, idle_session_timeout, ...).
             state.open -= 1;
         }
         None
     }
 
-    async fn open_connection(&self) -> Result<Box<ServerConnection>, PoolError> {
+    async fn open_connection(&self, generation: u64) -> Result<Box<ServerConnection>, PoolError> {
         match ServerConnection::connect(&self.login).await {
             Ok(mut conn) => {
                 self.connects.fetch_add(1, Ordering::Relaxed);
+                conn.generation = generation;
                 conn.created_tick = self.now();
                 conn.idle_tick = conn.created_tick;
                 Ok(Box::new(conn))
@@ -340,6 +390,7 @@ async fn maintain(pool: Weak<Pool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = pool.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = pool.generation.load(Ordering::Relaxed);
         let expired: Vec<Box<ServerConnection>> = {
             let mut state = pool.lock();
             let mut expired = Vec::new();
@@ -355,7 +406,8 @@ async fn maintain(pool: Weak<Pool>) {
                     .settings
                     .max_lifetime
                     .is_some_and(|t| now - conn.created_tick >= ticks(t));
-                if over_idle || over_age {
+                let stale = conn.generation < generation;
+                if over_idle || over_age || stale {
                     expired.push(conn);
                 } else {
                     kept.push_back(conn);
@@ -375,7 +427,7 @@ async fn maintain(pool: Weak<Pool>) {
             missing
         };
         for attempt in 0..missing {
-            match pool.open_connection().await {
+            match pool.open_connection(generation).await {
                 Ok(conn) => pool.give_back(conn),
                 Err(_) => {
                     // That attempt freed its own slot; free the ones not attempted and try

@@ -4,6 +4,13 @@
 //! (ParameterStatus), the parameters it set there on a client's behalf, the prepared
 //! statements it created there, and whose unnamed statement is current. A server connection
 //! is used by one session at a time and owned by whoever holds it (a session or the pool).
+//!
+//! It also carries what decides whether it may take writes: the generation of the cluster
+//! view it was opened under (set by its pool), and whether the server says it is a hot
+//! standby (`in_hot_standby`, reported by PostgreSQL 14+ at login and again whenever it
+//! changes, e.g. at a promotion: PostgreSQL docs, 55.2.7 "Asynchronous Operations"). A
+//! connection whose server changed that parameter under it is marked to be closed instead of
+//! pooled.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -23,6 +30,16 @@ use tokio::net::TcpStream;
 use crate::statements::StatementId;
 use crate::stream::Stream;
 use meridian_tls::ServerTls;
+
+/// The parameter PostgreSQL 14+ reports when a server enters or leaves hot standby.
+pub const IN_HOT_STANDBY: &str = "in_hot_standby";
+
+/// For a ParameterStatus received after login: `Some(standby)` when it reports
+/// `in_hot_standby`, which the server sends after login only when it changes (the node was
+/// promoted, or is a replica now). The connection must then be retired.
+pub fn hot_standby_change(name: &str, value: &str) -> Option<bool> {
+    (name == IN_HOT_STANDBY).then(|| value == "on")
+}
 
 /// Where and as whom to log in.
 #[derive(Debug, Clone)]
@@ -128,6 +145,12 @@ pub struct ServerConnection {
     pub prepared: HashSet<StatementId>,
     /// Whose unnamed statement is current: (session, that session's Parse count).
     pub unnamed: Option<(u64, u64)>,
+    /// The generation of the cluster view it was opened under (see [`crate::pool`]).
+    pub generation: u64,
+    /// The server reported `in_hot_standby = on`: it is a replica, not a primary.
+    pub standby: bool,
+    /// Close it instead of pooling it when it is given back.
+    pub retire: bool,
     /// When it logged in, on its pool's clock (see [`crate::pool`]).
     pub created_tick: u64,
     /// When it was last given back to the pool, on the pool's clock.
@@ -264,6 +287,7 @@ impl ServerConnection {
                 stream.write_all(&out).await.map_err(unreachable)?;
             }
         }
+        let standby = params.get(IN_HOT_STANDBY).is_some_and(|v| v == "on");
         Ok(ServerConnection {
             stream,
             read_buf,
@@ -274,6 +298,9 @@ impl ServerConnection {
             overrides: Arc::default(),
             prepared: HashSet::new(),
             unnamed: None,
+            generation: 0,
+            standby,
+            retire: false,
             created_tick: 0,
             idle_tick: 0,
         })
@@ -319,6 +346,10 @@ impl ServerConnection {
                 })?;
             match message {
                 BackendMessage::ParameterStatus { name, value } => {
+                    if let Some(standby) = hot_standby_change(&name, &value) {
+                        self.standby = standby;
+                        self.retire = true;
+                    }
                     self.params.insert(name, value);
                 }
                 BackendMessage::ErrorResponse(fields) => failure = Some(fields),
@@ -332,6 +363,19 @@ impl ServerConnection {
         match failure {
             Some(fields) => Err(ServerError::Refused(fields)),
             None => Ok(tags),
+        }
+    }
+}
+
+impl ServerError {
+    /// Whether the node itself seems down or going away (unreachable, too slow, shutting
+    /// down, starting up or in recovery: SQLSTATE class 57, "operator intervention"), as
+    /// opposed to a refusal that will not change (a bad role, database or password, TLS).
+    pub fn is_node_unavailable(&self) -> bool {
+        match self {
+            ServerError::Unreachable { .. } | ServerError::Timeout { .. } => true,
+            ServerError::Refused(fields) => fields.code().starts_with("57"),
+            _ => false,
         }
     }
 }

@@ -17,25 +17,40 @@
 //! request and keeps its connection (its next transaction goes to a fresh server
 //! connection), except in session pooling, where its session state died with the server and
 //! the connection is closed.
+//!
+//! Failover. A session that needs a server while the view is paused (a failover is under
+//! way), or whose connection attempt to the named primary fails as if the node were down
+//! (the primary just died and the monitor has not published that yet: the node is reported
+//! on the fast signal), waits for the next view and routes again, for at most
+//! `failover_buffer_timeout` in all, holding one of `failover_buffer_size` places; it stops
+//! waiting at once when the proxy shuts down. Waiting is the session's own task: nothing else
+//! waits with it. While a server is attached, the session also watches the view: when the
+//! generation moves past the one its server connection was opened under (the primary was
+//! replaced), it abandons that connection, even if the old server hangs, and answers the
+//! client as for a lost server, with [`Failure::FailedOver`]. A server that reports a change
+//! of `in_hot_standby`, or is a hot standby when the view calls it the primary, is reported
+//! and its connection is not reused.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use meridian_config::PoolMode;
-use meridian_core::routing::{self, RouteDecision};
+use meridian_core::routing::{self, NoRoute, RouteDecision};
+use meridian_core::topology::{ClusterView, NodeId};
 use meridian_wire::backend::{self, TransactionStatus};
 use meridian_wire::frontend::{self, FrontendMessage, Target};
 use meridian_wire::{Frame, WireError, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::Shared;
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::failure::Failure;
 use crate::login::{Authenticated, send_error};
-use crate::pool::{Pool, PoolKey};
-use crate::server::{ServerConnection, ServerLogin};
+use crate::pool::{Pool, PoolError, PoolKey};
+use crate::server::{ServerConnection, ServerLogin, hot_standby_change};
 use crate::session_state::{sql_changes_session, tag_changes_session, tag_clears_prepared};
 use crate::settings::User;
 use crate::statements::{ClientStatements, StatementDef, StatementId};
@@ -112,9 +127,13 @@ pub(crate) struct Session {
     cancel: Arc<CancelSlot>,
     /// After an error the proxy raised itself, client messages are dropped up to the Sync.
     discard_until_sync: bool,
-    /// The server died while the client was idle inside a transaction: tell it on its next
-    /// message.
-    lost_transaction: Option<String>,
+    /// The server connection was lost or abandoned while the client was idle inside a
+    /// transaction: tell it on its next message.
+    lost_transaction: Option<Failure>,
+    /// The cluster view, for routing and for waiting out a failover.
+    view: watch::Receiver<Arc<ClusterView>>,
+    /// The proxy's shutdown signal, for waiting out a failover.
+    stopping: watch::Receiver<bool>,
     /// Shutdown was requested: close at the next moment no transaction is open.
     closing: bool,
 }
@@ -136,6 +155,12 @@ impl Session {
         let (cancel_pid, cancel) = shared.cancels.register();
         let id = shared.next_session_id();
         let params = shared.parameter_sets.intern(login.params);
+        // Watched while a server is attached; marked seen before the first checkout, so that
+        // a view published after it is noticed.
+        let mut views = shared.view.clone();
+        views.mark_unchanged();
+        let view = shared.view.clone();
+        let stopping = shutdown.clone();
         let mut session = Session {
             shared,
             id,
@@ -154,6 +179,8 @@ impl Session {
             cancel,
             discard_until_sync: false,
             lost_transaction: None,
+            view,
+            stopping,
             closing: *shutdown.borrow(),
         };
         if let Err(failure) = session.start().await {
@@ -162,7 +189,7 @@ impl Session {
             session.detach_after_failure();
             return;
         }
-        let result = session.relay(&mut shutdown).await;
+        let result = session.relay(&mut shutdown, views).await;
         session.finish(result).await;
     }
 
@@ -199,7 +226,11 @@ impl Session {
         Ok(())
     }
 
-    async fn relay(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Failure> {
+    async fn relay(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        views: watch::Receiver<Arc<ClusterView>>,
+    ) -> Result<(), Failure> {
         // One future for the whole session, not one per loop turn: registering a waiter on
         // the channel at every message showed up in profiles.
         let stop = async {
@@ -207,6 +238,11 @@ impl Session {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         };
         tokio::pin!(stop);
+        // The same for the view, renewed only when a view is published. It is polled only
+        // while a server is attached, and last: only on the turns where the session is about
+        // to sleep anyway.
+        let view_change = next_view(views);
+        tokio::pin!(view_change);
         loop {
             self.release_if_done().await;
             if self.closing && self.server_is_idle() {
@@ -215,6 +251,7 @@ impl Session {
             if self.client_in.capacity() - self.client_in.len() < READ_CHUNK / 2 {
                 self.client_in.reserve(READ_CHUNK);
             }
+            let attached = self.server.is_some();
             let event = {
                 let client = &mut self.client;
                 let client_in = &mut self.client_in;
@@ -226,6 +263,7 @@ impl Session {
                     read = read_server(server) => Event::Server(read),
                     read = client.read_buf(client_in) => Event::Client(read),
                     () = &mut stop, if !self.closing => Event::Shutdown,
+                    views = &mut view_change, if attached => Event::View(views),
                 }
             };
             match event {
@@ -238,8 +276,31 @@ impl Session {
                 Event::Server(Ok(n)) if n > 0 => self.on_server_bytes().await?,
                 Event::Server(_) => self.server_lost().await?,
                 Event::Shutdown => self.closing = true,
+                Event::View(views) => {
+                    let replaced = self.replaced_primary(&views.borrow());
+                    view_change.set(next_view(views));
+                    if let Some(failure) = replaced {
+                        self.abandon_server(failure).await?;
+                    }
+                }
             }
         }
+    }
+
+    /// When the view's generation has moved past the attached server connection's, the
+    /// primary was replaced: what to tell the client.
+    fn replaced_primary(&self, view: &ClusterView) -> Option<Failure> {
+        let attached = self.server.as_ref()?;
+        if attached.conn.generation >= view.generation {
+            return None;
+        }
+        Some(Failure::FailedOver {
+            old: attached.pool.node_name().to_owned(),
+            new: view
+                .primary
+                .and_then(|id| view.node(id))
+                .map(|node| node.name.to_string()),
+        })
     }
 
     fn server_is_idle(&self) -> bool {
@@ -308,8 +369,8 @@ impl Session {
                 }
                 _ => {}
             }
-            if let Some(node) = self.lost_transaction.take() {
-                self.fail_message(&message, &Failure::ServerLost { node });
+            if let Some(failure) = self.lost_transaction.take() {
+                self.fail_message(&message, &failure);
                 return Ok(false);
             }
             match self.checkout().await {
@@ -564,6 +625,13 @@ impl Session {
                             params.insert(key, value.clone());
                             self.params = self.shared.parameter_sets.intern(params);
                         }
+                        if let Some(standby) = hot_standby_change(&name, &value) {
+                            // The server entered or left hot standby under this connection:
+                            // a promotion or a demotion the monitor must look at now.
+                            attached.conn.standby = standby;
+                            attached.conn.retire = true;
+                            self.shared.report_unusable(attached.conn.node);
+                        }
                         attached.conn.params.insert(name, value);
                     }
                 }
@@ -624,12 +692,23 @@ impl Session {
 
     /// The server connection failed: tell the client what it was waiting for.
     async fn server_lost(&mut self) -> Result<(), Failure> {
+        let Some(attached) = &self.server else {
+            return Ok(());
+        };
+        self.shared.report_unusable(attached.pool.node());
+        let node = attached.pool.node_name().to_owned();
+        self.abandon_server(Failure::ServerLost { node }).await
+    }
+
+    /// Closes the attached server connection (the server rolls back whatever was open on it)
+    /// and tells the client `failure` for each request still unanswered, or at its next
+    /// message when it was idle inside a transaction. In session pooling the client's session
+    /// state is gone with the connection: the failure ends the session.
+    async fn abandon_server(&mut self, failure: Failure) -> Result<(), Failure> {
         let Some(attached) = self.server.take() else {
             return Ok(());
         };
         self.cancel.set_target(None);
-        self.shared.report_unusable(attached.pool.node());
-        let node = attached.pool.node_name().to_owned();
         let owed = self.tracker.owed_ready();
         let unfinished = self.tracker.in_unfinished_batch();
         let in_transaction = attached.status != TransactionStatus::Idle;
@@ -642,7 +721,6 @@ impl Session {
             }
         }
         attached.pool.release(attached.conn, false);
-        let failure = Failure::ServerLost { node: node.clone() };
         if self.shared.settings.pool_mode == PoolMode::Session {
             // The session's state (SET, prepared statements, temporary tables) died with the
             // server: the client cannot go on as if nothing happened. `finish` says so, FATAL.
@@ -660,7 +738,7 @@ impl Session {
             self.discard_until_sync = true;
         }
         if !was_busy && in_transaction {
-            self.lost_transaction = Some(node);
+            self.lost_transaction = Some(failure);
         }
         self.flush_client()
             .await
@@ -684,13 +762,63 @@ impl Session {
         }
     }
 
-    /// Borrows a connection from the pool of the node the router picks.
+    /// Borrows a connection from the pool of the node the router picks, waiting for the next
+    /// view while a failover is under way or the named primary seems down (see the module
+    /// notes).
     async fn checkout(&mut self) -> Result<Attached, Failure> {
-        let decision = routing::route(&self.shared.view.borrow());
-        let node = match decision {
-            RouteDecision::Node { node, .. } => node,
-            RouteDecision::Unavailable(_) => return Err(Failure::NoPrimary),
-        };
+        let mut waiting = None;
+        loop {
+            let (decision, generation) = {
+                let view = self.view.borrow_and_update();
+                (routing::route(&view), view.generation)
+            };
+            let last_error = match decision {
+                RouteDecision::Node { node, .. } => {
+                    match self.checkout_from(node, generation).await {
+                        Ok(attached) => return Ok(attached),
+                        Err(failure) if failure.is_node_unavailable() => Some(failure.to_string()),
+                        Err(failure) => return Err(failure),
+                    }
+                }
+                RouteDecision::Unavailable(NoRoute::Paused) => None,
+                RouteDecision::Unavailable(_) => return Err(Failure::NoPrimary),
+            };
+            let deadline = match &waiting {
+                Some((deadline, _slot)) => *deadline,
+                None => {
+                    let slot =
+                        self.shared
+                            .enter_failover_buffer()
+                            .ok_or(Failure::FailoverBufferFull {
+                                size: self.shared.settings.failover_buffer_size,
+                            })?;
+                    let deadline = Instant::now() + self.shared.settings.failover_buffer_timeout;
+                    waiting = Some((deadline, slot));
+                    deadline
+                }
+            };
+            if !self.next_view_before(deadline).await? {
+                return Err(Failure::FailoverTimeout {
+                    timeout: self.shared.settings.failover_buffer_timeout,
+                    last_error,
+                });
+            }
+        }
+    }
+
+    /// Waits for a view newer than the last one routed on. False when `deadline` comes
+    /// first, or when no view will ever come (the control plane is gone).
+    async fn next_view_before(&mut self, deadline: Instant) -> Result<bool, Failure> {
+        tokio::select! {
+            changed = self.view.changed() => Ok(changed.is_ok()),
+            // A dropped sender means the proxy itself is gone: stop too.
+            _ = self.stopping.wait_for(|stopping| *stopping) => Err(Failure::ShuttingDown),
+            () = tokio::time::sleep_until(deadline) => Ok(false),
+        }
+    }
+
+    /// Borrows a connection opened under `generation` (or later) from `node`'s pool.
+    async fn checkout_from(&mut self, node: NodeId, generation: u64) -> Result<Attached, Failure> {
         let pool = match &self.pool {
             Some(pool) if pool.node() == node => pool.clone(),
             _ => {
@@ -702,15 +830,22 @@ impl Session {
                 pool
             }
         };
-        let conn = match pool.checkout().await {
+        let mut conn = match pool.checkout(generation).await {
             Ok(conn) => conn,
             Err(error) => {
-                if matches!(error, crate::pool::PoolError::Connect(_)) {
+                if matches!(error, PoolError::Connect(_)) {
                     self.shared.report_unusable(node);
                 }
                 return Err(error.into());
             }
         };
+        if conn.standby {
+            // The view calls a hot standby the primary: it is behind. What the transaction
+            // reads is still true there (a write fails with 25006, from the server itself);
+            // the monitor hears of it now and the connection is not reused.
+            self.shared.report_unusable(node);
+            conn.retire = true;
+        }
         Ok(Attached {
             conn,
             pool,
@@ -792,6 +927,19 @@ enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
     Shutdown,
+    /// A view was published; the receiver comes back to be watched again.
+    View(watch::Receiver<Arc<ClusterView>>),
+}
+
+/// Resolves when a view newer than the last one `views` saw is published, handing `views`
+/// back; never, once the control plane is gone.
+async fn next_view(
+    mut views: watch::Receiver<Arc<ClusterView>>,
+) -> watch::Receiver<Arc<ClusterView>> {
+    if views.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    views
 }
 
 /// Reads from the attached server, or waits forever when there is none.
@@ -811,6 +959,11 @@ async fn read_server(server: &mut Option<Attached>) -> std::io::Result<usize> {
 /// Gives a connection back to its pool, resetting it first when the session left state on
 /// it (always in session pooling).
 async fn release(shared: &Shared, mut attached: Attached) {
+    if attached.conn.retire {
+        // Closed by the pool anyway: no reset to wait for.
+        attached.pool.release(attached.conn, false);
+        return;
+    }
     let must_reset = attached.dirty || shared.settings.pool_mode == PoolMode::Session;
     let mut reusable = true;
     if must_reset && let Some(reset) = &shared.settings.server_reset_query {

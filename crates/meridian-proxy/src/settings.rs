@@ -52,6 +52,10 @@ pub struct ProxySettings {
     pub max_message_size: usize,
     /// Connecting and logging in to a server.
     pub connect_timeout: Duration,
+    /// How long a transaction that needs the primary waits for one during a failover.
+    pub failover_buffer_timeout: Duration,
+    /// Most sessions waiting for a primary at once.
+    pub failover_buffer_size: usize,
     /// Pool sizes and timeouts.
     pub pool: PoolSettings,
     /// Users by name.
@@ -134,6 +138,8 @@ impl ProxySettings {
             shutdown_timeout: config.proxy.shutdown_timeout,
             max_message_size: config.proxy.max_message_size as usize,
             connect_timeout: config.pool.connect_timeout,
+            failover_buffer_timeout: config.proxy.failover_buffer_timeout,
+            failover_buffer_size: config.proxy.failover_buffer_size as usize,
             pool: PoolSettings {
                 min_size: config.pool.min_size as usize,
                 max_size: config.pool.max_size as usize,

@@ -85,7 +85,10 @@ async fn a_server_connection_terminated_mid_query_fails_only_that_query() {
 async fn a_killed_server_fails_the_running_query_with_08006_and_service_resumes_after_restart() {
     let cluster = TestCluster::builder().start().await.unwrap();
     let primary = cluster.primary();
-    let proxy = ProxyUnderTest::start(&cluster, "").await;
+    // No view follows the kill here (there is no monitor): a transaction waits this long for
+    // one, then fails.
+    let proxy =
+        ProxyUnderTest::start(&cluster, "[proxy]\nfailover_buffer_timeout = \"1s\"\n").await;
     let other = proxy.connect().await;
     let busy = proxy.connect().await;
     let query = tokio::spawn(async move {
@@ -103,8 +106,8 @@ async fn a_killed_server_fails_the_running_query_with_08006_and_service_resumes_
     assert_eq!(sqlstate(&result.unwrap_err()), "08006");
     assert!(killed.elapsed() < PROMPTLY);
 
-    // While the server is down, queries fail at once with a connection exception (class 08)
-    // instead of hanging.
+    // While the server is down, queries fail with a connection exception (class 08) once
+    // failover_buffer_timeout has passed without a new view, instead of hanging.
     let error = tokio::time::timeout(PROMPTLY, other.simple_query("SELECT 1"))
         .await
         .expect("a query hung while the server was down")

@@ -16,7 +16,7 @@ use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, Role};
 use meridian_proxy::{Proxy, ProxySettings};
 use meridian_testkit::{Check, Node, TestCluster, wait_until};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
@@ -41,6 +41,8 @@ pub struct ProxyUnderTest {
     pub addr: SocketAddr,
     pub proxy: Proxy,
     pub view: watch::Sender<Arc<ClusterView>>,
+    /// The nodes the proxy reported as unusable (its fast signal to the monitor).
+    pub fast_signal: mpsc::UnboundedReceiver<NodeId>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _config_dir: tempfile::TempDir,
@@ -80,7 +82,8 @@ impl ProxyUnderTest {
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let settings = ProxySettings::from_config(&config).unwrap();
         let (view, view_rx) = watch::channel(Arc::new(view_of(cluster, 0)));
-        let proxy = Proxy::new(settings, view_rx, None);
+        let (signal, fast_signal) = mpsc::unbounded_channel();
+        let proxy = Proxy::new(settings, view_rx, Some(signal));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -96,10 +99,50 @@ impl ProxyUnderTest {
             addr,
             proxy,
             view,
+            fast_signal,
             stop: Some(stop),
             task: Some(task),
             _config_dir: dir,
         }
+    }
+
+    /// Publishes `view` as the control plane does.
+    pub fn publish(&self, view: ClusterView) {
+        self.view.send_replace(Arc::new(view));
+    }
+
+    /// Waits until the proxy reports `node` on its fast signal, skipping other reports.
+    pub async fn wait_for_report(&mut self, node: NodeId) {
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(STEP, async {
+            while let Some(reported) = self.fast_signal.recv().await {
+                if reported == node {
+                    return true;
+                }
+                seen.push(reported);
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "{node} was not reported on the fast signal; reported: {seen:?}"
+        );
+    }
+
+    /// Waits until `count` sessions wait for a primary.
+    pub async fn wait_for_buffered(&self, count: usize) {
+        wait_until(
+            STEP,
+            &format!("{count} session(s) waiting for a primary"),
+            || async {
+                let waiting = self.proxy.waiting_for_primary();
+                Check::when(waiting == count, (), waiting)
+            },
+        )
+        .await
+        .unwrap();
     }
 
     /// A libpq connection string to the proxy for `user` / `password`.
