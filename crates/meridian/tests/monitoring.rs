@@ -154,8 +154,15 @@ async fn writes_follow_the_node_the_monitor_observes_as_primary() {
     )
     .await
     .unwrap();
-    assert_eq!(status.nodes[0].health, Health::Down);
     assert_eq!(status.generation, 2);
+    // The new primary is adopted as soon as it answers writable; the dead one is judged down
+    // on its own schedule.
+    wait_until(TIMEOUT, "the old primary to be judged down", || async {
+        let health = monitor.status().nodes[0].health;
+        Check::when(health == Health::Down, (), health)
+    })
+    .await
+    .unwrap();
 
     let served = wait_until(
         TIMEOUT,
