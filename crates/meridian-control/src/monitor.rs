@@ -34,7 +34,7 @@ use meridian_core::health::{HealthPolicy, NodeHealth};
 use meridian_core::lag::{Lag, LagTracker};
 use meridian_core::observation::{Observation, ProbeError};
 use meridian_core::status::{ClusterStatus, NodeState};
-use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, Role};
+use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, ProxySignal, Role};
 use meridian_tls::{ServerTlsSet, TlsSetupError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -267,7 +267,7 @@ pub struct MonitorHandle {
     counters: watch::Receiver<Arc<MonitorCounters>>,
     runs: watch::Receiver<Arc<Vec<FailoverRecord>>>,
     nodes: Vec<mpsc::UnboundedSender<NodeCommand>>,
-    fast: mpsc::UnboundedSender<NodeId>,
+    fast: mpsc::UnboundedSender<ProxySignal>,
     commands: mpsc::UnboundedSender<CommandRequest>,
 }
 
@@ -302,8 +302,8 @@ impl MonitorHandle {
         self.counters.borrow().clone()
     }
 
-    /// The sender the proxy reports unusable nodes on.
-    pub fn fast_signal(&self) -> mpsc::UnboundedSender<NodeId> {
+    /// The sender the proxy reports unusable nodes and first writes on.
+    pub fn fast_signal(&self) -> mpsc::UnboundedSender<ProxySignal> {
         self.fast.clone()
     }
 
@@ -401,7 +401,7 @@ pub fn spawn(settings: MonitorSettings, store: Arc<dyn Store>) -> MonitorHandle 
     // Alerts and runs restored from the store are visible before the first probe.
     let (counters_tx, counters_rx) = watch::channel(Arc::new(judge.counters.clone()));
     let (runs_tx, runs_rx) = watch::channel(Arc::new(judge.runs.clone()));
-    let (fast_tx, fast_rx) = mpsc::unbounded_channel::<NodeId>();
+    let (fast_tx, fast_rx) = mpsc::unbounded_channel::<ProxySignal>();
     let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandRequest>();
     tokio::spawn(judge.run(
         Inputs {
@@ -488,7 +488,7 @@ async fn probe_loop(
 
 struct Inputs {
     observations: mpsc::UnboundedReceiver<Judged>,
-    fast: mpsc::UnboundedReceiver<NodeId>,
+    fast: mpsc::UnboundedReceiver<ProxySignal>,
     commands: mpsc::UnboundedReceiver<CommandRequest>,
 }
 
@@ -601,12 +601,17 @@ impl Judge {
                     self.judge(&observation);
                     self.feed(Input::Observation(Box::new(observation)));
                 }
-                Some(node) = inputs.fast.recv() => {
-                    if let Some(probe) = self.probes.get(usize::from(node.0)) {
-                        let _ = probe.send(NodeCommand::FastSignal);
+                Some(signal) = inputs.fast.recv() => match signal {
+                    ProxySignal::Unusable(node) => {
+                        if let Some(probe) = self.probes.get(usize::from(node.0)) {
+                            let _ = probe.send(NodeCommand::FastSignal);
+                        }
+                        self.feed(Input::FastSignal(node));
                     }
-                    self.feed(Input::FastSignal(node));
-                }
+                    ProxySignal::WriteAccepted { node, generation } => {
+                        self.feed(Input::WriteAccepted { node, generation });
+                    }
+                },
                 Some((command, reply)) = inputs.commands.recv() => {
                     let answer = self.command(command);
                     let _ = reply.send(answer);

@@ -225,6 +225,15 @@ pub enum Input {
     Observation(Box<Observation>),
     /// The proxy could not use this node.
     FastSignal(NodeId),
+    /// The proxy saw the first write commit on `node` under view `generation`: the end of the
+    /// write unavailability of the run that published that generation (its `first_write`
+    /// phase).
+    WriteAccepted {
+        /// Where it committed.
+        node: NodeId,
+        /// The view generation of its server connection.
+        generation: u64,
+    },
     /// A step finished.
     Outcome {
         /// Which.
@@ -237,6 +246,10 @@ pub enum Input {
     /// Time passes.
     Tick,
 }
+
+/// The phase from a run's publication of the new primary to the first write the proxy saw
+/// commit there.
+pub const FIRST_WRITE: &str = "first_write";
 
 /// Who takes writes, as published to the proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +416,8 @@ pub struct Failover {
     halted: Option<String>,
     /// The primary a failed promotion left unreplaced: what an operator's failover replaces.
     orphaned: Option<NodeId>,
+    /// The last run that completed, until its `first_write` phase is recorded.
+    completed: Option<RunRecord>,
     last_automatic: Option<Timestamp>,
     needs_rejoin: BTreeSet<NodeId>,
     next_step: u64,
@@ -452,6 +467,7 @@ impl Failover {
             run: None,
             halted: None,
             orphaned: None,
+            completed: None,
             last_automatic: None,
             needs_rejoin: BTreeSet::new(),
             next_step: 1,
@@ -490,6 +506,9 @@ impl Failover {
                 if self.primary == Some(node) && self.run.is_none() && self.suspicion.is_none() {
                     self.suspect(now, "the proxy could not use it", &mut out);
                 }
+            }
+            Input::WriteAccepted { node, generation } => {
+                self.write_accepted(now, node, generation, &mut out);
             }
             Input::Outcome { step, result } => self.outcome(now, step, result, &mut out),
             Input::Command(command) => self.command(now, command, &mut out),
@@ -1402,7 +1421,50 @@ impl Failover {
         if let Some(mut run) = self.run.take() {
             run.record.outcome = outcome;
             run.record.finished_at = Some(now);
-            out.push(Action::Record(run.record));
+            let first_write_pending = run.record.outcome == RunOutcome::Completed
+                && !run.record.phases.iter().any(|p| p.name == FIRST_WRITE);
+            out.push(Action::Record(run.record.clone()));
+            self.completed = first_write_pending.then_some(run.record);
+        }
+    }
+
+    /// Records the `first_write` phase of the run that published `generation` with `node` as
+    /// primary (still running, or the last one completed), from its publication to now; once.
+    fn write_accepted(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        generation: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let running = self.run.as_mut().map(|r| &mut r.record);
+        let Some(record) = running
+            .filter(|r| r.outcome == RunOutcome::InProgress)
+            .or(self.completed.as_mut())
+            .filter(|r| r.generation == generation && r.new_primary == Some(node))
+            .filter(|r| r.phases.iter().any(|p| p.name == "publish"))
+            .filter(|r| !r.phases.iter().any(|p| p.name == FIRST_WRITE))
+        else {
+            return;
+        };
+        let published = record
+            .phases
+            .iter()
+            .find(|p| p.name == "publish")
+            .map_or(record.started_at, |p| p.finished_at);
+        record.phases.push(PhaseRecord {
+            name: FIRST_WRITE.into(),
+            started_at: published,
+            finished_at: now,
+            outcome: "ok".into(),
+        });
+        out.push(Action::Record(record.clone()));
+        if self
+            .completed
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
+        {
+            self.completed = None;
         }
     }
 
@@ -1846,6 +1908,112 @@ mod tests {
                 .any(|a| matches!(a, Action::Raise(c) if c.kind == AlertKind::FailoverCompleted))
         );
         assert_eq!(m.state().needs_rejoin, vec![NodeId(0)]);
+    }
+
+    /// Kills n0 of [`steady`] and carries the failover to n1 up to the end of the promotion:
+    /// the actions of that last step (publish, repoint of n2).
+    fn promote_n1_after_n0_dies(m: &mut Failover) -> Vec<Action> {
+        let mut started = m.handle(Timestamp(1000), failed(0, 1000, ProbeError::Refused));
+        for at in [1200, 1400] {
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(90, None, Duration::ZERO)),
+            );
+            started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        let [(promote, Work::Promote { node: NodeId(1) })] = &work(&started)[..] else {
+            panic!("n1 is promoted at once: {started:?}");
+        };
+        m.handle(
+            Timestamp(1600),
+            Input::Outcome {
+                step: *promote,
+                result: Ok(StepOutput::Promoted { timeline: Some(2) }),
+            },
+        )
+    }
+
+    fn records(actions: &[Action]) -> Vec<RunRecord> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_write_on_the_new_primary_closes_the_first_write_phase_once() {
+        let mut m = steady();
+        let promoted = promote_n1_after_n0_dies(&mut m);
+        assert_eq!(published(&promoted)[0].generation, 2);
+        let repoint = work(&promoted)[0].0;
+        // Writes of another node or generation are not the new primary's first.
+        assert!(
+            m.handle(
+                Timestamp(1650),
+                Input::WriteAccepted {
+                    node: NodeId(0),
+                    generation: 2
+                }
+            )
+            .is_empty()
+        );
+        assert!(
+            m.handle(
+                Timestamp(1650),
+                Input::WriteAccepted {
+                    node: NodeId(1),
+                    generation: 1
+                }
+            )
+            .is_empty()
+        );
+        let done = m.handle(
+            Timestamp(1700),
+            Input::Outcome {
+                step: repoint,
+                result: Ok(StepOutput::Done),
+            },
+        );
+        assert_eq!(records(&done)[0].outcome, RunOutcome::Completed);
+        let written = records(&m.handle(
+            Timestamp(1750),
+            Input::WriteAccepted {
+                node: NodeId(1),
+                generation: 2,
+            },
+        ));
+        assert_eq!(written.len(), 1);
+        let phases: Vec<(&str, u64, u64)> = written[0]
+            .phases
+            .iter()
+            .map(|p| (p.name.as_str(), p.started_at.0, p.finished_at.0))
+            .collect();
+        assert_eq!(
+            &phases[3..],
+            [
+                ("publish", 1600, 1600),
+                ("repoint", 1600, 1700),
+                (FIRST_WRITE, 1600, 1750)
+            ]
+        );
+        assert!(
+            m.handle(
+                Timestamp(1800),
+                Input::WriteAccepted {
+                    node: NodeId(1),
+                    generation: 2
+                }
+            )
+            .is_empty(),
+            "recorded once"
+        );
     }
 
     #[test]

@@ -19,6 +19,22 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// What the proxy tells the control plane about the servers it uses, as it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxySignal {
+    /// A connection to this node failed or was lost: worth probing it now rather than at the
+    /// next scheduled probe.
+    Unusable(NodeId),
+    /// The first write committed under this view generation, on this node (the end of a
+    /// failover's write unavailability, as clients saw it).
+    WriteAccepted {
+        /// The node the write committed on.
+        node: NodeId,
+        /// The view generation its server connection was opened under.
+        generation: u64,
+    },
+}
+
 /// What a node was last observed to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use meridian_core::topology::{ClusterView, NodeId};
+use meridian_core::topology::{ClusterView, NodeId, ProxySignal};
 use meridian_wire::startup::{self, StartupPacket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,8 +60,11 @@ pub(crate) struct Shared {
     pub(crate) parameter_sets: ParameterSets,
     /// Keys the fixed per-user salt of mock authentication for unknown users.
     pub(crate) mock_secret: [u8; 32],
-    /// Where to report a node the proxy could not use (the monitor probes it at once).
-    fast_signal: Option<mpsc::UnboundedSender<NodeId>>,
+    /// Where to report a node the proxy could not use (the monitor probes it at once) and the
+    /// first write of each generation.
+    fast_signal: Option<mpsc::UnboundedSender<ProxySignal>>,
+    /// The newest view generation whose first committed write was reported.
+    write_reported: AtomicU64,
     next_session: AtomicU64,
     /// Sessions waiting for a primary (the failover buffer).
     waiting: AtomicUsize,
@@ -76,7 +79,24 @@ impl Shared {
     /// the next scheduled probe.
     pub(crate) fn report_unusable(&self, node: NodeId) {
         if let Some(signal) = &self.fast_signal {
-            let _ = signal.send(node);
+            let _ = signal.send(ProxySignal::Unusable(node));
+        }
+    }
+
+    /// Whether no write under `generation` was reported yet (one relaxed load: it runs for
+    /// every command completed).
+    pub(crate) fn first_write_unreported(&self, generation: u64) -> bool {
+        generation > self.write_reported.load(Ordering::Relaxed)
+    }
+
+    /// A transaction that wrote rows committed on `node` under `generation`: the first such
+    /// of the generation is reported, which closes a failover's write unavailability.
+    pub(crate) fn report_write(&self, node: NodeId, generation: u64) {
+        let before = self.write_reported.fetch_max(generation, Ordering::Relaxed);
+        if before < generation
+            && let Some(signal) = &self.fast_signal
+        {
+            let _ = signal.send(ProxySignal::WriteAccepted { node, generation });
         }
     }
 
@@ -130,11 +150,12 @@ pub struct PoolReport {
 
 impl Proxy {
     /// A proxy with these settings, following the cluster view published on `view`, and
-    /// reporting nodes it cannot use on `fast_signal`.
+    /// reporting on `fast_signal` the nodes it cannot use and the first write of each
+    /// generation.
     pub fn new(
         settings: ProxySettings,
         view: watch::Receiver<Arc<ClusterView>>,
-        fast_signal: Option<mpsc::UnboundedSender<NodeId>>,
+        fast_signal: Option<mpsc::UnboundedSender<ProxySignal>>,
     ) -> Proxy {
         Proxy {
             shared: Arc::new(Shared {
@@ -146,6 +167,7 @@ impl Proxy {
                 parameter_sets: ParameterSets::default(),
                 mock_secret: rand::random(),
                 fast_signal,
+                write_reported: AtomicU64::new(0),
                 next_session: AtomicU64::new(1),
                 waiting: AtomicUsize::new(0),
             }),

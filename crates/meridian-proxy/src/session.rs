@@ -51,7 +51,9 @@ use crate::failure::Failure;
 use crate::login::{Authenticated, send_error};
 use crate::pool::{Pool, PoolError, PoolKey};
 use crate::server::{ServerConnection, ServerLogin, hot_standby_change};
-use crate::session_state::{sql_changes_session, tag_changes_session, tag_clears_prepared};
+use crate::session_state::{
+    sql_changes_session, tag_changes_session, tag_clears_prepared, tag_writes_rows,
+};
 use crate::settings::User;
 use crate::statements::{ClientStatements, StatementDef, StatementId};
 use crate::stream::Stream;
@@ -101,6 +103,9 @@ struct Attached {
     /// The server announced it is closing (a FATAL error, relayed to the client as ERROR):
     /// the request it answered needs no second error when the connection then drops.
     said_goodbye: bool,
+    /// The open transaction wrote rows under a generation whose first write is not reported
+    /// yet: report it when the transaction commits.
+    wrote: bool,
 }
 
 /// One client session.
@@ -642,10 +647,29 @@ impl Session {
                         attached.conn.prepared.clear();
                         attached.conn.unnamed = None;
                     }
+                    // Rows written and then rolled back (or rolled back to a savepoint: a
+                    // report is then missed, never made wrongly) were not accepted.
+                    attached.wrote = tag != b"ROLLBACK"
+                        && (attached.wrote
+                            || self.shared.first_write_unreported(attached.conn.generation)
+                                && tag_writes_rows(tag));
                 }
+                // An error ends the statement's implicit transaction, or fails the explicit one.
+                b'E' => attached.wrote = false,
                 b'Z' => {
                     if let Some(&status) = message.get(5) {
                         attached.status = TransactionStatus::from_byte(status)?;
+                    }
+                    if attached.wrote {
+                        match attached.status {
+                            TransactionStatus::Idle => {
+                                attached.wrote = false;
+                                self.shared
+                                    .report_write(attached.conn.node, attached.conn.generation);
+                            }
+                            TransactionStatus::Failed => attached.wrote = false,
+                            TransactionStatus::InTransaction => {}
+                        }
                     }
                 }
                 _ => {}
@@ -853,6 +877,7 @@ impl Session {
             status: TransactionStatus::Idle,
             streaming: None,
             said_goodbye: false,
+            wrote: false,
         })
     }
 

@@ -29,6 +29,12 @@ pub fn tag_changes_session(tag: &[u8]) -> bool {
     PREFIXES.iter().any(|p| tag.starts_with(p))
 }
 
+/// Command tags of statements that write rows: what makes a committed transaction a write.
+pub fn tag_writes_rows(tag: &[u8]) -> bool {
+    const PREFIXES: &[&[u8]] = &[b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE "];
+    PREFIXES.iter().any(|p| tag.starts_with(p))
+}
+
 /// Command tags after which the server holds none of the statements the proxy prepared.
 pub fn tag_clears_prepared(tag: &[u8]) -> bool {
     tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL"

@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use meridian_core::topology::{ClusterView, NodeId};
+use meridian_core::topology::{ClusterView, NodeId, ProxySignal};
 use meridian_testkit::{Check, Node, TestCluster, wait_until};
 use support::{PASSWORD, ProxyUnderTest, STEP, active_backend, sqlstate, view_of};
 use tokio_postgres::Client;
@@ -229,6 +229,58 @@ async fn after_the_primary_is_killed_a_new_transaction_waits_for_the_promoted_re
 }
 
 #[tokio::test]
+async fn the_first_committed_write_of_each_generation_is_reported_once() {
+    let cluster = cluster_with_table().await;
+    let mut proxy = ProxyUnderTest::start(&cluster, "").await;
+    let client = proxy.connect().await;
+    let first = ProxySignal::WriteAccepted {
+        node: NodeId(0),
+        generation: 1,
+    };
+    proxy.publish(view(&cluster, 0, 1));
+    // Reads, a write rolled back and a write whose implicit transaction failed are not
+    // writes accepted.
+    client.simple_query("SELECT count(*) FROM t").await.unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1); ROLLBACK")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (1); SELECT 1 / 0")
+        .await
+        .unwrap_err();
+    // A write in an explicit transaction counts once it commits.
+    client
+        .batch_execute("BEGIN; INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    assert_eq!(proxy.signals(), [], "nothing committed yet");
+    client.batch_execute("COMMIT").await.unwrap();
+    proxy.wait_for_signal(first).await;
+    client
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+    client
+        .execute("UPDATE t SET id = 4 WHERE id = 3", &[])
+        .await
+        .unwrap();
+    assert_eq!(proxy.signals(), [], "one report per generation");
+
+    proxy.publish(view(&cluster, 0, 2));
+    client
+        .execute("DELETE FROM t WHERE id = 4", &[])
+        .await
+        .unwrap();
+    proxy
+        .wait_for_signal(ProxySignal::WriteAccepted {
+            node: NodeId(0),
+            generation: 2,
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn connections_opened_under_an_older_generation_are_closed_not_reused() {
     let cluster = TestCluster::builder().start().await.unwrap();
     let primary = cluster.primary();
@@ -346,7 +398,7 @@ async fn a_promotion_announced_by_in_hot_standby_is_reported_at_once() {
     let client = proxy.connect().await;
     client.batch_execute("BEGIN; SELECT 1").await.unwrap();
     proxy.wait_for_report(NodeId(1)).await;
-    while proxy.fast_signal.try_recv().is_ok() {}
+    proxy.signals();
 
     // PostgreSQL 14+ tells every open session of a promoted server, with the reply to its
     // next statement (ParameterStatus in_hot_standby = off).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_config::{Config, Environment};
-use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, Role};
+use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, ProxySignal, Role};
 use meridian_proxy::{Proxy, ProxySettings};
 use meridian_testkit::{Check, Node, TestCluster, wait_until};
 use tokio::net::TcpListener;
@@ -42,7 +42,7 @@ pub struct ProxyUnderTest {
     pub proxy: Proxy,
     pub view: watch::Sender<Arc<ClusterView>>,
     /// The nodes the proxy reported as unusable (its fast signal to the monitor).
-    pub fast_signal: mpsc::UnboundedReceiver<NodeId>,
+    pub fast_signal: mpsc::UnboundedReceiver<ProxySignal>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _config_dir: tempfile::TempDir,
@@ -111,12 +111,18 @@ impl ProxyUnderTest {
         self.view.send_replace(Arc::new(view));
     }
 
-    /// Waits until the proxy reports `node` on its fast signal, skipping other reports.
+    /// Waits until the proxy reports `node` unusable on its fast signal, skipping other
+    /// reports.
     pub async fn wait_for_report(&mut self, node: NodeId) {
+        self.wait_for_signal(ProxySignal::Unusable(node)).await;
+    }
+
+    /// Waits until the proxy sends `signal`, skipping other signals.
+    pub async fn wait_for_signal(&mut self, signal: ProxySignal) {
         let mut seen = Vec::new();
         let found = tokio::time::timeout(STEP, async {
             while let Some(reported) = self.fast_signal.recv().await {
-                if reported == node {
+                if reported == signal {
                     return true;
                 }
                 seen.push(reported);
@@ -127,8 +133,13 @@ impl ProxyUnderTest {
         assert_eq!(
             found,
             Ok(true),
-            "{node} was not reported on the fast signal; reported: {seen:?}"
+            "{signal:?} was not sent on the fast signal; sent: {seen:?}"
         );
+    }
+
+    /// The signals sent so far and not yet read.
+    pub fn signals(&mut self) -> Vec<ProxySignal> {
+        std::iter::from_fn(|| self.fast_signal.try_recv().ok()).collect()
     }
 
     /// Waits until `count` sessions wait for a primary.
