@@ -39,7 +39,7 @@ pub struct Config {
     /// When and how the control plane replaces the primary.
     pub failover: FailoverConfig,
     /// Bearer token the operator API's commands (switchover, failover, rejoin) require; `None`
-    /// = commands are accepted only when `admin_listen` is a loopback address.
+    /// = every command is refused (403), whatever address `admin_listen` is.
     pub admin_token: Option<Secret>,
 }
 

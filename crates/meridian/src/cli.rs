@@ -180,7 +180,7 @@ fn show_run(run: &Value) -> String {
     );
     for phase in run["phases"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "  {:<10} {:>9}  {}\n",
+            "  {:<11} {:>9}  {}\n",
             text(&phase["name"]),
             seconds(&phase["duration_ms"]),
             text(&phase["outcome"]),
@@ -227,7 +227,7 @@ mod tests {
         });
         assert_eq!(
             show_run(&run),
-            "switchover 3 completed in 0.35 s: us-1 -> eu-1 (generation 2)\n  fence         0.01 s  ok\n"
+            "switchover 3 completed in 0.35 s: us-1 -> eu-1 (generation 2)\n  fence          0.01 s  ok\n"
         );
     }
 
