@@ -12,7 +12,10 @@
 //! - read unavailability: from the kill to the first read sent after the kill that answers;
 //! - acknowledged writes lost: ids whose commit was acknowledged but that the new primary lacks;
 //! - duplicates: ids present more than once;
-//! - errors: statements that failed, as the clients saw them, after the kill.
+//! - read failures: reads sent after the kill that failed;
+//! - errors: statements sent after the kill that failed, as the clients saw them (the target:
+//!   none, since transactions wait for the new primary), and apart from them the statements
+//!   in flight at the kill that failed (their server died under them: 08006 is the truth).
 //!
 //! usage: failover_bench --meridian PATH [--trials N] [--synchronous]
 
@@ -38,7 +41,7 @@ struct Log {
     writes: Vec<(i64, Instant, Option<Instant>)>,
     /// (sent, answered) of every read.
     reads: Vec<(Instant, Option<Instant>)>,
-    /// Errors, with when they were seen and what they said.
+    /// Errors: when the failed statement (or connection attempt) was sent, and what it said.
     errors: Vec<(Instant, String)>,
 }
 
@@ -48,7 +51,11 @@ struct Trial {
     read_gap: Option<Duration>,
     lost: usize,
     duplicates: usize,
+    read_failures: usize,
+    /// Failures of statements sent after the kill.
     errors: Vec<String>,
+    /// Failures of statements sent before the kill.
+    in_flight: usize,
     acknowledged: usize,
 }
 
@@ -89,10 +96,7 @@ async fn client_loop(
             match connect(port).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    log.lock()
-                        .unwrap()
-                        .errors
-                        .push((Instant::now(), e.to_string()));
+                    log.lock().unwrap().errors.push((sent, e.to_string()));
                     continue;
                 }
             }
@@ -109,7 +113,7 @@ async fn client_loop(
                 Ok(_) => log.writes.push((id, sent, Some(Instant::now()))),
                 Err(e) => {
                     log.writes.push((id, sent, None));
-                    log.errors.push((Instant::now(), describe(&e)));
+                    log.errors.push((sent, describe(&e)));
                     client = None;
                 }
             }
@@ -120,7 +124,7 @@ async fn client_loop(
                 Ok(_) => log.reads.push((sent, Some(Instant::now()))),
                 Err(e) => {
                     log.reads.push((sent, None));
-                    log.errors.push((Instant::now(), describe(&e)));
+                    log.errors.push((sent, describe(&e)));
                     client = None;
                 }
             }
@@ -257,12 +261,28 @@ async fn trial(meridian: &str, synchronous: bool) -> anyhow::Result<Trial> {
         }
     }
     let lost = acknowledged.difference(&present).count();
+    let read_failures = log
+        .reads
+        .iter()
+        .filter(|(sent, answered)| after(sent) && answered.is_none())
+        .count();
     let errors = log
         .errors
         .iter()
-        .filter(|(at, _)| after(at))
+        .filter(|(sent, _)| after(sent))
         .map(|(_, text)| text.clone())
         .collect();
+    // In flight at the kill: sent before it, failed (necessarily after it, or during warm-up).
+    let in_flight = log
+        .writes
+        .iter()
+        .filter(|(_, sent, acked)| !after(sent) && acked.is_none())
+        .count()
+        + log
+            .reads
+            .iter()
+            .filter(|(sent, answered)| !after(sent) && answered.is_none())
+            .count();
 
     let _ = stop_meridian(&mut child).await;
     if resumed.is_err() {
@@ -274,7 +294,9 @@ async fn trial(meridian: &str, synchronous: bool) -> anyhow::Result<Trial> {
         read_gap,
         lost,
         duplicates,
+        read_failures,
         errors,
+        in_flight,
         acknowledged: acknowledged.len(),
     })
 }
@@ -334,21 +356,31 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("1 primary + 2 replicas, {mode} replication, SIGKILL of the primary, {trials} trials");
     println!(
-        "{:>5}  {:>12}  {:>11}  {:>5}  {:>4}  {:>6}  {:>6}",
-        "trial", "write gap s", "read gap s", "acked", "lost", "dupes", "errors"
+        "{:>5}  {:>12}  {:>11}  {:>5}  {:>4}  {:>6}  {:>10}  {:>6}  {:>9}",
+        "trial",
+        "write gap s",
+        "read gap s",
+        "acked",
+        "lost",
+        "dupes",
+        "read fails",
+        "errors",
+        "in flight"
     );
     let mut results = Vec::new();
     for n in 1..=trials {
         let result = trial(&meridian, synchronous).await?;
         println!(
-            "{:>5}  {:>12}  {:>11}  {:>5}  {:>4}  {:>6}  {:>6}",
+            "{:>5}  {:>12}  {:>11}  {:>5}  {:>4}  {:>6}  {:>10}  {:>6}  {:>9}",
             n,
             seconds(result.write_gap),
             seconds(result.read_gap),
             result.acknowledged,
             result.lost,
             result.duplicates,
-            result.errors.len()
+            result.read_failures,
+            result.errors.len(),
+            result.in_flight
         );
         for error in result.errors.iter().take(3) {
             println!("       error: {error}");
@@ -374,10 +406,13 @@ async fn main() -> anyhow::Result<()> {
         seconds(reads.iter().max().copied())
     );
     println!(
-        "acknowledged writes lost: {}; duplicates: {}; client errors after the kill: {}",
+        "acknowledged writes lost: {}; duplicates: {}; read failures: {}; errors of statements \
+         sent after the kill: {}; failed in flight at the kill: {}",
         results.iter().map(|r| r.lost).sum::<usize>(),
         results.iter().map(|r| r.duplicates).sum::<usize>(),
-        results.iter().map(|r| r.errors.len()).sum::<usize>()
+        results.iter().map(|r| r.read_failures).sum::<usize>(),
+        results.iter().map(|r| r.errors.len()).sum::<usize>(),
+        results.iter().map(|r| r.in_flight).sum::<usize>()
     );
     Ok(())
 }
