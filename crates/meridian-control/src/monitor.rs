@@ -27,8 +27,8 @@ use meridian_core::alerts::{
 };
 use meridian_core::backoff::Backoff;
 use meridian_core::failover::{
-    Action, Command, Failover, FailoverPolicy, Input, Level, NodeSpec, RunKind, RunOutcome,
-    RunRecord, StepId, StepOutput,
+    Action, Command, Failover, FailoverPolicy, Input, Level, NodeSpec, RunOutcome, RunRecord,
+    StepId, StepOutput,
 };
 use meridian_core::health::{HealthPolicy, NodeHealth};
 use meridian_core::lag::{Lag, LagTracker};
@@ -804,11 +804,7 @@ impl Judge {
     fn failover_record(&self, record: &RunRecord) -> FailoverRecord {
         FailoverRecord {
             id: record.id,
-            kind: match record.kind {
-                RunKind::Failover => "failover",
-                RunKind::Switchover => "switchover",
-            }
-            .to_owned(),
+            kind: record.kind.as_str().to_owned(),
             reason: record.reason.clone(),
             old_primary: record.old_primary.map(|id| self.node_name(id).to_string()),
             new_primary: record.new_primary.map(|id| self.node_name(id).to_string()),

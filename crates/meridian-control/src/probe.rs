@@ -44,7 +44,8 @@ SELECT r.in_recovery,
                                                   flush_lsn::text, replay_lsn::text)), '[]')
           FROM pg_stat_replication),
        current_setting('synchronous_standby_names'),
-       (SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout')
+       (SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'),
+       (SELECT setting FROM pg_settings WHERE name = 'wal_receiver_timeout')
   FROM (SELECT pg_is_in_recovery() AS in_recovery) r
   LEFT JOIN pg_stat_wal_receiver w ON true";
 
@@ -301,6 +302,7 @@ fn parse(messages: &[SimpleQueryMessage], latency: Duration) -> Result<NodeStatu
         max_connections: number(13)?.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         synchronous_standby_names: text(15).unwrap_or_default().to_owned(),
         wal_sender_timeout: number(16)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+        wal_receiver_timeout: number(17)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
     })
 }
 

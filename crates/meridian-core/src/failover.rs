@@ -59,9 +59,10 @@ pub struct FailoverPolicy {
     pub failure_threshold: u32,
     /// Probe cadence while the primary is suspect.
     pub confirm_interval: Duration,
-    /// A replica that heard from its sender within this long still receives WAL (it is raised
-    /// to half the primary's `wal_sender_timeout` plus a second when that is longer: an idle
-    /// live stream carries a keepalive every half of it).
+    /// A replica that heard from its sender within this long still receives WAL. It is raised
+    /// to half the replica's `wal_receiver_timeout` (and half the primary's
+    /// `wal_sender_timeout`) plus a second when that is longer: an idle live stream may carry
+    /// nothing for that long.
     pub receiver_timeout: Duration,
     /// Replicas further behind (bytes) are not promoted.
     pub max_lag: u64,
@@ -280,6 +281,19 @@ pub enum RunKind {
     Failover,
     /// Planned.
     Switchover,
+    /// An old primary turned into a replica of the current one, on an operator's command.
+    Rejoin,
+}
+
+impl RunKind {
+    /// The stable name used in the store, the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Failover => "failover",
+            RunKind::Switchover => "switchover",
+            RunKind::Rejoin => "rejoin",
+        }
+    }
 }
 
 /// One timed phase of a run.
@@ -744,24 +758,34 @@ impl Failover {
         }
     }
 
-    /// How long a live stream may be silent.
-    fn receiver_timeout(&self, primary: NodeId) -> Duration {
-        let keepalive = self
+    /// How long a live stream from `primary` to a replica with `replica`'s settings may be
+    /// silent; `None`: without limit.
+    ///
+    /// An idle primary sends nothing by itself. A replica reports to its sender every
+    /// `wal_receiver_status_interval`, and the sender pings a replica only after half its
+    /// `wal_sender_timeout` without a report; the replica asks its sender for a reply after
+    /// half its own `wal_receiver_timeout` without a message (`walreceiver.c`), or never
+    /// when that is zero (PostgreSQL docs, 20.6.3). So a live idle stream may stay silent for
+    /// up to half the replica's `wal_receiver_timeout`: `receiver_timeout` is raised to that
+    /// plus a second.
+    fn receiver_timeout(&self, primary: NodeId, replica: &NodeStatus) -> Option<Duration> {
+        let half_plus_a_second = |t: Duration| t / 2 + Duration::from_secs(1);
+        let sender = self
             .status(primary)
             .and_then(|s| s.wal_sender_timeout)
-            .map(|t| t / 2 + Duration::from_secs(1))
+            .map(half_plus_a_second)
             .unwrap_or_default();
-        self.policy.receiver_timeout.max(keepalive)
+        let receiver = match replica.wal_receiver_timeout {
+            Some(Duration::ZERO) => return None,
+            Some(t) => half_plus_a_second(t),
+            None => Duration::ZERO,
+        };
+        Some(self.policy.receiver_timeout.max(sender).max(receiver))
     }
 
     /// Whether `status` (a replica's) shows a live stream from the primary: streaming, heard
     /// from recently, and not from another known node (a cascade).
-    fn receives_from_primary(
-        &self,
-        status: &NodeStatus,
-        primary: NodeId,
-        timeout: Duration,
-    ) -> bool {
+    fn receives_from_primary(&self, status: &NodeStatus, primary: NodeId) -> bool {
         let Some(receiver) = &status.wal_receiver else {
             return false;
         };
@@ -776,7 +800,12 @@ impl Failover {
                     .as_deref()
                     .is_none_or(|h| h == &*n.host)
         });
-        !from_other_node && receiver.last_message_age.is_none_or(|age| age <= timeout)
+        let timeout = self.receiver_timeout(primary, status);
+        !from_other_node
+            && receiver
+                .last_message_age
+                .zip(timeout)
+                .is_none_or(|(age, timeout)| age <= timeout)
     }
 
     fn try_confirm(&mut self, now: Timestamp, out: &mut Vec<Action>) {
@@ -787,7 +816,6 @@ impl Failover {
         if failures < self.policy.failure_threshold {
             return;
         }
-        let timeout = self.receiver_timeout(primary);
         let mut fresh = Vec::new();
         let mut receiving = Vec::new();
         for node in self.nodes.iter().map(|n| n.id).filter(|&n| n != primary) {
@@ -796,7 +824,7 @@ impl Failover {
                 && status.in_recovery
             {
                 fresh.push(node);
-                if self.receives_from_primary(status, primary, timeout) {
+                if self.receives_from_primary(status, primary) {
                     receiving.push(node);
                 }
             }
@@ -1036,10 +1064,7 @@ impl Failover {
             Level::Warn,
             format!(
                 "{}: {reason}; promoting {}\n{ranking}",
-                match kind {
-                    RunKind::Failover => "failover",
-                    RunKind::Switchover => "switchover",
-                },
+                kind.as_str(),
                 self.name(chosen)
             ),
         ));
@@ -1245,6 +1270,7 @@ impl Failover {
                 }
             }
             (Stage::Demoting, Work::Rejoin { node, .. }, result) => {
+                let failed = result.is_err();
                 let outcome = match result {
                     Ok(_) => "ok".to_owned(),
                     Err(error) => {
@@ -1258,8 +1284,18 @@ impl Failover {
                         error
                     }
                 };
-                self.phase("demote", now, outcome);
-                self.complete(now, out);
+                self.phase("demote", now, outcome.clone());
+                if self.run.as_ref().map(|r| r.record.kind) == Some(RunKind::Rejoin) {
+                    // The run was only this step: it failed if the step did.
+                    let outcome = if failed {
+                        RunOutcome::Failed(outcome)
+                    } else {
+                        RunOutcome::Completed
+                    };
+                    self.finish(now, outcome, out);
+                } else {
+                    self.complete(now, out);
+                }
             }
             (Stage::Aborting, _, result) => {
                 if let Err(error) = result {
@@ -1472,10 +1508,7 @@ impl Failover {
     fn abort(&mut self, now: Timestamp, why: String, out: &mut Vec<Action>) {
         let Some(run) = &self.run else { return };
         let (old, fenced) = (run.old, run.fenced);
-        let what = match run.record.kind {
-            RunKind::Failover => "failover",
-            RunKind::Switchover => "switchover",
-        };
+        let what = run.record.kind.as_str();
         out.push(Action::Log(Level::Warn, format!("{what} aborted: {why}")));
         self.primary = Some(old);
         self.orphaned = None;
@@ -1573,7 +1606,7 @@ impl Failover {
                 self.run = Some(Run {
                     record: RunRecord {
                         id,
-                        kind: RunKind::Switchover,
+                        kind: RunKind::Rejoin,
                         reason: format!("rejoin of {} requested by an operator", self.name(node)),
                         old_primary: Some(node),
                         new_primary: Some(primary),
@@ -1600,6 +1633,9 @@ impl Failover {
                     },
                     out,
                 );
+                // Recorded as it starts, like every run: the history shows it under way and the
+                // operator's command gets its id.
+                self.record(out);
             }
         }
     }
@@ -1723,6 +1759,7 @@ mod tests {
             connections: 1,
             max_connections: 100,
             wal_sender_timeout: Some(Duration::from_secs(5)),
+            wal_receiver_timeout: None,
         }
     }
 
@@ -2045,6 +2082,131 @@ mod tests {
             }
         );
         assert!(m.state().suspect_since.is_some());
+    }
+
+    #[test]
+    fn an_idle_stream_proves_the_primary_alive_for_half_the_replicas_receiver_timeout() {
+        // A primary without writes sends nothing until the replica asks, after half its
+        // wal_receiver_timeout (here 20 s) of silence: 8 s of silence is no sign of death,
+        // 12 s is.
+        let idle = |age: u64| NodeStatus {
+            wal_receiver_timeout: Some(Duration::from_secs(20)),
+            ..replica_status(100, Some(5000), Duration::from_secs(age))
+        };
+        let mut m = steady();
+        for at in [1000, 1200, 1400, 1600] {
+            m.handle(Timestamp(at), failed(0, at, ProbeError::Timeout));
+            m.handle(Timestamp(at), ok(1, at, idle(8)));
+            let actions = m.handle(Timestamp(at), ok(2, at, idle(8)));
+            assert!(work(&actions).is_empty(), "{actions:?}");
+        }
+        assert_eq!(m.published().primary, Some(NodeId(0)));
+        m.handle(Timestamp(1800), failed(0, 1800, ProbeError::Timeout));
+        m.handle(Timestamp(1800), ok(1, 1800, idle(12)));
+        let actions = m.handle(Timestamp(1800), ok(2, 1800, idle(12)));
+        assert_eq!(
+            work(&actions).first().map(|(_, w)| w.clone()),
+            Some(Work::Fence { node: NodeId(0) }),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_replica_that_never_asks_its_sender_proves_it_alive_while_it_streams() {
+        // wal_receiver_timeout = 0: an idle stream may stay silent for ever.
+        let silent = NodeStatus {
+            wal_receiver_timeout: Some(Duration::ZERO),
+            ..replica_status(100, Some(5000), Duration::from_secs(600))
+        };
+        let mut m = steady();
+        for at in [1000, 1200, 1400, 1600] {
+            m.handle(Timestamp(at), failed(0, at, ProbeError::Timeout));
+            m.handle(Timestamp(at), ok(1, at, silent.clone()));
+            let actions = m.handle(Timestamp(at), ok(2, at, silent.clone()));
+            assert!(work(&actions).is_empty(), "{actions:?}");
+        }
+        assert_eq!(m.published().primary, Some(NodeId(0)));
+    }
+
+    #[test]
+    fn an_operators_rejoin_is_recorded_as_it_starts() {
+        let mut m = steady();
+        let promoted = promote_n1_after_n0_dies(&mut m);
+        let [(repoint, _)] = &work(&promoted)[..] else {
+            panic!("n2 is repointed: {promoted:?}");
+        };
+        m.handle(
+            Timestamp(1700),
+            Input::Outcome {
+                step: *repoint,
+                result: Ok(StepOutput::Done),
+            },
+        );
+        let started = m.handle(
+            Timestamp(2000),
+            Input::Command(Command::Rejoin { node: NodeId(0) }),
+        );
+        assert_eq!(
+            work(&started)
+                .into_iter()
+                .map(|(_, w)| w)
+                .collect::<Vec<_>>(),
+            [Work::Rejoin {
+                node: NodeId(0),
+                upstream: NodeId(1)
+            }]
+        );
+        let records = records(&started);
+        assert_eq!(records.len(), 1, "{started:?}");
+        assert_eq!(records[0].outcome, RunOutcome::InProgress);
+        assert_eq!(m.state().running, Some(records[0].id));
+    }
+
+    #[test]
+    fn a_rejoin_fails_when_its_step_does_and_raises_no_completion() {
+        let mut m = steady();
+        let promoted = promote_n1_after_n0_dies(&mut m);
+        let [(repoint, _)] = &work(&promoted)[..] else {
+            panic!("n2 is repointed: {promoted:?}");
+        };
+        m.handle(
+            Timestamp(1700),
+            Input::Outcome {
+                step: *repoint,
+                result: Ok(StepOutput::Done),
+            },
+        );
+        let mut outcomes = Vec::new();
+        for result in [Err("pg_rewind failed".to_owned()), Ok(StepOutput::Done)] {
+            let started = m.handle(
+                Timestamp(2000),
+                Input::Command(Command::Rejoin { node: NodeId(0) }),
+            );
+            let [(step, _)] = &work(&started)[..] else {
+                panic!("one rejoin step: {started:?}");
+            };
+            let done = m.handle(
+                Timestamp(2500),
+                Input::Outcome {
+                    step: *step,
+                    result,
+                },
+            );
+            assert!(
+                !done.iter().any(|a| matches!(a, Action::Raise(_))),
+                "{done:?}"
+            );
+            let record = records(&done).pop().expect("recorded");
+            assert_eq!(record.kind, RunKind::Rejoin);
+            outcomes.push(record.outcome);
+        }
+        assert_eq!(
+            outcomes,
+            [
+                RunOutcome::Failed("pg_rewind failed".into()),
+                RunOutcome::Completed
+            ]
+        );
     }
 
     #[test]

@@ -363,6 +363,7 @@ pub(crate) mod tests {
             downstream: Vec::new(),
             synchronous_standby_names: String::new(),
             wal_sender_timeout: None,
+            wal_receiver_timeout: None,
             connections: 1,
             max_connections: 100,
         })

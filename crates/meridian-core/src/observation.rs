@@ -121,8 +121,12 @@ pub struct NodeStatus {
     pub downstream: Vec<Downstream>,
     /// `synchronous_standby_names` (meaningful on a primary; empty = asynchronous).
     pub synchronous_standby_names: String,
-    /// `wal_sender_timeout`: a live but idle stream still carries a keepalive every half of it.
+    /// `wal_sender_timeout`: the sender pings a replica that has not reported for half of it.
     pub wal_sender_timeout: Option<Duration>,
+    /// `wal_receiver_timeout` (a replica's): a replica that heard nothing from its sender for
+    /// half of it asks for a reply, so a live idle stream carries a message at least that
+    /// often; zero: never.
+    pub wal_receiver_timeout: Option<Duration>,
     /// Client backends connected.
     pub connections: u32,
     /// `max_connections`.

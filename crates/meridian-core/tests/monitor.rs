@@ -32,6 +32,7 @@ fn success(latency: Duration) -> Result<NodeStatus, ProbeError> {
         downstream: Vec::new(),
         synchronous_standby_names: String::new(),
         wal_sender_timeout: None,
+        wal_receiver_timeout: None,
         connections: 1,
         max_connections: 100,
     })

@@ -1017,6 +1017,7 @@ impl Sim {
             downstream,
             synchronous_standby_names: n.synchronous_standby_names.clone(),
             wal_sender_timeout: Some(WAL_SENDER_TIMEOUT),
+            wal_receiver_timeout: None,
             connections: 10,
             max_connections: 100,
         };
