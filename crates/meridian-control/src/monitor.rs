@@ -714,6 +714,15 @@ impl Judge {
                     {
                         self.lag.reset();
                     }
+                    // A primary the machine publishes was seen writable: by a probe, or by the
+                    // promotion step, which checks pg_is_in_recovery() before it succeeds. Its
+                    // role says so now, not at its next probe: the proxy routes writes only to a
+                    // primary whose role is not replica.
+                    if let Some(id) = published.primary {
+                        let index = usize::from(id.0);
+                        self.roles[index] = Role::Primary;
+                        self.status.nodes[index].role = Role::Primary;
+                    }
                     self.status.generation = published.generation;
                     self.status.primary = published.primary;
                     self.status.paused = published.paused;

@@ -201,8 +201,10 @@ async fn trial(meridian: &str, synchronous: bool) -> anyhow::Result<Trial> {
     let writer = tokio::spawn(client_loop(port, log.clone(), stop.clone(), true));
     let reader = tokio::spawn(client_loop(port, log.clone(), stop.clone(), false));
     tokio::time::sleep(WARM_UP).await; // a warm-up, not a wait for a condition
-    let killed = Instant::now();
+    // Timed once kill() returns: every process of the server is dead and reaped by then, so a
+    // statement sent later cannot have reached a live backend.
     cluster.primary().kill();
+    let killed = Instant::now();
 
     let resumed = wait_until(GIVE_UP, "writes to resume", || async {
         let log = log.lock().unwrap();
