@@ -13,35 +13,22 @@ use meridian_control::store::{MemoryStore, Retention};
 use meridian_core::topology::{Health, NodeId};
 use meridian_proxy::{Proxy, ProxySettings};
 use meridian_testkit::{Check, TestCluster, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tokio_postgres::NoTls;
+
+use support::{DataDirs, cluster_toml, connect, free_port, http_get};
+
+mod support;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The configuration of a cluster: an `app` user logging in to the servers as `postgres`,
-/// every node in region `main`, and `monitor` settings.
+/// The configuration of a cluster (see [`cluster_toml`]) with `monitor` settings.
 fn config(cluster: &TestCluster, monitor: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = format!(
-        "[[users]]\nname = \"app\"\npassword = \"pw\"\nserver_user = \"postgres\"\n[monitor]\n{monitor}\n\
-         [[regions]]\nname = \"main\"\n"
+    let text = format!(
+        "{}[monitor]\n{monitor}\n",
+        cluster_toml(cluster, DataDirs::Unmanaged)
     );
-    for node in cluster.nodes() {
-        text.push_str(&format!(
-            "[[regions.nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
-            node.name(),
-            node.port()
-        ));
-    }
     let path = dir.path().join("meridian.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(Some(&path), &Environment::default()).unwrap();
@@ -68,16 +55,6 @@ async fn start(config: &Config) -> (MonitorHandle, Proxy, u16) {
     (monitor, proxy, port)
 }
 
-async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=app password=pw dbname=postgres"),
-        NoTls,
-    )
-    .await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 #[tokio::test]
 async fn a_node_the_proxy_cannot_use_is_probed_at_once() {
     let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
@@ -92,13 +69,14 @@ async fn a_node_the_proxy_cannot_use_is_probed_at_once() {
     let probes_before = monitor.status().nodes[0].probes;
 
     cluster.primary().kill();
-    let error = client.simple_query("SELECT 1").await.unwrap_err();
-    assert!(
-        error
-            .as_db_error()
-            .is_some_and(|e| e.code().code().starts_with("08")),
-        "{error:?}"
-    );
+    // The query waits while the proxy's signal has the monitor probe the primary at once (not
+    // in a minute), find it dead and fail over; then it runs on the new primary.
+    let served: i32 = client
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(served as u16, cluster.node("main-2").port());
 
     let status = wait_until(
         Duration::from_secs(10),
@@ -183,22 +161,6 @@ async fn writes_follow_the_node_the_monitor_observes_as_primary() {
     assert_eq!(served as u16, cluster.node("main-2").port());
 }
 
-/// `GET path` on the admin listener, returning the body.
-async fn http_get(port: u16, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test]
 async fn the_binary_serves_metrics_and_never_logs_a_password() {
     let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
@@ -236,12 +198,15 @@ async fn the_binary_serves_metrics_and_never_logs_a_password() {
         .spawn()
         .unwrap();
     let metrics = wait_until(TIMEOUT, "metrics with both nodes judged", || async {
-        match tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+        match http_get(admin, "/metrics").await {
             Err(e) => Check::NotYet(e.to_string()),
-            Ok(_) => {
-                let body = http_get(admin, "/metrics").await;
-                Check::when(body.contains("meridian_node_health{node=\"replica1\",region=\"default\",state=\"down\"} 1"), body.clone(), body.len())
-            }
+            Ok(body) => Check::when(
+                body.contains(
+                    "meridian_node_health{node=\"replica1\",region=\"default\",state=\"down\"} 1",
+                ),
+                body.clone(),
+                body.len(),
+            ),
         }
     })
     .await

@@ -9,15 +9,11 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio_postgres::NoTls;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+use support::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The binary with a clean environment, its own admin port and data directory in `data`
 /// (tests run in parallel: the defaults would collide).
