@@ -63,10 +63,20 @@ pub enum Failure {
     #[error("no primary is available")]
     NoPrimary,
     /// The server connection died while the client was using it.
-    #[error("the connection to server {node} was lost; the transaction was rolled back")]
+    #[error(
+        "the connection to server {node} was lost{}",
+        if *in_flight {
+            " while a statement was running; whether it committed is unknown"
+        } else {
+            "; the transaction was rolled back"
+        }
+    )]
     ServerLost {
         /// The node's name.
         node: String,
+        /// A request that could have committed (an autocommit statement, a COMMIT) was
+        /// unanswered: its outcome is unknown (08007) rather than rolled back (08006).
+        in_flight: bool,
     },
     /// The proxy is shutting down.
     #[error("terminating connection because Meridian is shutting down")]
@@ -180,6 +190,13 @@ impl Failure {
                 self.to_string(),
                 Some("no node of the cluster is currently observed as a writable primary"),
             ),
+            Failure::ServerLost {
+                in_flight: true, ..
+            } => (
+                sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+                self.to_string(),
+                Some("check whether the write is there before retrying it"),
+            ),
             Failure::ServerLost { .. } => (sqlstate::CONNECTION_FAILURE, self.to_string(), None),
             Failure::ShuttingDown => (sqlstate::ADMIN_SHUTDOWN, self.to_string(), None),
             Failure::FailoverTimeout { .. } => (
@@ -225,11 +242,24 @@ mod tests {
         assert_eq!(Failure::ShuttingDown.to_fields().code(), "57P01");
         assert_eq!(Failure::NoUser.to_fields().code(), "28000");
         assert_eq!(Failure::Replication.to_fields().code(), "0A000");
-        let lost = Failure::ServerLost { node: "pg1".into() };
+        let lost = Failure::ServerLost {
+            node: "pg1".into(),
+            in_flight: false,
+        };
         assert_eq!(lost.to_fields().code(), "08006");
         assert_eq!(lost.to_fields().severity(), "ERROR");
         assert_eq!(lost.to_fatal_fields().severity(), "FATAL");
         assert_eq!(lost.to_fatal_fields().code(), "08006");
+        let unknown = Failure::ServerLost {
+            node: "pg1".into(),
+            in_flight: true,
+        };
+        assert_eq!(unknown.to_fields().code(), "08007");
+        assert_eq!(
+            unknown.to_string(),
+            "the connection to server pg1 was lost while a statement was running; whether it \
+             committed is unknown"
+        );
         assert_eq!(
             Failure::Protocol(WireError::BadLength(2))
                 .to_fields()

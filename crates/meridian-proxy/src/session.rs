@@ -721,7 +721,12 @@ impl Session {
         };
         self.shared.report_unusable(attached.pool.node());
         let node = attached.pool.node_name().to_owned();
-        self.abandon_server(Failure::ServerLost { node }).await
+        // Requests were unanswered and the transaction had not failed already: one of them may
+        // have been a commit (an autocommit statement, COMMIT) that took effect.
+        let in_flight = (self.tracker.owed_ready() > 0 || self.tracker.in_unfinished_batch())
+            && attached.status != TransactionStatus::Failed;
+        self.abandon_server(Failure::ServerLost { node, in_flight })
+            .await
     }
 
     /// Closes the attached server connection (the server rolls back whatever was open on it)

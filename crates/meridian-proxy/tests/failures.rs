@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use meridian_core::topology::NodeId;
 use meridian_testkit::{Check, TestCluster, wait_until};
 use support::raw::{self, RawClient};
 use support::{PASSWORD, ProxyUnderTest, STEP, active_backend, sqlstate, trust_user};
@@ -82,7 +83,33 @@ async fn a_server_connection_terminated_mid_query_fails_only_that_query() {
 }
 
 #[tokio::test]
-async fn a_killed_server_fails_the_running_query_with_08006_and_service_resumes_after_restart() {
+async fn a_transaction_whose_server_dies_while_it_is_idle_is_told_it_was_rolled_back() {
+    let cluster = TestCluster::builder().start().await.unwrap();
+    let mut proxy =
+        ProxyUnderTest::start(&cluster, "[proxy]\nfailover_buffer_timeout = \"1s\"\n").await;
+    let client = proxy.connect().await;
+    client
+        .batch_execute("CREATE TABLE t (id int); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    cluster.primary().kill();
+    // The proxy saw its server connection close (it reports the node) before COMMIT is sent.
+    proxy.wait_for_report(NodeId(0)).await;
+    // Nothing was in flight and nothing committed: the outcome is known.
+    let error = tokio::time::timeout(PROMPTLY, client.batch_execute("COMMIT"))
+        .await
+        .expect("COMMIT hung after the server died")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "08006");
+    let message = error.as_db_error().unwrap().message();
+    assert!(
+        message.ends_with("the transaction was rolled back"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_server_fails_the_running_query_with_08007_and_service_resumes_after_restart() {
     let cluster = TestCluster::builder().start().await.unwrap();
     let primary = cluster.primary();
     // No view follows the kill here (there is no monitor): a transaction waits this long for
@@ -103,7 +130,8 @@ async fn a_killed_server_fails_the_running_query_with_08006_and_service_resumes_
         .await
         .expect("the query still waited 5 s after its server died")
         .unwrap();
-    assert_eq!(sqlstate(&result.unwrap_err()), "08006");
+    // An autocommit statement was running: whether it committed is unknown to the proxy.
+    assert_eq!(sqlstate(&result.unwrap_err()), "08007");
     assert!(killed.elapsed() < PROMPTLY);
 
     // While the server is down, queries fail with a connection exception (class 08) once

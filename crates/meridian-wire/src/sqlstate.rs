@@ -11,6 +11,9 @@ pub const CONNECTION_REJECTED: &str = "08004";
 pub const CONNECTION_FAILURE: &str = "08006";
 /// `08P01` protocol_violation.
 pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// `08007` transaction_resolution_unknown: the connection was lost while a commit may have
+/// taken effect.
+pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 /// `0A000` feature_not_supported.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// `25006` read_only_sql_transaction.
