@@ -629,13 +629,12 @@ async fn a_primary_cut_off_from_the_monitor_while_its_replicas_stream_is_not_fai
         "the monitor must have lost the primary: {}",
         describe(&monitor)
     );
-    // The alert the failover machine raises for this case shares its kind with the node-state
-    // rule's `endpoint_down`; only its message tells it apart.
+    // The failover machine's own alert says why there is no failover.
     let changes = log.changes();
     assert!(
         changes.iter().any(|c| {
             let alert = c.record();
-            alert.kind == AlertKind::EndpointDown.as_str()
+            alert.kind == AlertKind::PrimaryUnreachable.as_str()
                 && alert.node.as_deref() == Some("main-1")
                 && alert.severity == Severity::Critical.as_str()
                 && alert.message.contains("replicas still receive WAL")
@@ -647,9 +646,10 @@ async fn a_primary_cut_off_from_the_monitor_while_its_replicas_stream_is_not_fai
         counters
             .active_alerts
             .iter()
-            .any(|a| a.kind == AlertKind::EndpointDown
+            .any(|a| a.kind == AlertKind::PrimaryUnreachable
                 && a.node.as_deref() == Some("main-1")
-                && a.severity == Severity::Critical),
+                && a.severity == Severity::Critical
+                && a.message.contains("replicas still receive WAL")),
         "{:?}",
         counters.active_alerts
     );

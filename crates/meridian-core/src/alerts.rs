@@ -76,17 +76,21 @@ pub enum AlertKind {
     FailoverCompleted,
     /// A failover gave up.
     FailoverFailed,
+    /// The primary does not answer Meridian but a replica still receives WAL from it: it is
+    /// alive, cut off from Meridian only, and not failed over.
+    PrimaryUnreachable,
 }
 
 impl AlertKind {
     /// Every kind, in order.
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::EndpointDown,
         AlertKind::EndpointSlow,
         AlertKind::ReplicationLag,
         AlertKind::FailoverTriggered,
         AlertKind::FailoverCompleted,
         AlertKind::FailoverFailed,
+        AlertKind::PrimaryUnreachable,
     ];
 
     /// The stable name used in the API, the store and metrics: `endpoint_down`, ...
@@ -98,6 +102,7 @@ impl AlertKind {
             AlertKind::FailoverTriggered => "failover_triggered",
             AlertKind::FailoverCompleted => "failover_completed",
             AlertKind::FailoverFailed => "failover_failed",
+            AlertKind::PrimaryUnreachable => "primary_unreachable",
         }
     }
 
@@ -110,13 +115,13 @@ impl AlertKind {
         )
     }
 
-    /// The fixed severity of a failover kind; `None` for node-state kinds, whose severity
-    /// depends on the condition.
+    /// The fixed severity of a kind the failover machine raises; `None` for node-state kinds,
+    /// whose severity depends on the condition.
     pub fn failover_severity(self) -> Option<Severity> {
         match self {
             AlertKind::FailoverTriggered => Some(Severity::High),
             AlertKind::FailoverCompleted => Some(Severity::Low),
-            AlertKind::FailoverFailed => Some(Severity::Critical),
+            AlertKind::FailoverFailed | AlertKind::PrimaryUnreachable => Some(Severity::Critical),
             AlertKind::EndpointDown | AlertKind::EndpointSlow | AlertKind::ReplicationLag => None,
         }
     }

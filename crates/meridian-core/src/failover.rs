@@ -598,6 +598,7 @@ impl Failover {
                             Level::Info,
                             format!("primary {} answers again", self.name(node)),
                         ));
+                        out.push(Action::Resolve(AlertKind::PrimaryUnreachable, Some(node)));
                     }
                 } else if self.suspicion.is_none() {
                     let why = match &observation.outcome {
@@ -625,6 +626,10 @@ impl Failover {
                     ));
                     self.needs_rejoin.insert(primary);
                     self.suspicion = None;
+                    out.push(Action::Resolve(
+                        AlertKind::PrimaryUnreachable,
+                        Some(primary),
+                    ));
                     self.generation += 1;
                     self.primary = Some(node);
                     self.orphaned = None;
@@ -846,17 +851,22 @@ impl Failover {
                 .as_ref()
                 .is_some_and(|s| s.reported.contains("receiving-alert"));
             if !alerted {
-                out.push(Action::Raise(Condition {
-                    kind: AlertKind::EndpointDown,
-                    node: Some(primary),
-                    severity: crate::alerts::Severity::Critical,
-                    value: f64::from(failures),
-                    threshold: f64::from(self.policy.failure_threshold),
-                    message: format!(
+                // Its own kind: the node-state rule's endpoint_down (same node) would overwrite
+                // the message that says why there is no failover.
+                if let Some(condition) = Condition::failover(
+                    AlertKind::PrimaryUnreachable,
+                    Some(primary),
+                    f64::from(failures),
+                    format!(
                         "primary unreachable from Meridian, but replicas still receive WAL from it ({}): not failing over",
                         names.join(", ")
                     ),
-                }));
+                ) {
+                    out.push(Action::Raise(Condition {
+                        threshold: f64::from(self.policy.failure_threshold),
+                        ..condition
+                    }));
+                }
                 if let Some(s) = &mut self.suspicion {
                     s.reported.insert("receiving-alert");
                 }
@@ -1442,6 +1452,7 @@ impl Failover {
         }
         self.finish(now, RunOutcome::Completed, out);
         out.push(Action::Resolve(AlertKind::FailoverTriggered, Some(old)));
+        out.push(Action::Resolve(AlertKind::PrimaryUnreachable, Some(old)));
         if let Some(c) = Condition::failover(
             AlertKind::FailoverCompleted,
             Some(new),

@@ -216,7 +216,7 @@ fn a_primary_cut_off_from_the_monitor_only_is_not_failed_over() {
     assert_eq!(sim.published.len(), 1);
     assert!(sim.machine.state().suspect_since.is_some());
     // An alert instead, once.
-    let down = sim.raised_of(AlertKind::EndpointDown);
+    let down = sim.raised_of(AlertKind::PrimaryUnreachable);
     assert_eq!(down.len(), 1, "{}", sim.report(40));
     assert_eq!(down[0].1.node, Some(N0));
     assert_eq!(down[0].1.severity, Severity::Critical);
@@ -224,6 +224,13 @@ fn a_primary_cut_off_from_the_monitor_only_is_not_failed_over() {
     sim.fault(61_000, Fault::Revive(0));
     sim.run_until(64_000);
     assert_eq!(sim.machine.state().suspect_since, None);
+    assert!(
+        sim.resolved.iter().any(|&(at, kind, node)| at >= 61_000
+            && kind == AlertKind::PrimaryUnreachable
+            && node == Some(N0)),
+        "the alert is resolved once the primary answers: {:?}",
+        sim.resolved
+    );
     assert!(sim.executed.is_empty());
     assert_safe(&sim);
 }
