@@ -5,95 +5,22 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_control::credentials::Credentials;
-use meridian_control::executor::{ExecNode, Executor};
-use meridian_control::monitor::{self, MonitorHandle, MonitorSettings, MonitoredNode};
+use meridian_control::monitor::{self, MonitorHandle};
 use meridian_control::store::{
     AlertChange, AlertQuery, AlertRecord, FailoverRecord, MemoryStore, ProbeSample, Store,
     StoreError,
 };
-use meridian_core::alerts::{AlertKind, AlertPolicy, Severity};
-use meridian_core::backoff::Backoff;
-use meridian_core::failover::{Command, FailoverPolicy};
+use meridian_core::alerts::{AlertKind, Severity};
+use meridian_core::failover::Command;
 use meridian_core::status::ClusterStatus;
 use meridian_core::topology::{ClusterView, NodeId, Role};
 use meridian_testkit::{Check, FaultLink, TestCluster, wait_until};
-use meridian_tls::{ServerTls, ServerTlsSet};
 use tokio::task::JoinHandle;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-const INTERVAL: Duration = Duration::from_millis(250);
+mod support;
+use support::{INTERVAL, settings};
 
-/// Settings for `cluster` with Meridian's default detection (3 probes, 200 ms confirmation);
-/// `port_of` may route the monitor's connections to a node (probes and failover steps alike:
-/// one process, one network path) through a link; `region_priority` per region name.
-fn settings(
-    cluster: &TestCluster,
-    port_of: impl Fn(usize) -> u16,
-    region_priority: impl Fn(&str) -> i32,
-) -> MonitorSettings {
-    let credentials = Credentials {
-        user: "postgres".into(),
-        password: None,
-        database: "postgres".into(),
-    };
-    let nodes: Vec<MonitoredNode> = cluster
-        .nodes()
-        .iter()
-        .enumerate()
-        .map(|(i, node)| MonitoredNode {
-            id: NodeId(i as u16),
-            name: Arc::from(node.name()),
-            region: Arc::from(node.region()),
-            host: Arc::from("127.0.0.1"),
-            port: port_of(i),
-            no_failover: false,
-            priority: 0,
-            region_priority: region_priority(node.region()),
-            probe_interval: INTERVAL,
-        })
-        .collect();
-    let executor = Executor {
-        nodes: cluster
-            .nodes()
-            .iter()
-            .enumerate()
-            .map(|(i, node)| ExecNode {
-                id: NodeId(i as u16),
-                name: Arc::from(node.name()),
-                host: Arc::from("127.0.0.1"),
-                port: port_of(i),
-                tls: ServerTls::Disable,
-                data_dir: Some(node.data_dir()),
-                step_timeout: Duration::from_secs(20),
-            })
-            .collect(),
-        credentials: credentials.clone(),
-        pg_bin: None,
-        rejoin_command: None,
-        connect_timeout: Duration::from_secs(1),
-    };
-    MonitorSettings {
-        nodes,
-        credentials,
-        tls: ServerTlsSet::uniform(ServerTls::Disable),
-        probe_timeout: Duration::from_millis(800),
-        backoff: Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(1),
-            attempts: 3,
-            then: INTERVAL,
-            jitter: 0.0,
-        },
-        policy: AlertPolicy::default(),
-        failover: FailoverPolicy {
-            min_interval: Duration::ZERO,
-            step_timeout: Duration::from_secs(25),
-            ..FailoverPolicy::default()
-        },
-        executor,
-    }
-}
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Logs of the control plane, shown with a failing test's output.
 fn logs() {
@@ -238,6 +165,29 @@ async fn writable(cluster: &TestCluster) -> Vec<String> {
 }
 
 /// Waits until the newest run has finished and returns its record.
+/// A monitor of `cluster`'s nodes on their own ports, once it has adopted n0 as the primary.
+async fn monitor_of(cluster: &TestCluster) -> MonitorHandle {
+    let monitor = monitor::spawn(
+        settings(cluster, |i| cluster.nodes()[i].port(), |_| 0),
+        store(),
+    );
+    wait_status(&monitor, "the primary adopted", |s| {
+        s.primary == Some(NodeId(0))
+    })
+    .await;
+    monitor
+}
+
+/// Table `t` holding the row 1, replicated everywhere.
+async fn table_t_everywhere(cluster: &TestCluster) {
+    cluster
+        .primary()
+        .execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    cluster.wait_replicated(TIMEOUT).await.unwrap();
+}
+
 async fn wait_finished_run(monitor: &MonitorHandle) -> FailoverRecord {
     wait_status(monitor, "a run to finish", |_| {
         monitor
@@ -492,20 +442,8 @@ async fn a_hung_primary_is_replaced_once_its_replicas_stop_hearing_from_it() {
     logs();
     let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
     set_wal_receiver_timeout(&cluster, "4s").await;
-    let monitor = monitor::spawn(
-        settings(&cluster, |i| cluster.nodes()[i].port(), |_| 0),
-        store(),
-    );
-    wait_status(&monitor, "the primary adopted", |s| {
-        s.primary == Some(NodeId(0))
-    })
-    .await;
-    cluster
-        .primary()
-        .execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    cluster.wait_replicated(TIMEOUT).await.unwrap();
+    let monitor = monitor_of(&cluster).await;
+    table_t_everywhere(&cluster).await;
 
     let hung = Instant::now();
     cluster.primary().pause();
@@ -594,12 +532,7 @@ async fn a_primary_cut_off_from_the_monitor_while_its_replicas_stream_is_not_fai
         },
     )
     .await;
-    cluster
-        .primary()
-        .execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    cluster.wait_replicated(TIMEOUT).await.unwrap();
+    table_t_everywhere(&cluster).await;
 
     link.blackhole();
     // Detection takes `failure_threshold` probes that each time out; watch three times as
@@ -708,12 +641,7 @@ async fn losing_the_primary_region_moves_the_primary_to_the_next_region_by_prior
                 .all(|n| n.wal_receiver.as_deref() == Some("streaming"))
     })
     .await;
-    cluster
-        .primary()
-        .execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    cluster.wait_replicated(TIMEOUT).await.unwrap();
+    table_t_everywhere(&cluster).await;
 
     for node in cluster.region("us") {
         node.kill();
@@ -746,20 +674,8 @@ async fn losing_the_primary_region_moves_the_primary_to_the_next_region_by_prior
 async fn a_restarted_old_primary_gets_no_traffic_until_rejoined_as_a_replica() {
     logs();
     let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
-    let monitor = monitor::spawn(
-        settings(&cluster, |i| cluster.nodes()[i].port(), |_| 0),
-        store(),
-    );
-    wait_status(&monitor, "the primary adopted", |s| {
-        s.primary == Some(NodeId(0))
-    })
-    .await;
-    cluster
-        .primary()
-        .execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    cluster.wait_replicated(TIMEOUT).await.unwrap();
+    let monitor = monitor_of(&cluster).await;
+    table_t_everywhere(&cluster).await;
     cluster.primary().kill();
     let failover = wait_finished_run(&monitor).await;
     assert_eq!(failover.outcome, "completed", "{}", describe(&monitor));
@@ -828,14 +744,7 @@ async fn a_synchronous_primary_killed_under_write_load_loses_no_acknowledged_wri
         .start()
         .await
         .unwrap();
-    let monitor = monitor::spawn(
-        settings(&cluster, |i| cluster.nodes()[i].port(), |_| 0),
-        store(),
-    );
-    wait_status(&monitor, "the primary adopted", |s| {
-        s.primary == Some(NodeId(0))
-    })
-    .await;
+    let monitor = monitor_of(&cluster).await;
     cluster
         .primary()
         .execute("CREATE TABLE t (id bigint PRIMARY KEY)")

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::credentials::Credentials;
-use meridian_control::executor::Executor;
-use meridian_control::monitor::{self, MonitorHandle, MonitorSettings, MonitoredNode};
+use meridian_control::monitor::{self, MonitorHandle, MonitorSettings};
 use meridian_control::store::{AlertQuery, Retention, SqliteStore, Store};
 use meridian_core::alerts::{AlertKind, AlertPolicy, Severity};
 use meridian_core::backoff::Backoff;
@@ -16,63 +14,28 @@ use meridian_core::health::HealthPolicy;
 use meridian_core::status::ClusterStatus;
 use meridian_core::topology::{Health, NodeId, Role};
 use meridian_testkit::{Check, FaultLink, TestCluster, wait_until};
-use meridian_tls::{ServerTls, ServerTlsSet};
+
+mod support;
+use support::INTERVAL;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const INTERVAL: Duration = Duration::from_millis(250);
 
-/// Monitor settings for `cluster`, probing every 250 ms; `port_of` may route a node's probes
-/// through a link.
+/// Monitor settings for `cluster`, probing every 250 ms, with `policy` and failover off (these
+/// tests watch; failing over is tested in tests/failover.rs); `port_of` may route a node's
+/// probes through a link.
 fn settings(
     cluster: &TestCluster,
     port_of: impl Fn(usize) -> u16,
     policy: AlertPolicy,
 ) -> MonitorSettings {
-    let credentials = Credentials {
-        user: "postgres".into(),
-        password: None,
-        database: "postgres".into(),
-    };
+    let settings = support::settings(cluster, port_of, |_| 0);
     MonitorSettings {
-        nodes: cluster
-            .nodes()
-            .iter()
-            .enumerate()
-            .map(|(i, node)| MonitoredNode {
-                id: NodeId(i as u16),
-                name: Arc::from(node.name()),
-                region: Arc::from(node.region()),
-                host: Arc::from("127.0.0.1"),
-                port: port_of(i),
-                no_failover: false,
-                priority: 0,
-                region_priority: 0,
-                probe_interval: INTERVAL,
-            })
-            .collect(),
-        // These tests watch; failing over is tested in tests/failover.rs.
+        policy,
         failover: FailoverPolicy {
             automatic: false,
-            ..FailoverPolicy::default()
+            ..settings.failover
         },
-        executor: Executor {
-            nodes: Vec::new(),
-            credentials: credentials.clone(),
-            pg_bin: None,
-            rejoin_command: None,
-            connect_timeout: Duration::from_secs(1),
-        },
-        credentials,
-        tls: ServerTlsSet::uniform(ServerTls::Disable),
-        probe_timeout: Duration::from_millis(800),
-        backoff: Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(1),
-            attempts: 3,
-            then: INTERVAL,
-            jitter: 0.0,
-        },
-        policy,
+        ..settings
     }
 }
 

@@ -1985,6 +1985,24 @@ mod tests {
         )
     }
 
+    /// [`steady`] after n0 died and the failover to n1 completed (n2 repointed, at 1700).
+    fn failed_over_to_n1() -> Failover {
+        let mut m = steady();
+        let promoted = promote_n1_after_n0_dies(&mut m);
+        let [(repoint, _)] = &work(&promoted)[..] else {
+            panic!("n2 is repointed: {promoted:?}");
+        };
+        m.handle(
+            Timestamp(1700),
+            Input::Outcome {
+                step: *repoint,
+                result: Ok(StepOutput::Done),
+            },
+        );
+        assert_eq!(m.state().running, None, "the run is over");
+        m
+    }
+
     fn records(actions: &[Action]) -> Vec<RunRecord> {
         actions
             .iter()
@@ -2141,18 +2159,7 @@ mod tests {
 
     #[test]
     fn an_operators_rejoin_is_recorded_as_it_starts() {
-        let mut m = steady();
-        let promoted = promote_n1_after_n0_dies(&mut m);
-        let [(repoint, _)] = &work(&promoted)[..] else {
-            panic!("n2 is repointed: {promoted:?}");
-        };
-        m.handle(
-            Timestamp(1700),
-            Input::Outcome {
-                step: *repoint,
-                result: Ok(StepOutput::Done),
-            },
-        );
+        let mut m = failed_over_to_n1();
         let started = m.handle(
             Timestamp(2000),
             Input::Command(Command::Rejoin { node: NodeId(0) }),
@@ -2175,18 +2182,7 @@ mod tests {
 
     #[test]
     fn a_rejoin_fails_when_its_step_does_and_raises_no_completion() {
-        let mut m = steady();
-        let promoted = promote_n1_after_n0_dies(&mut m);
-        let [(repoint, _)] = &work(&promoted)[..] else {
-            panic!("n2 is repointed: {promoted:?}");
-        };
-        m.handle(
-            Timestamp(1700),
-            Input::Outcome {
-                step: *repoint,
-                result: Ok(StepOutput::Done),
-            },
-        );
+        let mut m = failed_over_to_n1();
         let mut outcomes = Vec::new();
         for result in [Err("pg_rewind failed".to_owned()), Ok(StepOutput::Done)] {
             let started = m.handle(
