@@ -1062,6 +1062,9 @@ pub fn view_of(status: &ClusterStatus) -> ClusterView {
                 port: n.port,
                 role: n.role,
                 health: n.health,
+                lag: n.lag,
+                replayed: n.lsn.filter(|_| n.role == Role::Replica),
+                latency: n.latency,
             })
             .collect(),
     }

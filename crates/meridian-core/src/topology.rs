@@ -8,6 +8,10 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::lag::Lag;
+use crate::lsn::Lsn;
 
 /// A node's identity for the life of the process: its index in the configured node list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +80,12 @@ pub struct NodeView {
     pub role: Role,
     /// Judged health.
     pub health: Health,
+    /// Replication lag as last measured (replicas, once the primary was observed).
+    pub lag: Option<Lag>,
+    /// A replica's replay position as last probed.
+    pub replayed: Option<Lsn>,
+    /// Latency of the last successful probe.
+    pub latency: Option<Duration>,
 }
 
 /// The whole cluster at one moment.

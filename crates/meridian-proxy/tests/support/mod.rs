@@ -273,6 +273,9 @@ pub fn view_of(cluster: &TestCluster, primary: usize) -> ClusterView {
                     Role::Replica
                 },
                 health: Health::Healthy,
+                lag: None,
+                replayed: None,
+                latency: None,
             })
             .collect(),
     }
