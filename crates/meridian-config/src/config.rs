@@ -26,6 +26,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Server connection pools.
     pub pool: PoolConfig,
+    /// Read/write splitting, replica choice and read-your-writes.
+    pub routing: RoutingConfig,
     /// TLS for clients connecting to Meridian; `None` = plaintext only.
     pub tls: Option<TlsConfig>,
     /// TLS from Meridian to the PostgreSQL servers.
@@ -147,6 +149,34 @@ pub struct PoolConfig {
     pub idle_timeout: Option<Duration>,
     /// Server connections are closed once this old; `None` = never.
     pub max_lifetime: Option<Duration>,
+}
+
+/// `[routing]`: read/write splitting, replica choice and read-your-writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Send autocommit reads and `READ ONLY` transactions to replicas.
+    pub read_write_split: bool,
+    /// This proxy's region: its replicas are preferred for reads. Names one of `regions`.
+    pub local_region: Option<String>,
+    /// Replicas further behind the primary than this many bytes get no reads.
+    pub max_replica_lag_bytes: u64,
+    /// Replicas further behind than this get no reads (`max_replica_lag_seconds` in the file);
+    /// more than 0.
+    pub max_replica_lag: Duration,
+    /// Whether reads may use the primary.
+    pub primary_reads: PrimaryReads,
+    /// Whether a session's reads see its writes.
+    pub read_your_writes: ReadYourWrites,
+    /// How long a read waits for a replica to replay the session's last write before it goes
+    /// to the primary; more than 0, at most 10 s.
+    pub causal_read_timeout: Duration,
+    /// A session-level `SET` pins the session to its server connection (otherwise the setting
+    /// lasts for the transaction only).
+    pub pin_session_settings: bool,
+    /// Side-effecting function name patterns added to the built-in list: no schema, `*` as a
+    /// wildcard; each is 1 to 63 bytes of letters, digits, `_`, `$` and `*`, not starting with a
+    /// digit or `$`.
+    pub write_functions: Vec<String>,
 }
 
 /// `[tls]`: the certificate Meridian presents to clients.
@@ -295,6 +325,30 @@ keyword_enum! {
     }
 }
 
+keyword_enum! {
+    /// `routing.primary_reads`: whether reads may use the primary.
+    PrimaryReads {
+        /// Never: a read no replica can serve fails.
+        Never = "never",
+        /// Only when no replica qualifies (the default).
+        Fallback = "fallback",
+        /// Always: the primary competes with the replicas for every read.
+        Always = "always",
+    }
+}
+
+keyword_enum! {
+    /// `routing.read_your_writes`: which writes a read must see when it goes to a replica.
+    ReadYourWrites {
+        /// None: any replica under the lag ceilings may serve a read.
+        Off = "off",
+        /// The session's own last write (the default).
+        Session = "session",
+        /// The last write through this proxy, from any session.
+        Global = "global",
+    }
+}
+
 /// The text matched none of an enum's spellings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownKeyword {
@@ -328,6 +382,8 @@ mod tests {
         }
         assert_eq!("session".parse(), Ok(PoolMode::Session));
         assert_eq!("md5".parse(), Ok(AuthMethod::Md5));
+        assert_eq!("always".parse(), Ok(PrimaryReads::Always));
+        assert_eq!(ReadYourWrites::Global.as_str(), "global");
         let err = "scram".parse::<AuthMethod>().unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -20,6 +20,10 @@ pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
+pub(crate) const MAX_REPLICA_LAG_BYTES: i64 = 16 * 1024 * 1024;
+pub(crate) const MAX_REPLICA_LAG: Duration = Duration::from_secs(10);
+pub(crate) const CAUSAL_READ_TIMEOUT: Duration = Duration::from_millis(50);
+
 pub(crate) const PORT: i64 = 5432;
 pub(crate) const PRIORITY: i64 = 0;
 

@@ -197,6 +197,69 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        variable: "MERIDIAN_READ_WRITE_SPLIT",
+        field: "routing.read_write_split",
+        description: "send reads to replicas: true or false (default true)",
+        apply: |raw, value| {
+            raw.routing.read_write_split = Some(boolean(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_LOCAL_REGION",
+        field: "routing.local_region",
+        description: "this proxy's region, whose replicas are preferred for reads",
+        apply: |raw, value| {
+            raw.routing.local_region = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_PRIMARY_READS",
+        field: "routing.primary_reads",
+        description: "reads on the primary: never, fallback (default) or always",
+        apply: |raw, value| {
+            raw.routing.primary_reads = Some(value.parse().map_err(|e| format!("{e}"))?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_READ_YOUR_WRITES",
+        field: "routing.read_your_writes",
+        description: "writes a replica read must see: off, session (default) or global",
+        apply: |raw, value| {
+            raw.routing.read_your_writes = Some(value.parse().map_err(|e| format!("{e}"))?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_CAUSAL_READ_TIMEOUT",
+        field: "routing.causal_read_timeout",
+        description: "wait for a replica to replay the session's write, then the primary (default 50ms)",
+        apply: |raw, value| {
+            raw.routing.causal_read_timeout = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_MAX_REPLICA_LAG_BYTES",
+        field: "routing.max_replica_lag_bytes",
+        description: "replicas further behind get no reads, in bytes (default 16777216)",
+        apply: |raw, value| {
+            raw.routing.max_replica_lag_bytes = Some(integer(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_MAX_REPLICA_LAG_SECONDS",
+        field: "routing.max_replica_lag_seconds",
+        description: "replicas further behind get no reads, as a duration (default 10s)",
+        apply: |raw, value| {
+            raw.routing.max_replica_lag_seconds = Some(duration(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
         variable: "MERIDIAN_POOL_MIN_SIZE",
         field: "pool.min_size",
         description: "idle server connections kept per node, user and database (default 0)",
@@ -349,6 +412,12 @@ mod tests {
                 "failover.automatic" => "false",
                 "proxy.pool_mode" => "session",
                 "server_tls.mode" => "require",
+                "routing.read_write_split" => "false",
+                "routing.primary_reads" => "always",
+                "routing.read_your_writes" => "global",
+                "routing.local_region" => "eu-west",
+                "routing.max_replica_lag_seconds" => "7s",
+                "routing.max_replica_lag_bytes" => "7",
                 f if f.ends_with("timeout") || f.ends_with("lifetime") => "7s",
                 f if f.ends_with("size") || f.ends_with("connections") => "7",
                 _ => "some/path",
@@ -378,6 +447,21 @@ mod tests {
                 "pool.idle_timeout" => raw.pool.idle_timeout.is_some(),
                 "pool.max_lifetime" => raw.pool.max_lifetime.is_some(),
                 "server_tls.mode" => raw.server_tls.mode.is_some(),
+                "routing.read_write_split" => raw.routing.read_write_split == Some(false),
+                "routing.local_region" => raw.routing.local_region.as_deref() == Some("eu-west"),
+                "routing.primary_reads" => {
+                    raw.routing.primary_reads == Some(crate::PrimaryReads::Always)
+                }
+                "routing.read_your_writes" => {
+                    raw.routing.read_your_writes == Some(crate::ReadYourWrites::Global)
+                }
+                "routing.causal_read_timeout" => {
+                    raw.routing.causal_read_timeout == Some(Duration::from_secs(7))
+                }
+                "routing.max_replica_lag_bytes" => raw.routing.max_replica_lag_bytes == Some(7),
+                "routing.max_replica_lag_seconds" => {
+                    raw.routing.max_replica_lag_seconds == Some(Duration::from_secs(7))
+                }
                 "tls.cert" => raw.tls.is_some_and(|tls| tls.cert.is_some()),
                 "tls.key" => raw.tls.is_some_and(|tls| tls.key.is_some()),
                 other => panic!("untested override field {other}"),
@@ -407,5 +491,42 @@ mod tests {
         assert!(
             rendered[2].starts_with("MERIDIAN_POOL_IDLE_TIMEOUT = \"10 parsecs\": not a duration")
         );
+    }
+
+    #[test]
+    fn invalid_routing_values_name_the_variable() {
+        let env = Environment::from_pairs([
+            ("MERIDIAN_READ_WRITE_SPLIT", "maybe"),
+            ("MERIDIAN_PRIMARY_READS", "sometimes"),
+            ("MERIDIAN_READ_YOUR_WRITES", "strict"),
+            ("MERIDIAN_CAUSAL_READ_TIMEOUT", "soon"),
+            ("MERIDIAN_MAX_REPLICA_LAG_BYTES", "16MiB"),
+            ("MERIDIAN_MAX_REPLICA_LAG_SECONDS", "10"),
+        ]);
+        let errors = apply_overrides(&mut RawConfig::default(), &env, &mut Origins::default());
+        let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered[..3],
+            [
+                "MERIDIAN_READ_WRITE_SPLIT = \"maybe\": must be true or false",
+                "MERIDIAN_PRIMARY_READS = \"sometimes\": must be one of \"never\", \"fallback\", \
+                 \"always\"",
+                "MERIDIAN_READ_YOUR_WRITES = \"strict\": must be one of \"off\", \"session\", \
+                 \"global\"",
+            ]
+        );
+        assert!(
+            rendered[3].starts_with("MERIDIAN_CAUSAL_READ_TIMEOUT = \"soon\": not a duration"),
+            "{rendered:?}"
+        );
+        assert_eq!(
+            rendered[4],
+            "MERIDIAN_MAX_REPLICA_LAG_BYTES = \"16MiB\": must be a whole number, e.g. 20"
+        );
+        assert!(
+            rendered[5].starts_with("MERIDIAN_MAX_REPLICA_LAG_SECONDS = \"10\": not a duration"),
+            "{rendered:?}"
+        );
+        assert_eq!(rendered.len(), 6, "{rendered:?}");
     }
 }

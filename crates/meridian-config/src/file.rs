@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{AuthMethod, PoolMode, ServerTlsMode};
+use crate::config::{AuthMethod, PoolMode, PrimaryReads, ReadYourWrites, ServerTlsMode};
 use crate::error::ConfigError;
 use crate::secret::Secret;
 
@@ -24,6 +24,8 @@ pub(crate) struct RawConfig {
     pub(crate) proxy: RawProxy,
     #[serde(default)]
     pub(crate) pool: RawPool,
+    #[serde(default)]
+    pub(crate) routing: RawRouting,
     pub(crate) tls: Option<RawTls>,
     #[serde(default)]
     pub(crate) server_tls: RawServerTls,
@@ -117,6 +119,22 @@ pub(crate) struct RawPool {
     pub(crate) idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) max_lifetime: Option<Duration>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouting {
+    pub(crate) read_write_split: Option<bool>,
+    pub(crate) local_region: Option<String>,
+    pub(crate) max_replica_lag_bytes: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_replica_lag_seconds: Option<Duration>,
+    pub(crate) primary_reads: Option<PrimaryReads>,
+    pub(crate) read_your_writes: Option<ReadYourWrites>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) causal_read_timeout: Option<Duration>,
+    pub(crate) pin_session_settings: Option<bool>,
+    pub(crate) write_functions: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]

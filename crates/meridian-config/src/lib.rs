@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 pub use crate::config::{
     AuthMethod, Config, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
-    ProxyConfig, RegionConfig, ServerTlsConfig, ServerTlsMode, TlsConfig, UnknownKeyword,
-    UserConfig,
+    PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig, RoutingConfig, ServerTlsConfig,
+    ServerTlsMode, TlsConfig, UnknownKeyword, UserConfig,
 };
 pub use crate::env::{ENV_OVERRIDES, EnvOverride, Environment};
 pub use crate::error::{ConfigError, ConfigErrors};

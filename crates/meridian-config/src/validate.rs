@@ -12,18 +12,22 @@ use std::time::Duration;
 
 use crate::config::{
     AuthMethod, Config, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
-    ProxyConfig, RegionConfig, ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
+    PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig, RoutingConfig, ServerTlsConfig,
+    ServerTlsMode, TlsConfig, UserConfig,
 };
 use crate::defaults;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::file::{
-    RawConfig, RawFailover, RawMonitor, RawNode, RawPool, RawProxy, RawRegion, RawUser,
+    RawConfig, RawFailover, RawMonitor, RawNode, RawPool, RawProxy, RawRegion, RawRouting, RawUser,
 };
 use crate::origin::Origins;
 use crate::secret::PasswordSpec;
 
 const MIN_MESSAGE_SIZE: i64 = 1024;
 const MAX_MESSAGE_SIZE: i64 = 1024 * 1024 * 1024;
+const MAX_CAUSAL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// PostgreSQL's longest identifier (NAMEDATALEN - 1), in bytes.
+const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// Validates `raw`. `errors` holds the problems found before (environment values); they are
 /// returned together with the ones found here. `topology_reported` says that problems with the
@@ -57,6 +61,7 @@ pub(crate) fn validate(
     }
     let users = check.users(raw.users, listen);
     let regions = check.regions(raw.regions, &server_tls, topology_reported);
+    let routing = check.routing(raw.routing, &regions);
     if !check.errors.is_empty() {
         return Err(ConfigErrors(check.errors));
     }
@@ -72,6 +77,7 @@ pub(crate) fn validate(
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
         proxy,
         pool,
+        routing,
         tls,
         server_tls,
         users,
@@ -464,6 +470,132 @@ impl Checker<'_> {
             checkout_timeout: raw.checkout_timeout.unwrap_or(defaults::CHECKOUT_TIMEOUT),
             idle_timeout: never(raw.idle_timeout.unwrap_or(defaults::IDLE_TIMEOUT)),
             max_lifetime: never(raw.max_lifetime.unwrap_or(defaults::MAX_LIFETIME)),
+        }
+    }
+
+    fn routing(&mut self, raw: RawRouting, regions: &[RegionConfig]) -> RoutingConfig {
+        let local_region = raw.local_region.filter(|region| !region.is_empty());
+        let names: Vec<String> = regions
+            .iter()
+            .filter(|region| !region.name.is_empty())
+            .map(|region| format!("{:?}", region.name))
+            .collect();
+        // With no valid region at all, the regions' own errors say what to fix.
+        if let Some(region) = &local_region
+            && !names.is_empty()
+            && !regions.iter().any(|r| &r.name == region)
+        {
+            self.fail(
+                "routing.local_region",
+                Some(format!("{region:?}")),
+                format!(
+                    "names no configured region: use one of {} (the region this proxy runs in), \
+                     or leave it out",
+                    names.join(", ")
+                ),
+            );
+        }
+        let max_replica_lag_bytes = self.integer(
+            "routing.max_replica_lag_bytes",
+            raw.max_replica_lag_bytes
+                .unwrap_or(defaults::MAX_REPLICA_LAG_BYTES),
+            0,
+            i64::MAX,
+            || "must be a number of bytes, 0 or more (e.g. 16777216 for 16 MiB)".to_owned(),
+        );
+        let max_replica_lag = self.positive(
+            "routing.max_replica_lag_seconds",
+            raw.max_replica_lag_seconds
+                .unwrap_or(defaults::MAX_REPLICA_LAG),
+            "replicas further behind than this get no reads",
+        );
+        let causal_read_timeout = self.positive(
+            "routing.causal_read_timeout",
+            raw.causal_read_timeout
+                .unwrap_or(defaults::CAUSAL_READ_TIMEOUT),
+            "how long a read waits for a replica to replay the session's last write",
+        );
+        if causal_read_timeout > MAX_CAUSAL_READ_TIMEOUT {
+            self.fail(
+                "routing.causal_read_timeout",
+                Some(format!(
+                    "{:?}",
+                    humantime::format_duration(causal_read_timeout).to_string()
+                )),
+                "must be at most 10s: reads that must see a write and cannot wait for a \
+                 replica belong on the primary; route them there with /* meridian:primary */ \
+                 or SET meridian.route = primary",
+            );
+        }
+        let write_functions = raw.write_functions.unwrap_or_default();
+        for (i, pattern) in write_functions.iter().enumerate() {
+            self.write_function(&format!("routing.write_functions[{i}]"), pattern);
+        }
+        RoutingConfig {
+            read_write_split: raw.read_write_split.unwrap_or(true),
+            local_region,
+            max_replica_lag_bytes,
+            max_replica_lag,
+            primary_reads: raw.primary_reads.unwrap_or(PrimaryReads::Fallback),
+            read_your_writes: raw.read_your_writes.unwrap_or(ReadYourWrites::Session),
+            causal_read_timeout,
+            pin_session_settings: raw.pin_session_settings.unwrap_or(false),
+            write_functions,
+        }
+    }
+
+    /// One `routing.write_functions` entry: a function name pattern without a schema.
+    fn write_function(&mut self, path: &str, pattern: &str) {
+        let value = Some(format!("{pattern:?}"));
+        if pattern.is_empty() {
+            self.fail(
+                path,
+                value,
+                "must not be empty: give a function name such as \"nextval\" or a pattern \
+                 such as \"audit_*\"",
+            );
+        } else if let Some((_, name)) = pattern.rsplit_once('.') {
+            let fix = if name.is_empty() {
+                "write the function name alone".to_owned()
+            } else {
+                format!("write {name:?}")
+            };
+            self.fail(
+                path,
+                value,
+                format!(
+                    "the schema is not part of the pattern (search_path decides which function \
+                     a name calls): {fix}"
+                ),
+            );
+        } else if pattern.len() > MAX_IDENTIFIER_BYTES {
+            self.fail(
+                path,
+                value,
+                format!(
+                    "is {} bytes long: a function name has at most {MAX_IDENTIFIER_BYTES} \
+                     bytes in PostgreSQL",
+                    pattern.len()
+                ),
+            );
+        } else if let Some(bad) = pattern.chars().find(|&c| {
+            !(c.is_ascii_alphanumeric() || !c.is_ascii() || matches!(c, '_' | '$' | '*'))
+        }) {
+            self.fail(
+                path,
+                value,
+                format!(
+                    "{bad:?} is not allowed: a pattern is letters, digits, '_' and '$', with \
+                     '*' matching any run of them"
+                ),
+            );
+        } else if pattern.starts_with(|c: char| c.is_ascii_digit() || c == '$') {
+            self.fail(
+                path,
+                value,
+                "must not start with a digit or '$', as no function name does: start with a \
+                 letter, '_' or '*'",
+            );
         }
     }
 
@@ -1369,6 +1501,225 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors.iter().all(|e| !e.contains("s3cret")), "{errors:?}");
+    }
+
+    /// Two regions, `us-east` and `eu-west`, one node each.
+    const TWO_REGIONS: &str = "[[regions]]\nname = \"us-east\"\n[[regions.nodes]]\nname = \"pg1\"\n\
+         host = \"10.0.0.1\"\n[[regions]]\nname = \"eu-west\"\n[[regions.nodes]]\nname = \"pg2\"\n\
+         host = \"10.0.1.1\"\n";
+
+    fn default_routing() -> RoutingConfig {
+        RoutingConfig {
+            read_write_split: true,
+            local_region: None,
+            max_replica_lag_bytes: 16 * 1024 * 1024,
+            max_replica_lag: Duration::from_secs(10),
+            primary_reads: PrimaryReads::Fallback,
+            read_your_writes: ReadYourWrites::Session,
+            causal_read_timeout: Duration::from_millis(50),
+            pin_session_settings: false,
+            write_functions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn routing_defaults() {
+        assert_eq!(load(NODE).routing, default_routing());
+        assert_eq!(
+            load(&format!("[routing]\n{NODE}")).routing,
+            default_routing()
+        );
+        // Without a file, the topology from DATABASE_URL gets the same defaults.
+        let env = Environment::from_pairs([("DATABASE_URL", "postgres://app:pw@10.0.0.1/shop")]);
+        let config = crate::load_text(None, &env).unwrap();
+        assert_eq!(config.routing, default_routing());
+    }
+
+    #[test]
+    fn a_full_routing_section() {
+        let config = load(&format!(
+            "[routing]\nread_write_split = false\nlocal_region = \"eu-west\"\n\
+             max_replica_lag_bytes = 0\nmax_replica_lag_seconds = \"2s 500ms\"\n\
+             primary_reads = \"never\"\nread_your_writes = \"global\"\n\
+             causal_read_timeout = \"10s\"\npin_session_settings = true\n\
+             write_functions = [\"audit_*\", \"bump$counter\", \"*\", \"n\u{e4}chste_nummer\"]\n\
+             {TWO_REGIONS}"
+        ));
+        assert_eq!(
+            config.routing,
+            RoutingConfig {
+                read_write_split: false,
+                local_region: Some("eu-west".to_owned()),
+                max_replica_lag_bytes: 0,
+                max_replica_lag: Duration::from_millis(2500),
+                primary_reads: PrimaryReads::Never,
+                read_your_writes: ReadYourWrites::Global,
+                causal_read_timeout: Duration::from_secs(10),
+                pin_session_settings: true,
+                write_functions: vec![
+                    "audit_*".to_owned(),
+                    "bump$counter".to_owned(),
+                    "*".to_owned(),
+                    "n\u{e4}chste_nummer".to_owned(),
+                ],
+            }
+        );
+        // "" means no local region, as elsewhere.
+        let config = load(&format!("[routing]\nlocal_region = \"\"\n{NODE}"));
+        assert_eq!(config.routing.local_region, None);
+    }
+
+    #[test]
+    fn routing_values_out_of_range_are_refused() {
+        let long = "f".repeat(64);
+        let errors = errors_of(&format!(
+            "[routing]\nlocal_region = \"mars\"\nmax_replica_lag_bytes = -1\n\
+             max_replica_lag_seconds = \"0s\"\ncausal_read_timeout = \"0s\"\n\
+             write_functions = [\"public.bump\", \"\", \"{long}\", \"bump-it\", \"ok_$*\", \"pg_catalog.\", \
+             \"1st\", \"$x\", \"*$x\"]\n\
+             {TWO_REGIONS}"
+        ));
+        assert_eq!(
+            errors,
+            [
+                "routing.local_region = \"mars\": names no configured region: use one of \
+                 \"us-east\", \"eu-west\" (the region this proxy runs in), or leave it out",
+                "routing.max_replica_lag_bytes = -1: must be a number of bytes, 0 or more (e.g. \
+                 16777216 for 16 MiB)",
+                "routing.max_replica_lag_seconds = \"0s\": must be longer than 0s (replicas \
+                 further behind than this get no reads)",
+                "routing.causal_read_timeout = \"0s\": must be longer than 0s (how long a read \
+                 waits for a replica to replay the session's last write)",
+                "routing.write_functions[0] = \"public.bump\": the schema is not part of the \
+                 pattern (search_path decides which function a name calls): write \"bump\"",
+                "routing.write_functions[1] = \"\": must not be empty: give a function name such \
+                 as \"nextval\" or a pattern such as \"audit_*\"",
+                &format!(
+                    "routing.write_functions[2] = \"{long}\": is 64 bytes long: a function name \
+                     has at most 63 bytes in PostgreSQL"
+                ),
+                "routing.write_functions[3] = \"bump-it\": '-' is not allowed: a pattern is \
+                 letters, digits, '_' and '$', with '*' matching any run of them",
+                "routing.write_functions[5] = \"pg_catalog.\": the schema is not part of the \
+                 pattern (search_path decides which function a name calls): write the function \
+                 name alone",
+                "routing.write_functions[6] = \"1st\": must not start with a digit or '$', as no \
+                 function name does: start with a letter, '_' or '*'",
+                "routing.write_functions[7] = \"$x\": must not start with a digit or '$', as no \
+                 function name does: start with a letter, '_' or '*'",
+            ]
+        );
+        let errors = errors_of(&format!(
+            "[routing]\ncausal_read_timeout = \"10s 1ms\"\n{NODE}"
+        ));
+        assert_eq!(
+            errors,
+            [
+                "routing.causal_read_timeout = \"10s 1ms\": must be at most 10s: reads that must \
+                 see a write and cannot wait for a replica belong on the primary; route them \
+                 there with /* meridian:primary */ or SET meridian.route = primary"
+            ]
+        );
+    }
+
+    #[test]
+    fn routing_keywords_and_keys_are_checked_by_the_parser() {
+        for (line, expected) in [
+            (
+                "primary_reads = \"sometimes\"",
+                "unknown variant `sometimes`, expected one of `never`, `fallback`, `always` \
+                 (in `routing.primary_reads`)",
+            ),
+            (
+                "read_your_writes = \"strict\"",
+                "unknown variant `strict`, expected one of `off`, `session`, `global` (in \
+                 `routing.read_your_writes`)",
+            ),
+            (
+                "max_replica_lag = \"10s\"",
+                "unknown field `max_replica_lag`, expected one of",
+            ),
+            (
+                "max_replica_lag_seconds = 10",
+                "invalid type: integer `10`, expected a duration (in \
+                 `routing.max_replica_lag_seconds`)",
+            ),
+        ] {
+            let errors = errors_of(&format!("[routing]\n{line}\n{NODE}"));
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert!(
+                errors[0].starts_with("/etc/meridian/meridian.toml:2:")
+                    && errors[0].contains(expected),
+                "{line}: {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn routing_environment_overrides() {
+        let config = load_with(
+            &format!(
+                "[routing]\nprimary_reads = \"never\"\nlocal_region = \"us-east\"\n{TWO_REGIONS}"
+            ),
+            &[
+                ("MERIDIAN_READ_WRITE_SPLIT", "false"),
+                ("MERIDIAN_LOCAL_REGION", "eu-west"),
+                ("MERIDIAN_PRIMARY_READS", "always"),
+                ("MERIDIAN_READ_YOUR_WRITES", "off"),
+                ("MERIDIAN_CAUSAL_READ_TIMEOUT", "200ms"),
+                ("MERIDIAN_MAX_REPLICA_LAG_BYTES", "1048576"),
+                ("MERIDIAN_MAX_REPLICA_LAG_SECONDS", "30s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.routing,
+            RoutingConfig {
+                read_write_split: false,
+                local_region: Some("eu-west".to_owned()),
+                max_replica_lag_bytes: 1024 * 1024,
+                max_replica_lag: Duration::from_secs(30),
+                primary_reads: PrimaryReads::Always,
+                read_your_writes: ReadYourWrites::Off,
+                causal_read_timeout: Duration::from_millis(200),
+                ..default_routing()
+            }
+        );
+        let errors = errors_with(
+            NODE,
+            &[
+                ("MERIDIAN_LOCAL_REGION", "mars"),
+                ("MERIDIAN_PRIMARY_READS", "sometimes"),
+                ("MERIDIAN_CAUSAL_READ_TIMEOUT", "0s"),
+                ("MERIDIAN_MAX_REPLICA_LAG_BYTES", "-1"),
+                ("MERIDIAN_MAX_REPLICA_LAG_SECONDS", "1m"),
+            ],
+        );
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        find(
+            &errors,
+            "MERIDIAN_PRIMARY_READS = \"sometimes\": must be one of \"never\", \"fallback\", \
+             \"always\"",
+        );
+        find(
+            &errors,
+            "MERIDIAN_LOCAL_REGION = \"mars\": names no configured region: use one of \"us-east\"",
+        );
+        find(
+            &errors,
+            "MERIDIAN_CAUSAL_READ_TIMEOUT = \"0s\": must be longer than 0s",
+        );
+        find(
+            &errors,
+            "MERIDIAN_MAX_REPLICA_LAG_BYTES = -1: must be a number of bytes",
+        );
+        // The environment's own topology: its region is "default".
+        let env = Environment::from_pairs([
+            ("DATABASE_URL", "postgres://app:pw@10.0.0.1/shop"),
+            ("MERIDIAN_LOCAL_REGION", "default"),
+        ]);
+        let config = crate::load_text(None, &env).unwrap();
+        assert_eq!(config.routing.local_region.as_deref(), Some("default"));
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meridian_config::{
-    AuthMethod, Config, ConfigError, ENV_OVERRIDES, Environment, PoolMode, ServerTlsMode,
+    AuthMethod, Config, ConfigError, ENV_OVERRIDES, Environment, PoolMode, PrimaryReads,
+    ReadYourWrites, RoutingConfig, ServerTlsMode,
 };
 
 /// A config directory holding `meridian.toml` with `text`.
@@ -57,6 +58,21 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(pool.checkout_timeout, Duration::from_secs(5));
     assert_eq!(pool.idle_timeout, Some(Duration::from_secs(600)));
     assert_eq!(pool.max_lifetime, Some(Duration::from_secs(3600)));
+
+    assert_eq!(
+        config.routing,
+        RoutingConfig {
+            read_write_split: true,
+            local_region: None,
+            max_replica_lag_bytes: 16 * 1024 * 1024,
+            max_replica_lag: Duration::from_secs(10),
+            primary_reads: PrimaryReads::Fallback,
+            read_your_writes: ReadYourWrites::Session,
+            causal_read_timeout: Duration::from_millis(50),
+            pin_session_settings: false,
+            write_functions: Vec::new(),
+        }
+    );
 
     assert_eq!(config.tls, None);
     assert_eq!(config.server_tls.mode, ServerTlsMode::Prefer);
@@ -175,6 +191,13 @@ fn the_override_table_lists_every_variable() {
             "MERIDIAN_MAX_CLIENT_CONNECTIONS",
             "MERIDIAN_FAILOVER_BUFFER_TIMEOUT",
             "MERIDIAN_FAILOVER_BUFFER_SIZE",
+            "MERIDIAN_READ_WRITE_SPLIT",
+            "MERIDIAN_LOCAL_REGION",
+            "MERIDIAN_PRIMARY_READS",
+            "MERIDIAN_READ_YOUR_WRITES",
+            "MERIDIAN_CAUSAL_READ_TIMEOUT",
+            "MERIDIAN_MAX_REPLICA_LAG_BYTES",
+            "MERIDIAN_MAX_REPLICA_LAG_SECONDS",
             "MERIDIAN_POOL_MIN_SIZE",
             "MERIDIAN_POOL_MAX_SIZE",
             "MERIDIAN_POOL_CONNECT_TIMEOUT",

@@ -246,19 +246,6 @@ impl RouteReason {
             RouteReason::NoReplica | RouteReason::ReplicasLagging | RouteReason::NotCaughtUp
         )
     }
-
-    /// The transaction may write: the proxy learns the primary's WAL position after it.
-    pub fn may_write(self) -> bool {
-        matches!(
-            self,
-            RouteReason::MayWrite
-                | RouteReason::SessionState
-                | RouteReason::ReadWriteTransaction
-                | RouteReason::HintPrimary
-                | RouteReason::SessionPrimary
-                | RouteReason::SplitOff
-        )
-    }
 }
 
 impl fmt::Display for RouteReason {
@@ -279,9 +266,9 @@ impl fmt::Display for RouteReason {
             RouteReason::PrimaryReadsAlways => {
                 "a read; the primary scored best (primary_reads = always)"
             }
-            RouteReason::NoReplica => "a read, but no replica is up (primary_reads = fallback)",
+            RouteReason::NoReplica => "a read, but no replica is up",
             RouteReason::ReplicasLagging => {
-                "a read, but every replica is over the lag ceiling (primary_reads = fallback)"
+                "a read, but every replica is over the lag ceiling"
             }
             RouteReason::NotCaughtUp => {
                 "a read of the session's own write, which no replica replayed within causal_read_timeout"
@@ -561,7 +548,11 @@ fn score(node: &NodeView, load: &NodeLoad) -> u64 {
             u64::try_from(l.as_micros()).unwrap_or(u64::MAX)
         })
         .max(FLOOR_MICROS);
-    let degraded = if node.health == Health::Degraded { 4 } else { 1 };
+    let degraded = if node.health == Health::Degraded {
+        4
+    } else {
+        1
+    };
     latency
         .saturating_mul(u64::from(load.in_flight) + 1)
         .saturating_mul(degraded)
@@ -694,7 +685,10 @@ mod tests {
         let view = cluster();
         let policy = RoutePolicy::default();
         for (sql, reason) in [
-            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", RouteReason::Read),
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+                RouteReason::Read,
+            ),
             ("", RouteReason::Read),
             ("BEGIN READ ONLY", RouteReason::ReadOnlyTransaction),
             (
@@ -737,7 +731,13 @@ mod tests {
         };
         let loads = TestLoads::default();
         assert_eq!(
-            route(&statement("SELECT 1"), &pinned_primary, &view, &policy, &loads),
+            route(
+                &statement("SELECT 1"),
+                &pinned_primary,
+                &view,
+                &policy,
+                &loads
+            ),
             primary_for(RouteReason::SessionPrimary)
         );
         assert!(matches!(
@@ -879,7 +879,10 @@ mod tests {
             primary_for(RouteReason::ReplicasLagging)
         );
         view.nodes[3].lag = Some(Lag::default());
-        assert_eq!(route_sql("SELECT 1", &view, &policy).node(), Some(NodeId(3)));
+        assert_eq!(
+            route_sql("SELECT 1", &view, &policy).node(),
+            Some(NodeId(3))
+        );
         let open = TestLoads::default().with(
             3,
             NodeLoad {

@@ -62,6 +62,12 @@ pub enum Failure {
     /// No node is known to take writes.
     #[error("no primary is available")]
     NoPrimary,
+    /// A read no replica could serve, with `routing.primary_reads = never`.
+    #[error("no replica can serve this read: {why} (routing.primary_reads = never)")]
+    NoReplica {
+        /// Why no replica qualified.
+        why: meridian_core::routing::RouteReason,
+    },
     /// The server connection died while the client was using it.
     #[error(
         "the connection to server {node} was lost{}",
@@ -118,6 +124,7 @@ impl Failure {
             self,
             Failure::Pool(_)
                 | Failure::NoPrimary
+                | Failure::NoReplica { .. }
                 | Failure::ServerLost { .. }
                 | Failure::FailoverTimeout { .. }
                 | Failure::FailoverBufferFull { .. }
@@ -189,6 +196,14 @@ impl Failure {
                 sqlstate::CONNECTION_FAILURE,
                 self.to_string(),
                 Some("no node of the cluster is currently observed as a writable primary"),
+            ),
+            Failure::NoReplica { .. } => (
+                sqlstate::CONNECTION_FAILURE,
+                self.to_string(),
+                Some(
+                    "raise routing.max_replica_lag_bytes or routing.max_replica_lag_seconds, \
+                     bring a replica back, or set routing.primary_reads = \"fallback\"",
+                ),
             ),
             Failure::ServerLost {
                 in_flight: true, ..

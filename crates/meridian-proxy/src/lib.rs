@@ -18,6 +18,7 @@ mod cancel;
 mod failure;
 mod login;
 pub mod pool;
+pub mod router;
 mod server;
 mod session;
 mod session_state;
@@ -41,12 +42,14 @@ use tokio::task::JoinSet;
 pub use failure::Failure;
 pub use meridian_tls::{ClientTls, ServerTls, ServerTlsSet, TlsSetupError};
 pub use pool::{PoolSettings, PoolStats};
+pub use router::{NodeRouting, RoutingReport};
 pub use server::ServerError;
 pub use settings::{ClientAuth, ProxySettings, SettingsError, User};
 
 use crate::cancel::CancelRegistry;
 use crate::login::Opening;
 use crate::pool::Pools;
+use crate::router::Router;
 use crate::session::Session;
 use crate::statements::{ParameterSets, StatementRegistry};
 
@@ -54,6 +57,7 @@ use crate::statements::{ParameterSets, StatementRegistry};
 pub(crate) struct Shared {
     pub(crate) settings: ProxySettings,
     pub(crate) view: watch::Receiver<Arc<ClusterView>>,
+    pub(crate) router: Arc<Router>,
     pub(crate) pools: Pools,
     pub(crate) statements: StatementRegistry,
     pub(crate) cancels: CancelRegistry,
@@ -157,10 +161,12 @@ impl Proxy {
         view: watch::Receiver<Arc<ClusterView>>,
         fast_signal: Option<mpsc::UnboundedSender<ProxySignal>>,
     ) -> Proxy {
+        let router = Arc::new(Router::new(settings.routing.clone(), &view.borrow()));
         Proxy {
             shared: Arc::new(Shared {
                 settings,
                 view,
+                router,
                 pools: Pools::default(),
                 statements: StatementRegistry::default(),
                 cancels: CancelRegistry::default(),
@@ -190,6 +196,11 @@ impl Proxy {
                 }
             })
             .collect()
+    }
+
+    /// What routing decided so far, per node and reason, and its other counters.
+    pub fn routing_report(&self) -> RoutingReport {
+        self.shared.router.report()
     }
 
     /// Sessions waiting for a primary right now (a failover is under way, or the primary

@@ -317,14 +317,33 @@ impl ServerConnection {
         .await;
     }
 
-    /// Runs a query whose results nobody needs (a reset, `SET`s) and reads up to
-    /// ReadyForQuery, tracking ParameterStatus. Returns the command tags; fails if the server
-    /// reports an error.
+    /// Runs `sql` (simple protocol) for the proxy's own purposes and returns the command
+    /// tags; the connection must be idle.
     pub async fn run_internal(
         &mut self,
         sql: &str,
         max_message_size: usize,
     ) -> Result<Vec<String>, ServerError> {
+        self.run(sql, max_message_size).await.map(|(tags, _)| tags)
+    }
+
+    /// Runs `sql` and returns the first column of its first row, as text (`None` for no row
+    /// or NULL); the connection must be idle.
+    pub async fn query_one(
+        &mut self,
+        sql: &str,
+        max_message_size: usize,
+    ) -> Result<Option<String>, ServerError> {
+        self.run(sql, max_message_size)
+            .await
+            .map(|(_, value)| value)
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        max_message_size: usize,
+    ) -> Result<(Vec<String>, Option<String>), ServerError> {
         let mut out = BytesMut::new();
         frontend::encode_query(&mut out, sql.as_bytes());
         let io = |source: io::Error| ServerError::Unreachable {
@@ -334,6 +353,7 @@ impl ServerConnection {
         self.stream.write_all(&out).await.map_err(io)?;
         let mut failure = None;
         let mut tags = Vec::new();
+        let mut first = None;
         loop {
             let message = read_message(&mut self.stream, &mut self.read_buf, max_message_size)
                 .await
@@ -356,15 +376,30 @@ impl ServerConnection {
                 BackendMessage::CommandComplete { tag } => {
                     tags.push(String::from_utf8_lossy(&tag).into_owned())
                 }
+                BackendMessage::Other(frame) if frame.tag == b'D' && first.is_none() => {
+                    first = Some(first_column(&frame.body));
+                }
                 BackendMessage::ReadyForQuery(_) => break,
                 _ => {}
             }
         }
         match failure {
             Some(fields) => Err(ServerError::Refused(fields)),
-            None => Ok(tags),
+            None => Ok((tags, first.flatten())),
         }
     }
+}
+
+/// The first column of a DataRow body, as text; `None` for NULL or a malformed row.
+fn first_column(row: &[u8]) -> Option<String> {
+    let count = i16::from_be_bytes(row.get(..2)?.try_into().ok()?);
+    if count < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(row.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let value = row.get(6..6 + len)?;
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 impl ServerError {

@@ -35,8 +35,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use meridian_config::PoolMode;
-use meridian_core::routing::{self, NoRoute, RouteDecision};
+use meridian_config::{PoolMode, ReadYourWrites};
+use meridian_core::Lsn;
+use meridian_core::classify::{Classification, Name, PinReason, Reason, StatementClass};
+use meridian_core::routing::commands::{self, CommandError, SessionCommand, Setting};
+use meridian_core::routing::{
+    NoRoute, RouteDecision, RouteReason, SessionRoute, Statement, Target as RouteTarget,
+};
 use meridian_core::topology::{ClusterView, NodeId};
 use meridian_wire::backend::{self, TransactionStatus};
 use meridian_wire::frontend::{self, FrontendMessage, Target};
@@ -50,14 +55,20 @@ use crate::cancel::{CancelSlot, CancelTarget};
 use crate::failure::Failure;
 use crate::login::{Authenticated, send_error};
 use crate::pool::{Pool, PoolError, PoolKey};
-use crate::server::{ServerConnection, ServerLogin, hot_standby_change};
+use crate::router::InFlight;
+use crate::server::{
+    IN_HOT_STANDBY, ServerConnection, ServerError, ServerLogin, hot_standby_change,
+};
 use crate::session_state::{
     sql_changes_session, tag_changes_session, tag_clears_prepared, tag_writes_rows,
 };
 use crate::settings::User;
-use crate::statements::{ClientStatements, StatementDef, StatementId};
+use crate::statements::{ClientStatements, StatementDef, StatementId, route_of};
 use crate::stream::Stream;
 use crate::tracker::{Expect, Tracker};
+
+/// How often a read that must see the session's last write asks its replica again.
+const CAUSAL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Frames above this size are streamed to the client as they arrive.
 const STREAM_ABOVE: usize = 64 * 1024;
@@ -106,6 +117,32 @@ struct Attached {
     /// The open transaction wrote rows under a generation whose first write is not reported
     /// yet: report it when the transaction commits.
     wrote: bool,
+    /// Routed to a replica: a failover does not invalidate it, and nothing it runs writes.
+    replica: bool,
+    /// Why it was routed where it is.
+    reason: RouteReason,
+    /// A statement that may write ran on it since the last read-your-writes position was
+    /// learned: learn the primary's position when the transaction ends.
+    may_write: bool,
+    /// Counts the transaction in the node's load while it lives.
+    _in_flight: InFlight,
+}
+
+/// A read sent to a replica, kept until its first row reaches the client so that it can run
+/// again on the primary if the replica refuses it as a write (SQLSTATE 25006): the safety net
+/// for what the classifier cannot see, such as a user-defined function that writes.
+#[derive(Debug)]
+struct Retry {
+    /// The client's messages of the request, as received.
+    request: Vec<Bytes>,
+    /// How the request was classified.
+    classification: Classification,
+    /// Where the request's replies start in the client's output buffer (held until then).
+    mark: usize,
+    /// The request's Sync or Query was received: later messages are another request.
+    complete: bool,
+    /// The replica answered 25006: retry at its ReadyForQuery.
+    refused: bool,
 }
 
 /// One client session.
@@ -141,6 +178,20 @@ pub(crate) struct Session {
     stopping: watch::Receiver<bool>,
     /// Shutdown was requested: close at the next moment no transaction is open.
     closing: bool,
+    /// `SET meridian.route`.
+    target: RouteTarget,
+    /// The primary's WAL position after this session's last write (read-your-writes).
+    write_lsn: Option<Lsn>,
+    /// `SET meridian.min_lsn`: a position handed to the session by its client.
+    client_min_lsn: Option<Lsn>,
+    /// The position after a write could not be learned: the next read goes to the primary.
+    read_primary_next: bool,
+    /// The session holds state on its server connection and keeps it until it ends.
+    pinned: Option<PinReason>,
+    /// The read that may be retried on the primary (see [`Retry`]).
+    retry: Option<Retry>,
+    /// Re-sending a retried request: its Parse of a named statement is not a redefinition.
+    replaying: bool,
 }
 
 impl Drop for Session {
@@ -187,6 +238,13 @@ impl Session {
             view,
             stopping,
             closing: *shutdown.borrow(),
+            target: RouteTarget::Auto,
+            write_lsn: None,
+            client_min_lsn: None,
+            read_primary_next: false,
+            pinned: None,
+            retry: None,
+            replaying: false,
         };
         if let Err(failure) = session.start().await {
             // A failure during login ends the connection, as PostgreSQL's login errors do.
@@ -202,7 +260,17 @@ impl Session {
     /// the client's login errors, as from PostgreSQL), and sends ParameterStatus,
     /// BackendKeyData and ReadyForQuery.
     async fn start(&mut self) -> Result<(), Failure> {
-        let mut conn = self.checkout().await?;
+        // Logging in only needs a server's parameters: in transaction pooling any node will
+        // do, so clients can connect while the primary is being replaced. A session-pooled
+        // client keeps this server for its whole life: the primary.
+        let login = Statement {
+            classification: self.shared.settings.classifier.classify(b""),
+            hint: match self.shared.settings.pool_mode {
+                PoolMode::Transaction => RouteTarget::Auto,
+                PoolMode::Session => RouteTarget::Primary,
+            },
+        };
+        let mut conn = self.checkout(&login).await?;
         if let Some(sql) = parameter_sql(&self.params, &conn.conn.overrides) {
             let result = conn
                 .conn
@@ -215,6 +283,10 @@ impl Session {
         }
         conn.conn.overrides = self.params.clone();
         for (name, value) in &conn.conn.params {
+            // Through Meridian the client reaches the primary for writes, wherever this
+            // login ran: drivers that want a read-write server (libpq's
+            // target_session_attrs) must not take Meridian for a standby.
+            let value = if name == IN_HOT_STANDBY { "off" } else { value };
             backend::encode_parameter_status(&mut self.client_out, name, value);
         }
         backend::encode_backend_key_data(
@@ -249,6 +321,7 @@ impl Session {
         let view_change = next_view(views);
         tokio::pin!(view_change);
         loop {
+            self.learn_write_lsn().await;
             self.release_if_done().await;
             if self.closing && self.server_is_idle() {
                 return Err(Failure::ShuttingDown);
@@ -296,7 +369,7 @@ impl Session {
     /// primary was replaced: what to tell the client.
     fn replaced_primary(&self, view: &ClusterView) -> Option<Failure> {
         let attached = self.server.as_ref()?;
-        if attached.conn.generation >= view.generation {
+        if attached.replica || attached.conn.generation >= view.generation {
             return None;
         }
         Some(Failure::FailedOver {
@@ -358,6 +431,17 @@ impl Session {
             }
             return Ok(false);
         }
+        let query = match &message {
+            FrontendMessage::Query { sql } => {
+                // Meridian's own settings are answered here, in order with anything pending.
+                if let Some(command) = commands::session_command(sql) {
+                    self.answer_command(command);
+                    return Ok(false);
+                }
+                Some(self.shared.settings.classifier.classify(sql))
+            }
+            _ => None,
+        };
         if self.server.is_none() {
             match message {
                 // Nothing owed and nothing running: answer without borrowing a server.
@@ -378,8 +462,23 @@ impl Session {
                 self.fail_message(&message, &failure);
                 return Ok(false);
             }
-            match self.checkout().await {
-                Ok(attached) => self.attach(attached),
+            let statement = self.statement_of(&message, query);
+            match self.checkout(&statement).await {
+                Ok(attached) => {
+                    self.shared
+                        .router
+                        .count(attached.conn.node, attached.reason);
+                    if attached.replica {
+                        self.retry = Some(Retry {
+                            request: Vec::with_capacity(5),
+                            classification: statement.classification,
+                            mark: self.client_out.len(),
+                            complete: false,
+                            refused: false,
+                        });
+                    }
+                    self.attach(attached);
+                }
                 Err(failure) => {
                     if failure.is_fatal() {
                         return Err(failure);
@@ -389,8 +488,176 @@ impl Session {
                 }
             }
         }
-        self.forward(message, raw);
+        self.forward(message, raw, query);
         Ok(false)
+    }
+
+    /// What routing needs to know of the request `message` starts: its classification and
+    /// hint. An extended-protocol batch is classified whole, up to its Sync, from what the
+    /// client already sent (a batch runs as one transaction on one server); a batch whose
+    /// Sync has not arrived yet, or a request the proxy cannot look into, counts as a write.
+    fn statement_of(&self, message: &FrontendMessage, query: Option<Classification>) -> Statement {
+        let classifier = &self.shared.settings.classifier;
+        let first = match message {
+            FrontendMessage::Query { sql } => {
+                return Statement {
+                    classification: query.unwrap_or_else(|| classifier.classify(sql)),
+                    hint: commands::leading_hint(sql),
+                };
+            }
+            FrontendMessage::Parse { sql, .. } => route_of(classifier, sql),
+            FrontendMessage::Bind { statement, .. } => match self.client_statement(statement) {
+                Some(def) => def.route,
+                None => return opaque("Bind"),
+            },
+            FrontendMessage::Describe {
+                target: Target::Statement,
+                name,
+            } => match self.client_statement(name) {
+                Some(def) => def.route,
+                None => return opaque("Describe"),
+            },
+            FrontendMessage::FunctionCall(_) => return opaque("FunctionCall"),
+            _ => return opaque("message"),
+        };
+        let mut classification = first.classification;
+        match self.rest_of_batch(&mut classification) {
+            true => Statement {
+                classification,
+                hint: first.hint,
+            },
+            false => opaque("unfinished batch"),
+        }
+    }
+
+    /// A client's statement by name (the empty name is its unnamed statement).
+    fn client_statement(&self, name: &[u8]) -> Option<&Arc<StatementDef>> {
+        if name.is_empty() {
+            self.statements.unnamed().map(|(def, _)| def)
+        } else {
+            self.statements.get(name)
+        }
+    }
+
+    /// Folds the classifications of the batch's messages still in the input buffer into
+    /// `classification`, up to its Sync. False when the Sync is not there, or a message the
+    /// proxy cannot look into is.
+    fn rest_of_batch(&self, classification: &mut Classification) -> bool {
+        let classifier = &self.shared.settings.classifier;
+        let mut rest = &self.client_in[..];
+        loop {
+            let Some(header) = rest.get(..5) else {
+                return false;
+            };
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let Some(body) = rest.get(5..1 + len.max(4)) else {
+                return false;
+            };
+            match header[0] {
+                b'S' => return true,
+                b'P' => {
+                    let mut parts = body.splitn(3, |&b| b == 0);
+                    let (Some(_name), Some(sql)) = (parts.next(), parts.next()) else {
+                        return false;
+                    };
+                    classification.absorb(classifier.classify(sql));
+                }
+                b'B' => {
+                    let mut parts = body.splitn(3, |&b| b == 0);
+                    let (Some(_portal), Some(statement)) = (parts.next(), parts.next()) else {
+                        return false;
+                    };
+                    match self.client_statement(statement) {
+                        Some(def) => classification.absorb(def.route.classification),
+                        None => return false,
+                    }
+                }
+                // Describe, Execute, Close, Flush.
+                b'D' | b'E' | b'C' | b'H' => {}
+                _ => return false,
+            }
+            rest = &rest[1 + len.max(4)..];
+        }
+    }
+
+    /// Answers one of Meridian's own commands (see [`commands`]) without a server.
+    fn answer_command(&mut self, command: Result<SessionCommand, CommandError>) {
+        let mut reply = BytesMut::new();
+        match command {
+            Ok(command) => {
+                match command {
+                    SessionCommand::SetRoute(target) => self.target = target,
+                    SessionCommand::SetMinLsn(lsn) => self.client_min_lsn = lsn,
+                    SessionCommand::Show(setting) => {
+                        let value = match setting {
+                            Setting::Route => self.target.as_str().to_owned(),
+                            Setting::Lsn => max_lsn(self.write_lsn, self.client_min_lsn)
+                                .unwrap_or(Lsn::INVALID)
+                                .to_string(),
+                            Setting::MinLsn => {
+                                self.client_min_lsn.unwrap_or(Lsn::INVALID).to_string()
+                            }
+                        };
+                        backend::encode_text_row_description(&mut reply, &[setting.name()]);
+                        backend::encode_data_row(&mut reply, &[Some(value.as_bytes())]);
+                    }
+                }
+                backend::encode_command_complete(&mut reply, command.tag().as_bytes());
+            }
+            Err(error) => {
+                let fields = meridian_wire::backend::ErrorFields::new(
+                    meridian_wire::backend::Severity::Error,
+                    error.sqlstate,
+                    error.message,
+                );
+                backend::encode_error_response(&mut reply, &fields);
+            }
+        }
+        match &self.server {
+            Some(attached) => {
+                backend::encode_ready_for_query(&mut reply, attached.status);
+                self.tracker.answer(Expect::Query, reply.freeze(), None);
+                self.tracker.drain_answers(&mut self.client_out);
+            }
+            None => {
+                let status = if self.lost_transaction.is_some() {
+                    TransactionStatus::Failed
+                } else {
+                    TransactionStatus::Idle
+                };
+                backend::encode_ready_for_query(&mut reply, status);
+                self.client_out.extend_from_slice(&reply);
+            }
+        }
+    }
+
+    /// The WAL position this session's reads must see, if any.
+    fn min_lsn(&self) -> Option<Lsn> {
+        let own = match self.shared.settings.read_your_writes {
+            ReadYourWrites::Off => None,
+            ReadYourWrites::Session => self.write_lsn,
+            ReadYourWrites::Global => max_lsn(self.write_lsn, self.shared.router.global_lsn()),
+        };
+        max_lsn(own, self.client_min_lsn)
+    }
+
+    /// Notes what a statement about to run does to the session: a pin keeps the server
+    /// connection for the rest of the session; a write on the primary means its WAL position
+    /// must be learned when the transaction ends.
+    fn note_statement(&mut self, classification: &Classification) {
+        let Some(attached) = &mut self.server else {
+            return;
+        };
+        if !attached.replica && classification.is_write() {
+            attached.may_write = true;
+        }
+        if self.pinned.is_none()
+            && self.shared.settings.pool_mode == PoolMode::Transaction
+            && let Some(reason) = self.shared.router.policy().pin(classification)
+        {
+            self.pinned = Some(reason);
+            self.shared.router.pinned(reason);
+        }
     }
 
     /// Reports `failure` for a message that never reached a server, as PostgreSQL reports an
@@ -419,8 +686,42 @@ impl Session {
         }
     }
 
-    /// Translates one client message for the attached server.
-    fn forward(&mut self, message: FrontendMessage, raw: Bytes) {
+    /// Translates one client message for the attached server. `query` is the classification
+    /// of a simple Query's text, when it was already made.
+    fn forward(&mut self, message: FrontendMessage, raw: Bytes, query: Option<Classification>) {
+        match &mut self.retry {
+            Some(retry) if !retry.complete => {
+                retry.request.push(raw.clone());
+                retry.complete = matches!(
+                    message,
+                    FrontendMessage::Sync | FrontendMessage::Query { .. }
+                );
+                if matches!(message, FrontendMessage::Close { .. }) {
+                    // Closing a statement cannot be replayed as it was: no safety net.
+                    self.retry = None;
+                }
+            }
+            // The client pipelines a second request behind the first: no safety net.
+            Some(_) => self.retry = None,
+            None => {}
+        }
+        match &message {
+            FrontendMessage::Query { sql } => {
+                let classification =
+                    query.unwrap_or_else(|| self.shared.settings.classifier.classify(sql));
+                self.note_statement(&classification);
+            }
+            FrontendMessage::Bind { statement, .. } => {
+                if let Some(def) = self.client_statement(statement) {
+                    let classification = def.route.classification;
+                    self.note_statement(&classification);
+                }
+            }
+            FrontendMessage::FunctionCall(_) => {
+                self.note_statement(&opaque("FunctionCall").classification);
+            }
+            _ => {}
+        }
         let transaction_pooling = self.shared.settings.pool_mode == PoolMode::Transaction;
         let session_id = self.id;
         let attached = self.server.as_mut().expect("attached before forwarding");
@@ -440,11 +741,26 @@ impl Session {
                 param_types,
             } => {
                 if name.is_empty() {
-                    let def = Arc::new(StatementDef::unnamed(sql, param_types));
+                    let def = Arc::new(StatementDef::unnamed(
+                        sql,
+                        param_types,
+                        &self.shared.settings.classifier,
+                    ));
                     let seq = self.statements.set_unnamed(def);
                     attached.conn.unnamed = Some((session_id, seq));
                     self.server_out.extend_from_slice(&raw);
                     self.tracker.forward(Expect::Parse, None);
+                } else if self.replaying
+                    && let Some(def) = self.statements.get(&name)
+                {
+                    // A retried request's Parse: the statement exists since its first run.
+                    ensure_prepared(
+                        &mut attached.conn,
+                        &mut self.tracker,
+                        &mut self.server_out,
+                        def,
+                    );
+                    self.tracker.answer(Expect::Parse, parse_complete(), None);
                 } else if self.statements.get(&name).is_some() {
                     // PostgreSQL: a named statement cannot be redefined (42P05).
                     let error = meridian_wire::backend::ErrorFields::new(
@@ -461,7 +777,11 @@ impl Session {
                         .answer_error(Expect::Parse, bytes.freeze(), None);
                     self.discard_until_sync = true;
                 } else {
-                    let def = self.shared.statements.intern(sql, param_types);
+                    let def = self.shared.statements.intern(
+                        sql,
+                        param_types,
+                        &self.shared.settings.classifier,
+                    );
                     self.statements.insert(name.clone(), def.clone());
                     if attached.conn.prepared.contains(&def.id) {
                         self.tracker.answer(
@@ -584,6 +904,7 @@ impl Session {
     async fn on_server_bytes(&mut self) -> Result<(), Failure> {
         let max = self.shared.settings.max_message_size;
         let transaction_pooling = self.shared.settings.pool_mode == PoolMode::Transaction;
+        let mut retry_now = false;
         loop {
             let attached = self
                 .server
@@ -618,6 +939,21 @@ impl Session {
                 break;
             }
             let message = &buf[..header.frame_len];
+            if let Some(retry) = &mut self.retry {
+                // Replies to the proxy's own messages (re-applied parameters) do not count.
+                if self.tracker.head_forwards() || header.tag == b'E' {
+                    match header.tag {
+                        b'1' | b'2' | b't' | b'T' | b'n' | b'S' | b'N' => {}
+                        b'E' if !retry.refused && is_read_only_refusal(message) => {
+                            retry.refused = true;
+                        }
+                        b'Z' if retry.refused => retry_now = true,
+                        // A row, a completion, an error of another kind: the client sees it.
+                        _ if !retry.refused => self.retry = None,
+                        _ => {}
+                    }
+                }
+            }
             match header.tag {
                 b'S' => {
                     if let Some((name, value)) = parameter_status(message) {
@@ -694,6 +1030,9 @@ impl Session {
             if relayed.is_err() {
                 return self.server_lost().await;
             }
+            if retry_now {
+                return self.retry_on_primary().await;
+            }
             for undo in self.tracker.take_undo() {
                 if let Some(id) = undo.server {
                     attached.conn.prepared.remove(&id);
@@ -708,10 +1047,101 @@ impl Session {
                     .map_err(|_| Failure::ShuttingDown)?;
             }
         }
+        if self.shared.settings.read_your_writes == ReadYourWrites::Global {
+            // Any session's read after this commit is acknowledged must see it: learn its
+            // position before the client hears of the commit.
+            self.learn_write_lsn().await;
+        }
         self.flush_client()
             .await
             .map_err(|_| Failure::ShuttingDown)?;
         Ok(())
+    }
+
+    /// The replica refused the read as a write (25006) before any row reached the client:
+    /// drop what it answered and run the request again on the primary.
+    async fn retry_on_primary(&mut self) -> Result<(), Failure> {
+        let Some(retry) = self.retry.take() else {
+            return Ok(());
+        };
+        self.client_out.truncate(retry.mark);
+        self.shared.router.read_only_retry();
+        if let Some(attached) = self.server.take() {
+            // Idle again after its ReadyForQuery.
+            self.cancel.set_target(None);
+            release(&self.shared, attached).await;
+        }
+        let statement = Statement {
+            classification: retry.classification,
+            hint: RouteTarget::Primary,
+        };
+        match self.checkout(&statement).await {
+            Ok(attached) => {
+                self.shared
+                    .router
+                    .count(attached.conn.node, RouteReason::MayWrite);
+                self.attach(attached);
+            }
+            Err(failure) if failure.is_fatal() => return Err(failure),
+            Err(failure) => {
+                // The whole request, up to its Sync or Query, was consumed: one error and
+                // one ReadyForQuery answer it.
+                backend::encode_error_response(&mut self.client_out, &failure.to_fields());
+                backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+                return self.flush_client().await.map_err(|_| Failure::ShuttingDown);
+            }
+        }
+        self.replaying = true;
+        for raw in retry.request {
+            let message = FrontendMessage::decode(Frame {
+                tag: raw[0],
+                body: raw.slice(5..),
+            })?;
+            self.forward(message, raw, None);
+        }
+        self.replaying = false;
+        self.flush_server().await?;
+        self.tracker.drain_answers(&mut self.client_out);
+        self.flush_client().await.map_err(|_| Failure::ShuttingDown)
+    }
+
+    /// At the end of a transaction that may have written on the primary, learns the
+    /// primary's WAL position (read-your-writes): one query on the same server connection,
+    /// after the client already has its answer (before, in `global` mode).
+    async fn learn_write_lsn(&mut self) {
+        let Some(attached) = &mut self.server else {
+            return;
+        };
+        if !attached.may_write
+            || attached.status != TransactionStatus::Idle
+            || !self.tracker.is_idle()
+            || attached.streaming.is_some()
+            || !self.server_out.is_empty()
+        {
+            return;
+        }
+        attached.may_write = false;
+        let max = self.shared.settings.max_message_size;
+        let position = attached
+            .conn
+            .query_one("SELECT pg_current_wal_insert_lsn()", max)
+            .await;
+        match position
+            .ok()
+            .flatten()
+            .and_then(|text| text.parse::<Lsn>().ok())
+        {
+            Some(lsn) => {
+                self.write_lsn = max_lsn(self.write_lsn, Some(lsn));
+                self.shared.router.wrote(lsn);
+            }
+            None => {
+                // The connection failed or the server would not say: send the next read to
+                // the primary rather than risk a stale one.
+                attached.conn.retire = true;
+                self.read_primary_next = true;
+            }
+        }
     }
 
     /// The server connection failed: tell the client what it was waiting for.
@@ -737,6 +1167,7 @@ impl Session {
         let Some(attached) = self.server.take() else {
             return Ok(());
         };
+        self.retry = None;
         self.cancel.set_target(None);
         let owed = self.tracker.owed_ready();
         let unfinished = self.tracker.in_unfinished_batch();
@@ -750,7 +1181,7 @@ impl Session {
             }
         }
         attached.pool.release(attached.conn, false);
-        if self.shared.settings.pool_mode == PoolMode::Session {
+        if self.shared.settings.pool_mode == PoolMode::Session || self.pinned.is_some() {
             // The session's state (SET, prepared statements, temporary tables) died with the
             // server: the client cannot go on as if nothing happened. `finish` says so, FATAL.
             return Err(failure);
@@ -778,7 +1209,7 @@ impl Session {
     /// In transaction pooling, gives the server connection back once the transaction is over
     /// and nothing is owed, resetting it first if this client changed session state.
     async fn release_if_done(&mut self) {
-        if self.shared.settings.pool_mode != PoolMode::Transaction {
+        if self.shared.settings.pool_mode != PoolMode::Transaction || self.pinned.is_some() {
             return;
         }
         let done = self.server.as_ref().is_some_and(|a| {
@@ -791,26 +1222,74 @@ impl Session {
         }
     }
 
-    /// Borrows a connection from the pool of the node the router picks, waiting for the next
-    /// view while a failover is under way or the named primary seems down (see the module
-    /// notes).
-    async fn checkout(&mut self) -> Result<Attached, Failure> {
+    /// Borrows a connection from the pool of the node the router picks for `statement`.
+    /// What needs the primary waits for the next view while a failover is under way or the
+    /// named primary seems down (see the module notes); a read whose replica cannot be
+    /// reached routes again at once, that replica's circuit open; a read that must see the
+    /// session's last write waits for its replica to replay it (see [`Self::confirm_replayed`]).
+    async fn checkout(&mut self, statement: &Statement) -> Result<Attached, Failure> {
         let mut waiting = None;
+        let mut caught_up_timed_out = std::mem::take(&mut self.read_primary_next);
+        let mut replica_attempts = 0;
         loop {
-            let (decision, generation) = {
+            let session = SessionRoute {
+                target: self.target,
+                min_lsn: self.min_lsn(),
+                caught_up_timed_out,
+            };
+            let (decision, generation, nodes) = {
                 let view = self.view.borrow_and_update();
-                (routing::route(&view), view.generation)
+                let decision = self.shared.router.route(statement, &session, &view);
+                (decision, view.generation, view.nodes.len())
             };
             let last_error = match decision {
-                RouteDecision::Node { node, .. } => {
-                    match self.checkout_from(node, generation).await {
+                RouteDecision::Primary { node, reason } => {
+                    match self.checkout_from(node, generation, reason, false).await {
                         Ok(attached) => return Ok(attached),
                         Err(failure) if failure.is_node_unavailable() => Some(failure.to_string()),
                         Err(failure) => return Err(failure),
                     }
                 }
+                RouteDecision::Replica {
+                    node,
+                    reason,
+                    confirm,
+                } => {
+                    replica_attempts += 1;
+                    match self.checkout_from(node, generation, reason, true).await {
+                        Ok(mut attached) => {
+                            let Some(lsn) = confirm else {
+                                return Ok(attached);
+                            };
+                            match self.confirm_replayed(&mut attached, lsn).await {
+                                Ok(true) => return Ok(attached),
+                                Ok(false) => {
+                                    attached.pool.release(attached.conn, true);
+                                    caught_up_timed_out = true;
+                                }
+                                Err(_) => {
+                                    self.shared.router.open_circuit(node);
+                                    self.shared.report_unusable(node);
+                                    attached.pool.release(attached.conn, false);
+                                }
+                            }
+                        }
+                        // Each failure opens that node's circuit: the next route avoids it.
+                        Err(failure)
+                            if failure.is_node_unavailable() && replica_attempts <= nodes =>
+                        {
+                            self.shared.router.open_circuit(node);
+                        }
+                        Err(failure) => return Err(failure),
+                    }
+                    continue;
+                }
                 RouteDecision::Unavailable(NoRoute::Paused) => None,
-                RouteDecision::Unavailable(_) => return Err(Failure::NoPrimary),
+                RouteDecision::Unavailable(NoRoute::NoReplica(why)) => {
+                    self.shared.router.no_replica();
+                    return Err(Failure::NoReplica { why });
+                }
+                RouteDecision::Unavailable(NoRoute::NoPrimary) => return Err(Failure::NoPrimary),
             };
             let deadline = match &waiting {
                 Some((deadline, _slot)) => *deadline,
@@ -835,6 +1314,37 @@ impl Session {
         }
     }
 
+    /// Read-your-writes on a replica not known to have replayed `lsn`: asks it, again every
+    /// millisecond, for up to `causal_read_timeout`. True once it has (and the router learns
+    /// so for every session); false when the time ran out.
+    async fn confirm_replayed(
+        &self,
+        attached: &mut Attached,
+        lsn: Lsn,
+    ) -> Result<bool, ServerError> {
+        let deadline = Instant::now() + self.shared.settings.causal_read_timeout;
+        let max = self.shared.settings.max_message_size;
+        loop {
+            let replayed = attached
+                .conn
+                .query_one("SELECT pg_last_wal_replay_lsn()", max)
+                .await?
+                .and_then(|text| text.parse::<Lsn>().ok());
+            if let Some(replayed) = replayed {
+                self.shared.router.replayed(attached.conn.node, replayed);
+                if replayed >= lsn {
+                    self.shared.router.causal_wait(false);
+                    return Ok(true);
+                }
+            }
+            if Instant::now() >= deadline {
+                self.shared.router.causal_wait(true);
+                return Ok(false);
+            }
+            tokio::time::sleep(CAUSAL_POLL.min(deadline - Instant::now())).await;
+        }
+    }
+
     /// Waits for a view newer than the last one routed on. False when `deadline` comes
     /// first, or when no view will ever come (the control plane is gone).
     async fn next_view_before(&mut self, deadline: Instant) -> Result<bool, Failure> {
@@ -846,8 +1356,15 @@ impl Session {
         }
     }
 
-    /// Borrows a connection opened under `generation` (or later) from `node`'s pool.
-    async fn checkout_from(&mut self, node: NodeId, generation: u64) -> Result<Attached, Failure> {
+    /// Borrows a connection opened under `generation` (or later) from `node`'s pool, for a
+    /// transaction routed there for `reason`, as a replica or as the primary.
+    async fn checkout_from(
+        &mut self,
+        node: NodeId,
+        generation: u64,
+        reason: RouteReason,
+        replica: bool,
+    ) -> Result<Attached, Failure> {
         let pool = match &self.pool {
             Some(pool) if pool.node() == node => pool.clone(),
             _ => {
@@ -868,7 +1385,7 @@ impl Session {
                 return Err(error.into());
             }
         };
-        if conn.standby {
+        if conn.standby && !replica {
             // The view calls a hot standby the primary: it is behind. What the transaction
             // reads is still true there (a write fails with 25006, from the server itself);
             // the monitor hears of it now and the connection is not reused.
@@ -883,6 +1400,10 @@ impl Session {
             streaming: None,
             said_goodbye: false,
             wrote: false,
+            replica,
+            reason,
+            may_write: false,
+            _in_flight: self.shared.router.start(node),
         })
     }
 
@@ -913,7 +1434,8 @@ impl Session {
     }
 
     async fn flush_client(&mut self) -> std::io::Result<()> {
-        if self.client_out.is_empty() {
+        if self.client_out.is_empty() || self.retry.is_some() {
+            // While a retry is possible the replica's answer is held back (see `Retry`).
             return Ok(());
         }
         let result = self.client.write_all(&self.client_out).await;
@@ -928,6 +1450,7 @@ impl Session {
     /// The session ends: give the server back (or drop it if mid-transaction) and say
     /// goodbye when the proxy is the one ending it.
     async fn finish(&mut self, result: Result<(), Failure>) {
+        self.retry = None;
         if let Err(failure) = &result {
             send_error(&mut self.client, &failure.to_fatal_fields()).await;
         }
@@ -1089,6 +1612,28 @@ fn close_complete() -> Bytes {
     let mut bytes = BytesMut::new();
     backend::encode_close_complete(&mut bytes);
     bytes.freeze()
+}
+
+/// The classification of a request the proxy cannot look into: treated as a write.
+fn opaque(what: &str) -> Statement {
+    Statement {
+        classification: Classification::new(
+            StatementClass::Unknown,
+            Reason::UnknownStatement(Name::exact(what.as_bytes())),
+        ),
+        hint: RouteTarget::Auto,
+    }
+}
+
+/// The later of two optional positions.
+fn max_lsn(a: Option<Lsn>, b: Option<Lsn>) -> Option<Lsn> {
+    a.max(b)
+}
+
+/// Whether an ErrorResponse frame is a hot standby refusing a write (SQLSTATE 25006).
+fn is_read_only_refusal(message: &[u8]) -> bool {
+    error_fields(message)
+        .is_some_and(|fields| fields.code() == meridian_wire::sqlstate::READ_ONLY_SQL_TRANSACTION)
 }
 
 /// Whether an ErrorResponse frame has severity FATAL or PANIC.

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_config::{AuthMethod, Config, PasswordSpec, PoolMode, Secret};
+use meridian_config::{AuthMethod, Config, PasswordSpec, PoolMode, ReadYourWrites, Secret};
+use meridian_core::classify::Classifier;
+use meridian_core::routing::{PrimaryReads, RoutePolicy};
 use meridian_tls::{ClientTls, ServerTlsSet, TlsSetupError};
 use meridian_wire::auth::{DEFAULT_ITERATIONS, ScramVerifier, md5_hash, random_salt};
 
@@ -64,6 +66,14 @@ pub struct ProxySettings {
     pub client_tls: Option<ClientTls>,
     /// TLS towards servers, per region.
     pub server_tls: ServerTlsSet,
+    /// Where transactions run.
+    pub routing: RoutePolicy,
+    /// Whose writes a session's reads must see.
+    pub read_your_writes: ReadYourWrites,
+    /// How long a read waits for a replica to replay the write it must see.
+    pub causal_read_timeout: Duration,
+    /// Decides what statements do (with the configured extra side-effecting functions).
+    pub classifier: Arc<Classifier>,
 }
 
 /// Why the settings could not be built.
@@ -72,6 +82,9 @@ pub enum SettingsError {
     /// A TLS file could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// A `routing.write_functions` pattern is not usable.
+    #[error("routing.write_functions: {0}")]
+    WriteFunction(String),
     /// A user's stored password cannot be used.
     #[error("users[{index}].password: {message}")]
     Password {
@@ -130,6 +143,9 @@ impl ProxySettings {
             None => None,
         };
         let server_tls = ServerTlsSet::from_config(config)?;
+        let routing = &config.routing;
+        let classifier = Classifier::new(&routing.write_functions)
+            .map_err(|e| SettingsError::WriteFunction(e.to_string()))?;
         Ok(ProxySettings {
             pool_mode: config.proxy.pool_mode,
             max_client_connections: config.proxy.max_client_connections as usize,
@@ -150,6 +166,21 @@ impl ProxySettings {
             users,
             client_tls,
             server_tls,
+            routing: RoutePolicy {
+                split: routing.read_write_split,
+                local_region: routing.local_region.as_deref().map(Arc::from),
+                max_lag_bytes: routing.max_replica_lag_bytes,
+                max_lag: routing.max_replica_lag,
+                primary_reads: match routing.primary_reads {
+                    meridian_config::PrimaryReads::Never => PrimaryReads::Never,
+                    meridian_config::PrimaryReads::Fallback => PrimaryReads::Fallback,
+                    meridian_config::PrimaryReads::Always => PrimaryReads::Always,
+                },
+                pin_session_settings: routing.pin_session_settings,
+            },
+            read_your_writes: routing.read_your_writes,
+            causal_read_timeout: routing.causal_read_timeout,
+            classifier: Arc::new(classifier),
         })
     }
 }

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use meridian_core::classify::Classifier;
+use meridian_core::routing::{Statement, commands};
 
 /// Identity of a distinct (SQL, parameter types) across the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,14 +35,25 @@ pub struct StatementDef {
     /// Whether running it may change session state that must not outlive the transaction
     /// (see [`crate::session_state`]).
     pub changes_session: bool,
+    /// What routing needs to know of it: its classification and hint, found once.
+    pub route: Statement,
+}
+
+/// The classification and hint of a statement's text.
+pub fn route_of(classifier: &Classifier, sql: &[u8]) -> Statement {
+    Statement {
+        classification: classifier.classify(sql),
+        hint: commands::leading_hint(sql),
+    }
 }
 
 impl StatementDef {
     /// A client's unnamed statement: prepared under the empty name, never shared.
-    pub fn unnamed(sql: Bytes, param_types: Vec<u32>) -> StatementDef {
+    pub fn unnamed(sql: Bytes, param_types: Vec<u32>, classifier: &Classifier) -> StatementDef {
         StatementDef {
             id: StatementId(u64::MAX),
             changes_session: crate::session_state::sql_changes_session(&sql),
+            route: route_of(classifier, &sql),
             server_name: Bytes::new(),
             sql,
             param_types,
@@ -63,7 +76,12 @@ pub struct StatementRegistry {
 
 impl StatementRegistry {
     /// The statement for this text and these types, created on first use.
-    pub fn intern(&self, sql: Bytes, param_types: Vec<u32>) -> Arc<StatementDef> {
+    pub fn intern(
+        &self,
+        sql: Bytes,
+        param_types: Vec<u32>,
+        classifier: &Classifier,
+    ) -> Arc<StatementDef> {
         let mut by_text = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
         let key = (sql, param_types);
         if let Some(def) = by_text.get(&key) {
@@ -79,6 +97,7 @@ impl StatementRegistry {
         let def = Arc::new(StatementDef {
             id,
             changes_session: crate::session_state::sql_changes_session(&key.0),
+            route: route_of(classifier, &key.0),
             server_name: Bytes::from(format!("__meridian_{}", id.0)),
             sql: key.0.clone(),
             param_types: key.1.clone(),
@@ -159,9 +178,10 @@ mod tests {
     #[test]
     fn same_text_and_types_share_one_statement() {
         let registry = StatementRegistry::default();
-        let a = registry.intern(Bytes::from_static(b"SELECT $1"), vec![23]);
-        let b = registry.intern(Bytes::from_static(b"SELECT $1"), vec![23]);
-        let c = registry.intern(Bytes::from_static(b"SELECT $1"), vec![25]);
+        let classifier = Classifier::default();
+        let a = registry.intern(Bytes::from_static(b"SELECT $1"), vec![23], &classifier);
+        let b = registry.intern(Bytes::from_static(b"SELECT $1"), vec![23], &classifier);
+        let c = registry.intern(Bytes::from_static(b"SELECT $1"), vec![25], &classifier);
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         assert_eq!(
@@ -173,14 +193,17 @@ mod tests {
     #[test]
     fn statements_nobody_holds_are_pruned_past_the_limit() {
         let registry = StatementRegistry::default();
-        let kept = registry.intern(Bytes::from_static(b"kept"), vec![]);
+        let classifier = Classifier::default();
+        let kept = registry.intern(Bytes::from_static(b"kept"), vec![], &classifier);
         for i in 0..PRUNE_ABOVE + 10 {
-            registry.intern(Bytes::from(format!("SELECT {i}")), vec![]);
+            registry.intern(Bytes::from(format!("SELECT {i}")), vec![], &classifier);
         }
         let size = registry.by_text.lock().unwrap().len();
         assert!(size < PRUNE_ABOVE, "{size}");
         assert_eq!(
-            registry.intern(Bytes::from_static(b"kept"), vec![]).id,
+            registry
+                .intern(Bytes::from_static(b"kept"), vec![], &classifier)
+                .id,
             kept.id
         );
     }
@@ -200,8 +223,9 @@ mod tests {
     #[test]
     fn client_statements_track_names_and_unnamed_sequence() {
         let registry = StatementRegistry::default();
+        let classifier = Classifier::default();
         let mut client = ClientStatements::default();
-        let def = registry.intern(Bytes::from_static(b"SELECT 1"), vec![]);
+        let def = registry.intern(Bytes::from_static(b"SELECT 1"), vec![], &classifier);
         client.insert(Bytes::from_static(b"s1"), def.clone());
         assert_eq!(client.get(b"s1").map(|d| d.id), Some(def.id));
         assert_eq!(client.set_unnamed(def.clone()), 1);

@@ -404,6 +404,42 @@ pub fn encode_command_complete(buf: &mut BytesMut, tag: &[u8]) {
     write(buf, b'C', |b| put_cstr(b, tag));
 }
 
+/// The type OID of `text` (PostgreSQL's `pg_type`).
+pub const TEXT_OID: u32 = 25;
+
+/// Writes a RowDescription of text columns in text format, named `names` (what `SHOW`
+/// answers with).
+pub fn encode_text_row_description(buf: &mut BytesMut, names: &[&str]) {
+    write(buf, b'T', |b| {
+        b.put_i16(i16::try_from(names.len()).unwrap_or(i16::MAX));
+        for name in names {
+            put_cstr(b, name.as_bytes());
+            b.put_u32(0); // no table
+            b.put_i16(0); // no column number
+            b.put_u32(TEXT_OID);
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// Writes a DataRow; `None` is SQL NULL.
+pub fn encode_data_row(buf: &mut BytesMut, values: &[Option<&[u8]>]) {
+    write(buf, b'D', |b| {
+        b.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+        for value in values {
+            match value {
+                Some(v) => {
+                    b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
 /// Writes ParseComplete.
 pub fn encode_parse_complete(buf: &mut BytesMut) {
     write(buf, b'1', |_| {});

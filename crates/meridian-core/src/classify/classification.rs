@@ -31,7 +31,7 @@ impl Name {
     }
 
     /// A name taken byte for byte (a decoded quoted identifier, or a token shown in a reason).
-    pub(crate) fn exact(text: &[u8]) -> Name {
+    pub fn exact(text: &[u8]) -> Name {
         let text = truncate_name(text);
         let mut bytes = [0; NAME_MAX_BYTES];
         bytes[..text.len()].copy_from_slice(text);
@@ -711,7 +711,9 @@ pub struct Classification {
 }
 
 impl Classification {
-    pub(crate) fn new(class: StatementClass, reason: Reason) -> Classification {
+    /// A classification of one statement with this class and reason, and no other evidence
+    /// (for requests the proxy cannot look into, such as a function call by OID).
+    pub fn new(class: StatementClass, reason: Reason) -> Classification {
         let flags = if matches!(class, StatementClass::Transaction(_)) {
             Flags::TRANSACTION_CONTROL
         } else {
@@ -766,7 +768,7 @@ impl Classification {
     /// Folds `inner` (a nested statement, or the next statement of a batch) into `self`: the
     /// stronger class wins with its reason (the earlier one on a tie), flags are united, the
     /// first pin is kept.
-    pub(crate) fn absorb(&mut self, inner: Classification) {
+    pub fn absorb(&mut self, inner: Classification) {
         if inner.class.is_stronger_than(self.class) {
             self.class = inner.class;
             self.reason = inner.reason;

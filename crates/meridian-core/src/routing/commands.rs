@@ -28,7 +28,10 @@ pub fn leading_hint(sql: &[u8]) -> Target {
             None => return Target::Auto,
         }
     } else if let Some(after) = rest.strip_prefix(b"--") {
-        let end = after.iter().position(|&b| b == b'\n').unwrap_or(after.len());
+        let end = after
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(after.len());
         &after[..end]
     } else {
         return Target::Auto;
@@ -253,7 +256,10 @@ fn tokenize(sql: &[u8]) -> Option<Vec<Token>> {
         if b.is_ascii_whitespace() {
             i += 1;
         } else if sql[i..].starts_with(b"--") {
-            i += sql[i..].iter().position(|&b| b == b'\n').unwrap_or(sql.len() - i);
+            i += sql[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(sql.len() - i);
         } else if sql[i..].starts_with(b"/*") {
             i += comment_len(&sql[i..])?;
         } else if ended {
@@ -367,7 +373,10 @@ mod tests {
             ("-- meridian:primary\nSELECT 1", Target::Primary),
             ("/* meridian:auto */ SELECT 1", Target::Auto),
             ("SELECT 1 /* meridian:primary */", Target::Auto),
-            ("/* just a comment */ /* meridian:primary */ SELECT 1", Target::Auto),
+            (
+                "/* just a comment */ /* meridian:primary */ SELECT 1",
+                Target::Auto,
+            ),
             ("/* meridian:nowhere */ SELECT 1", Target::Auto),
             ("/* meridian:primary", Target::Auto),
             ("", Target::Auto),
