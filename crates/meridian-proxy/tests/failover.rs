@@ -50,7 +50,7 @@ async fn cluster_with_table() -> TestCluster {
 /// The port of the server a client's next transaction runs on.
 async fn server_port(client: &Client) -> i32 {
     client
-        .query_one("SELECT inet_server_port()", &[])
+        .query_one("/* meridian:primary */ SELECT inet_server_port()", &[])
         .await
         .unwrap()
         .get(0)
@@ -58,7 +58,7 @@ async fn server_port(client: &Client) -> i32 {
 
 async fn backend_pid(client: &Client) -> i32 {
     client
-        .query_one("SELECT pg_backend_pid()", &[])
+        .query_one("/* meridian:primary */ SELECT pg_backend_pid()", &[])
         .await
         .unwrap()
         .get(0)
@@ -371,7 +371,10 @@ async fn a_hot_standby_named_primary_is_reported_and_its_connections_are_not_reu
 
     // Reading works there...
     let row = client
-        .query_one("SELECT pg_backend_pid(), pg_is_in_recovery()", &[])
+        .query_one(
+            "/* meridian:primary */ SELECT pg_backend_pid(), pg_is_in_recovery()",
+            &[],
+        )
         .await
         .unwrap();
     let (first, in_recovery): (i32, bool) = (row.get(0), row.get(1));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use meridian_control::monitor::{LATENCY_BUCKETS, MonitorHandle, health_str, role_str};
 use meridian_control::store::Store;
+use meridian_core::classify::PinReason;
 use meridian_core::topology::{Health, Role};
 use meridian_proxy::Proxy;
 use prometheus_client::collector::Collector;
@@ -381,6 +382,86 @@ impl Collector for Telemetry {
                 .map(|p| (pool_labels(p), p.stats.connect_failures))
                 .collect::<Vec<_>>(),
         )?;
+        let routing = self.proxy.routing_report();
+        let routed_labels = |id: meridian_core::topology::NodeId| -> Option<Labels> {
+            status.node(id).map(|n| node_labels(&n.name, &n.region))
+        };
+        let mut routed = Vec::new();
+        let mut in_flight = Vec::new();
+        let mut circuit = Vec::new();
+        let mut rerouted = Vec::new();
+        for node in &routing.nodes {
+            let Some(labels) = routed_labels(node.node) else {
+                continue;
+            };
+            for (reason, n) in &node.routed {
+                let mut with_reason = labels.clone();
+                with_reason.push(("reason", reason.as_str().to_owned()));
+                with_reason.push(("fallback", reason.is_fallback().to_string()));
+                routed.push((with_reason, *n));
+            }
+            in_flight.push((labels.clone(), f64::from(node.in_flight)));
+            circuit.push((labels.clone(), f64::from(u8::from(node.circuit_open))));
+            rerouted.push((labels, node.rerouted));
+        }
+        counter(
+            &mut encoder,
+            "meridian_routed",
+            "Transactions routed to each node, by reason; fallback=\"true\" for reads that went to the primary because no replica could take them.",
+            &routed,
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_routing_in_flight",
+            "Transactions running on each node through this proxy.",
+            &in_flight,
+        )?;
+        gauge(
+            &mut encoder,
+            "meridian_routing_circuit_open",
+            "1 while reads avoid the node after a connection to it failed.",
+            &circuit,
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_routing_connect_failures",
+            "Reads routed elsewhere after a connection to the node failed.",
+            &rerouted,
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_session_pins",
+            "Sessions pinned to their server connection, by reason.",
+            &routing
+                .pins
+                .iter()
+                .map(|(reason, n)| (vec![("reason", pin_str(*reason).to_owned())], *n))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_read_only_retries",
+            "Reads a replica refused with 25006 (they write) that ran again on the primary.",
+            &[(Vec::new(), routing.read_only_retries)],
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_causal_waits",
+            "Reads that checked a replica for the session's last write (read-your-writes).",
+            &[(Vec::new(), routing.causal_waits)],
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_causal_timeouts",
+            "Of those, the reads that went to the primary after causal_read_timeout.",
+            &[(Vec::new(), routing.causal_timeouts)],
+        )?;
+        counter(
+            &mut encoder,
+            "meridian_no_replica_failures",
+            "Reads refused because no replica could serve them (primary_reads = never).",
+            &[(Vec::new(), routing.no_replica_failures)],
+        )?;
         counter(
             &mut encoder,
             "meridian_store_dropped_samples",
@@ -388,5 +469,18 @@ impl Collector for Telemetry {
             &[(Vec::new(), self.store.dropped_samples())],
         )?;
         Ok(())
+    }
+}
+
+/// The snake_case name of a pin reason, for labels.
+fn pin_str(reason: PinReason) -> &'static str {
+    match reason {
+        PinReason::TemporaryTable => "temporary_table",
+        PinReason::SessionAdvisoryLock => "session_advisory_lock",
+        PinReason::Listen => "listen",
+        PinReason::HoldCursor => "hold_cursor",
+        PinReason::PreparedStatement => "prepared_statement",
+        PinReason::SessionSetting => "session_setting",
+        PinReason::LoadedLibrary => "loaded_library",
     }
 }
