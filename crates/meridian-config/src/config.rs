@@ -179,6 +179,23 @@ pub struct RoutingConfig {
     pub write_functions: Vec<String>,
 }
 
+impl Default for RoutingConfig {
+    /// The defaults `[routing]` takes when absent.
+    fn default() -> RoutingConfig {
+        RoutingConfig {
+            read_write_split: true,
+            local_region: None,
+            max_replica_lag_bytes: crate::defaults::MAX_REPLICA_LAG_BYTES as u64,
+            max_replica_lag: crate::defaults::MAX_REPLICA_LAG,
+            primary_reads: PrimaryReads::Fallback,
+            read_your_writes: ReadYourWrites::Session,
+            causal_read_timeout: crate::defaults::CAUSAL_READ_TIMEOUT,
+            pin_session_settings: false,
+            write_functions: Vec::new(),
+        }
+    }
+}
+
 /// `[tls]`: the certificate Meridian presents to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {

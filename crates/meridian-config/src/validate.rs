@@ -1508,6 +1508,11 @@ mod tests {
          host = \"10.0.0.1\"\n[[regions]]\nname = \"eu-west\"\n[[regions.nodes]]\nname = \"pg2\"\n\
          host = \"10.0.1.1\"\n";
 
+    #[test]
+    fn routing_defaults_are_the_absent_sections() {
+        assert_eq!(RoutingConfig::default(), default_routing());
+    }
+
     fn default_routing() -> RoutingConfig {
         RoutingConfig {
             read_write_split: true,

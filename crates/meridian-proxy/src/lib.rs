@@ -44,7 +44,7 @@ pub use meridian_tls::{ClientTls, ServerTls, ServerTlsSet, TlsSetupError};
 pub use pool::{PoolSettings, PoolStats};
 pub use router::{NodeRouting, RoutingReport};
 pub use server::ServerError;
-pub use settings::{ClientAuth, ProxySettings, SettingsError, User};
+pub use settings::{ClientAuth, ProxySettings, SettingsError, User, classifier, route_policy};
 
 use crate::cancel::CancelRegistry;
 use crate::login::Opening;

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_config::{AuthMethod, Config, PasswordSpec, PoolMode, ReadYourWrites, Secret};
+use meridian_config::{
+    AuthMethod, Config, PasswordSpec, PoolMode, ReadYourWrites, RoutingConfig, Secret,
+};
 use meridian_core::classify::Classifier;
 use meridian_core::routing::{PrimaryReads, RoutePolicy};
 use meridian_tls::{ClientTls, ServerTlsSet, TlsSetupError};
@@ -144,8 +146,7 @@ impl ProxySettings {
         };
         let server_tls = ServerTlsSet::from_config(config)?;
         let routing = &config.routing;
-        let classifier = Classifier::new(&routing.write_functions)
-            .map_err(|e| SettingsError::WriteFunction(e.to_string()))?;
+        let classifier = classifier(routing)?;
         Ok(ProxySettings {
             pool_mode: config.proxy.pool_mode,
             max_client_connections: config.proxy.max_client_connections as usize,
@@ -166,21 +167,33 @@ impl ProxySettings {
             users,
             client_tls,
             server_tls,
-            routing: RoutePolicy {
-                split: routing.read_write_split,
-                local_region: routing.local_region.as_deref().map(Arc::from),
-                max_lag_bytes: routing.max_replica_lag_bytes,
-                max_lag: routing.max_replica_lag,
-                primary_reads: match routing.primary_reads {
-                    meridian_config::PrimaryReads::Never => PrimaryReads::Never,
-                    meridian_config::PrimaryReads::Fallback => PrimaryReads::Fallback,
-                    meridian_config::PrimaryReads::Always => PrimaryReads::Always,
-                },
-                pin_session_settings: routing.pin_session_settings,
-            },
+            routing: route_policy(routing),
             read_your_writes: routing.read_your_writes,
             causal_read_timeout: routing.causal_read_timeout,
             classifier: Arc::new(classifier),
         })
     }
+}
+
+/// The routing policy `[routing]` configures.
+pub fn route_policy(routing: &RoutingConfig) -> RoutePolicy {
+    RoutePolicy {
+        split: routing.read_write_split,
+        local_region: routing.local_region.as_deref().map(Arc::from),
+        max_lag_bytes: routing.max_replica_lag_bytes,
+        max_lag: routing.max_replica_lag,
+        primary_reads: match routing.primary_reads {
+            meridian_config::PrimaryReads::Never => PrimaryReads::Never,
+            meridian_config::PrimaryReads::Fallback => PrimaryReads::Fallback,
+            meridian_config::PrimaryReads::Always => PrimaryReads::Always,
+        },
+        pin_session_settings: routing.pin_session_settings,
+    }
+}
+
+/// The classifier `[routing]` configures: the built-in side-effecting functions plus
+/// `write_functions`.
+pub fn classifier(routing: &RoutingConfig) -> Result<Classifier, SettingsError> {
+    Classifier::new(&routing.write_functions)
+        .map_err(|e| SettingsError::WriteFunction(e.to_string()))
 }

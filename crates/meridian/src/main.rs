@@ -1,5 +1,6 @@
 //! The `meridian` binary: the command line that wires the crates together.
 
+mod analyze;
 mod cli;
 mod operator;
 mod run;
@@ -56,6 +57,19 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
+    /// What Meridian makes of a statement: its class, a session pin, and where the routing
+    /// policy (from -c FILE or the environment; the defaults without either) sends it, and
+    /// why.
+    AnalyzeQuery {
+        /// The SQL text (one statement or a batch).
+        sql: String,
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The session's `SET meridian.route` (auto, primary or replica).
+        #[arg(long, default_value = "auto", value_parser = parse_route)]
+        route: meridian_core::routing::Target,
+    },
     /// The failovers and switchovers recorded, newest first.
     History {
         /// How many.
@@ -74,5 +88,13 @@ fn main() -> ExitCode {
         Command::Failover { region, api } => cli::failover(&api, &region),
         Command::Rejoin { node, api } => cli::rejoin(&api, &node),
         Command::History { limit, api } => cli::history(&api, limit),
+        Command::AnalyzeQuery { sql, config, route } => {
+            analyze::main(config.as_deref(), route, &sql)
+        }
     }
+}
+
+fn parse_route(text: &str) -> Result<meridian_core::routing::Target, String> {
+    meridian_core::routing::Target::parse(text.as_bytes())
+        .ok_or_else(|| format!("{text:?}: must be auto, primary or replica"))
 }

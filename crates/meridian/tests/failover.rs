@@ -741,7 +741,7 @@ async fn an_old_primary_back_on_its_timeline_gets_no_writes_until_rejoined_from_
             .unwrap();
         assert_eq!(row.get::<_, i32>(0), i32::from(new.port()), "write {id}");
         let row = client
-            .query_one("SELECT inet_server_port()", &[])
+            .query_one("/* meridian:primary */ SELECT inet_server_port()", &[])
             .await
             .unwrap();
         assert_eq!(row.get::<_, i32>(0), i32::from(new.port()), "read {id}");

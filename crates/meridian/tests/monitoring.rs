@@ -72,7 +72,10 @@ async fn a_node_the_proxy_cannot_use_is_probed_at_once() {
     // The query waits while the proxy's signal has the monitor probe the primary at once (not
     // in a minute), find it dead and fail over; then it runs on the new primary.
     let served: i32 = client
-        .query_one("SELECT inet_server_port()", &[])
+        .query_one(
+            "SELECT inet_server_port() FROM (SELECT txid_current()) AS write",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -109,7 +112,10 @@ async fn writes_follow_the_node_the_monitor_observes_as_primary() {
     let (monitor, _proxy, port) = start(&config).await;
     let client = connect(port).await.unwrap();
     let served: i32 = client
-        .query_one("SELECT inet_server_port()", &[])
+        .query_one(
+            "SELECT inet_server_port() FROM (SELECT txid_current()) AS write",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -149,7 +155,12 @@ async fn writes_follow_the_node_the_monitor_observes_as_primary() {
             let write = client
                 .batch_execute("CREATE TABLE IF NOT EXISTS t (id int)")
                 .await;
-            let port = client.query_one("SELECT inet_server_port()", &[]).await;
+            let port = client
+                .query_one(
+                    "SELECT inet_server_port() FROM (SELECT txid_current()) AS write",
+                    &[],
+                )
+                .await;
             match (write, port) {
                 (Ok(()), Ok(row)) => Check::Ready(row.get::<_, i32>(0)),
                 (write, port) => Check::NotYet(format!("{:?} {:?}", write.err(), port.err())),

@@ -143,7 +143,10 @@ async fn a_config_file_runs_the_proxy_and_sigterm_stops_it() {
     .await
     .unwrap();
     let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
+        .query_one(
+            "SELECT pg_is_in_recovery() FROM (SELECT txid_current()) AS write",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
