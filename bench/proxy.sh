@@ -5,6 +5,12 @@
 # after the 64-client run, the memory per idle client (1,000 clients) and whether 10,000
 # concurrent clients are accepted.
 #
+# The cluster has a primary and two replicas. The first Meridian knows only the primary (the
+# pooling comparison); a second one knows all three and splits reads from writes
+# (select-only, and a 90/10 mix of select-only and TPC-B-like transactions): its throughput is
+# compared with PgBouncer and direct connections to the primary, and the share of
+# transactions its replicas served is read from its routing metrics.
+#
 # usage: bench/proxy.sh            (env: ROUNDS=3 DURATION=10 POOL_SIZE=20 SCALE=10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,15 +38,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A primary and one streaming replica, from the test kit; it stops when this script ends.
+# A primary and two streaming replicas, from the test kit; it stops when this script ends.
 mkfifo "$work/cluster.in"
-"$target/examples/cluster" --replicas 1 < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
+"$target/examples/cluster" --replicas 2 < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
 pids+=($!)
 exec 9>"$work/cluster.in"   # keep the cluster's stdin open until exit
 for _ in $(seq 600); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.1; done
 grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.err" >&2; exit 1; }
 pg_port=$(awk '$1 == "node" {print $5; exit}' "$work/cluster.out")
-echo "cluster: primary on port $pg_port"
+mapfile -t replica_ports < <(awk '$1 == "node" {print $5}' "$work/cluster.out" | tail -n +2)
+echo "cluster: primary on port $pg_port, replicas on ${replica_ports[*]}"
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -91,9 +98,31 @@ MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian.toml" > "$work/merid
 meridian_pid=$!
 pids+=($meridian_pid)
 
+# The same, knowing the replicas: reads go to them.
+split_port=$(free_port)
+split_admin=$(free_port)
+{
+  sed -e "s/^listen = .*/listen = \"127.0.0.1:$split_port\"/" \
+      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$split_admin\"/" "$work/meridian.toml"
+  i=1
+  for port in "${replica_ports[@]}"; do
+    printf '[[regions.nodes]]\nname = "replica%s"\nhost = "127.0.0.1"\nport = %s\n' "$i" "$port"
+    i=$((i + 1))
+  done
+} > "$work/meridian-split.toml"
+MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian-split.toml" > "$work/meridian-split.log" 2>&1 &
+pids+=($!)
+
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
 wait_port "$bouncer_port"
 wait_port "$meridian_port"
+wait_port "$split_port"
+# Until the monitor has judged the replicas healthy, reads fall back to the primary.
+for _ in $(seq 100); do
+  healthy=$(curl -s "http://127.0.0.1:$split_admin/metrics" | grep -c '^meridian_node_health{.*state="healthy"} 1' || true)
+  [ "$healthy" -ge 3 ] && break
+  sleep 0.1
+done
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$meridian_pid/status"; }
 rss_idle=$(rss_kib)
 
@@ -115,6 +144,32 @@ for round in $(seq "$ROUNDS"); do
   [ "$round" = 1 ] && rss_after_64=$(rss_kib)
 done
 
+# The read/write split: PostgreSQL direct and PgBouncer both on the primary; Meridian
+# spreading reads over the replicas.
+declare -A ports_split=([direct]=$pg_port [pgbouncer]=$bouncer_port [meridian]=$split_port)
+split_workloads=("split select-only -c 8|-S -c 8 -j 2" "split 90/10 read/write -c 8|-b select-only@9 -b tpcb-like@1 -c 8 -j 2")
+routed() {
+  # Transactions Meridian routed to replicas and in all, from its metrics.
+  curl -s "http://127.0.0.1:$split_admin/metrics" | awk '
+    /^meridian_routed_total\{/ { total += $NF; if ($0 ~ /node="replica/) replicas += $NF }
+    END { printf "%d %d\n", replicas, total }'
+}
+read -r replicas_before total_before < <(routed)
+for round in $(seq "$ROUNDS"); do
+  for workload in "${split_workloads[@]}"; do
+    name=${workload%%|*}; args=${workload#*|}
+    for target_name in direct pgbouncer meridian; do
+      # shellcheck disable=SC2086
+      out=$(pgbench -h 127.0.0.1 -p "${ports_split[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
+      value=$(awk '/^tps = / {print $3}' <<<"$out")
+      if [ -z "$value" ] || grep -q "number of failed transactions: [1-9]" <<<"$out" || grep -qi "error" <<<"$out"; then value=fail; fi
+      tps["$name|$target_name"]+="$value "
+    done
+    echo "round $round: $name done"
+  done
+done
+read -r replicas_after total_after < <(routed)
+
 median() { tr ' ' '\n' | grep -v '^$' | { mapfile -t v; if printf '%s\n' "${v[@]}" | grep -q fail; then echo fail; else printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.0f\n", a[int((NR+1)/2)]}'; fi; }; }
 ratio() { if [ "$1" = fail ] || [ "$2" = fail ]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; fi; }
 
@@ -127,6 +182,18 @@ for workload in "${workloads[@]}"; do
   d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
   printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
 done
+
+echo
+echo "read/write split (Meridian over a primary and two replicas; direct and PgBouncer on the primary)"
+printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
+printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
+for workload in "${split_workloads[@]}"; do
+  name=${workload%%|*}
+  d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
+  printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
+done
+replicas=$((replicas_after - replicas_before)); total=$((total_after - total_before))
+echo "transactions served by replicas in the split runs: $replicas of $total ($(ratio "$replicas" "$total"))"
 
 echo
 echo "Meridian resident memory: idle $((rss_idle / 1024)) MiB, after the -c 64 run $((rss_after_64 / 1024)) MiB"

@@ -42,7 +42,7 @@ use meridian_core::routing::commands::{self, CommandError, SessionCommand, Setti
 use meridian_core::routing::{
     NoRoute, RouteDecision, RouteReason, SessionRoute, Statement, Target as RouteTarget,
 };
-use meridian_core::topology::{ClusterView, NodeId};
+use meridian_core::topology::{ClusterView, NodeId, Role};
 use meridian_wire::backend::{self, TransactionStatus};
 use meridian_wire::frontend::{self, FrontendMessage, Target};
 use meridian_wire::{Frame, WireError, frame};
@@ -124,6 +124,9 @@ struct Attached {
     /// A statement that may write ran on it since the last read-your-writes position was
     /// learned: learn the primary's position when the transaction ends.
     may_write: bool,
+    /// Reads may go elsewhere (read-your-writes is on and the view has replicas): watch for
+    /// writes.
+    track_writes: bool,
     /// Counts the transaction in the node's load while it lives.
     _in_flight: InFlight,
 }
@@ -648,7 +651,7 @@ impl Session {
         let Some(attached) = &mut self.server else {
             return;
         };
-        if !attached.replica && classification.is_write() {
+        if attached.track_writes && classification.is_write() {
             attached.may_write = true;
         }
         if self.pinned.is_none()
@@ -1237,15 +1240,20 @@ impl Session {
                 min_lsn: self.min_lsn(),
                 caught_up_timed_out,
             };
-            let (decision, generation, nodes) = {
+            let (decision, generation, nodes, track_writes) = {
                 let view = self.view.borrow_and_update();
+                let track_writes = self.shared.settings.read_your_writes != ReadYourWrites::Off
+                    && view.nodes.iter().any(|n| n.role == Role::Replica);
                 let decision = self.shared.router.route(statement, &session, &view);
-                (decision, view.generation, view.nodes.len())
+                (decision, view.generation, view.nodes.len(), track_writes)
             };
             let last_error = match decision {
                 RouteDecision::Primary { node, reason } => {
                     match self.checkout_from(node, generation, reason, false).await {
-                        Ok(attached) => return Ok(attached),
+                        Ok(mut attached) => {
+                            attached.track_writes = track_writes;
+                            return Ok(attached);
+                        }
                         Err(failure) if failure.is_node_unavailable() => Some(failure.to_string()),
                         Err(failure) => return Err(failure),
                     }
@@ -1403,6 +1411,7 @@ impl Session {
             replica,
             reason,
             may_write: false,
+            track_writes: false,
             _in_flight: self.shared.router.start(node),
         })
     }
