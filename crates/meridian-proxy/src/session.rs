@@ -37,7 +37,9 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use meridian_config::{PoolMode, ReadYourWrites};
 use meridian_core::Lsn;
-use meridian_core::classify::{Classification, Name, PinReason, Reason, StatementClass};
+use meridian_core::classify::{
+    Classification, IsolationLevel, Name, PinReason, Reason, StatementClass, TransactionControl,
+};
 use meridian_core::routing::commands::{self, CommandError, SessionCommand, Setting};
 use meridian_core::routing::{
     NoRoute, RouteDecision, RouteReason, SessionRoute, Statement, Target as RouteTarget,
@@ -195,6 +197,9 @@ pub(crate) struct Session {
     retry: Option<Retry>,
     /// Re-sending a retried request: its Parse of a named statement is not a redefinition.
     replaying: bool,
+    /// A plain `BEGIN` answered but not sent yet: the transaction's first statement decides
+    /// where it runs (see [`Session::may_defer_begin`]).
+    deferred_begin: Option<Bytes>,
 }
 
 impl Drop for Session {
@@ -248,6 +253,7 @@ impl Session {
             pinned: None,
             retry: None,
             replaying: false,
+            deferred_begin: None,
         };
         if let Err(failure) = session.start().await {
             // A failure during login ends the connection, as PostgreSQL's login errors do.
@@ -449,7 +455,12 @@ impl Session {
             match message {
                 // Nothing owed and nothing running: answer without borrowing a server.
                 FrontendMessage::Sync if self.lost_transaction.is_none() => {
-                    backend::encode_ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+                    let status = if self.deferred_begin.is_some() {
+                        TransactionStatus::InTransaction
+                    } else {
+                        TransactionStatus::Idle
+                    };
+                    backend::encode_ready_for_query(&mut self.client_out, status);
                     return Ok(false);
                 }
                 FrontendMessage::Flush => return Ok(false),
@@ -465,7 +476,58 @@ impl Session {
                 self.fail_message(&message, &failure);
                 return Ok(false);
             }
-            let statement = self.statement_of(&message, query);
+            if let (Some(classification), FrontendMessage::Query { sql }) = (&query, &message)
+                && self.may_defer_begin(classification, sql)
+            {
+                // Where a plain BEGIN runs depends on what follows it: answer it now, send it
+                // with the transaction's first statement.
+                self.deferred_begin = Some(raw);
+                backend::encode_command_complete(&mut self.client_out, b"BEGIN");
+                backend::encode_ready_for_query(
+                    &mut self.client_out,
+                    TransactionStatus::InTransaction,
+                );
+                return Ok(false);
+            }
+            let mut statement = self.statement_of(&message, query);
+            if let Some(begin) = &self.deferred_begin {
+                let control = query.and_then(|c| c.transaction());
+                match control {
+                    // An empty transaction: nothing ran, nothing to send.
+                    Some(TransactionControl::Commit { chain: false })
+                    | Some(TransactionControl::Rollback { chain: false })
+                        if query.is_some_and(|c| c.statements == 1) =>
+                    {
+                        let tag: &[u8] =
+                            if matches!(control, Some(TransactionControl::Commit { .. })) {
+                                b"COMMIT"
+                            } else {
+                                b"ROLLBACK"
+                            };
+                        self.deferred_begin = None;
+                        backend::encode_command_complete(&mut self.client_out, tag);
+                        backend::encode_ready_for_query(
+                            &mut self.client_out,
+                            TransactionStatus::Idle,
+                        );
+                        return Ok(false);
+                    }
+                    // BEGIN; SET TRANSACTION READ ONLY: a read-only transaction, for a replica.
+                    Some(control) if control.is_read_only() && !control.needs_primary() => {}
+                    // Anything else makes it a read-write transaction.
+                    _ => {
+                        let classifier = &self.shared.settings.classifier;
+                        statement = Statement {
+                            classification: classifier.classify(
+                                begin
+                                    .get(5..begin.len().saturating_sub(1))
+                                    .unwrap_or_default(),
+                            ),
+                            hint: statement.hint,
+                        };
+                    }
+                }
+            }
             match self.checkout(&statement).await {
                 Ok(attached) => {
                     self.shared
@@ -481,11 +543,18 @@ impl Session {
                         });
                     }
                     self.attach(attached);
+                    if let Some(begin) = self.deferred_begin.take() {
+                        // Its reply was given; an error from it still reaches the client.
+                        self.server_out.extend_from_slice(&begin);
+                        self.tracker.swallow(Expect::Query, None);
+                    }
                 }
                 Err(failure) => {
                     if failure.is_fatal() {
                         return Err(failure);
                     }
+                    // The transaction the client began fails with its first statement.
+                    self.deferred_begin = None;
                     self.fail_message(&message, &failure);
                     return Ok(false);
                 }
@@ -493,6 +562,30 @@ impl Session {
         }
         self.forward(message, raw, query);
         Ok(false)
+    }
+
+    /// Whether a simple-protocol `BEGIN` can wait for the transaction's first statement
+    /// before it is routed: a plain `BEGIN` (no READ ONLY/READ WRITE, not SERIALIZABLE, no
+    /// hint, alone in its query) while reads may go to replicas and there are some, so that a `SET TRANSACTION
+    /// READ ONLY` after it can still take the transaction to a replica.
+    fn may_defer_begin(&self, classification: &Classification, sql: &[u8]) -> bool {
+        let plain_begin = matches!(
+            classification.transaction(),
+            Some(TransactionControl::Begin { read_only: None, isolation })
+                if isolation != Some(IsolationLevel::Serializable)
+        );
+        plain_begin
+            && classification.statements == 1
+            && self.shared.settings.pool_mode == PoolMode::Transaction
+            && self.shared.router.policy().split
+            && self.target == RouteTarget::Auto
+            && commands::leading_hint(sql) == RouteTarget::Auto
+            && self
+                .view
+                .borrow()
+                .nodes
+                .iter()
+                .any(|n| n.role == Role::Replica)
     }
 
     /// What routing needs to know of the request `message` starts: its classification and
@@ -625,6 +718,8 @@ impl Session {
             None => {
                 let status = if self.lost_transaction.is_some() {
                     TransactionStatus::Failed
+                } else if self.deferred_begin.is_some() {
+                    TransactionStatus::InTransaction
                 } else {
                     TransactionStatus::Idle
                 };
