@@ -283,3 +283,105 @@ impl Drop for InFlight {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use meridian_core::topology::{Health, NodeView, Role};
+
+    use super::*;
+
+    fn view() -> ClusterView {
+        let node = |id: u16, role: Role| NodeView {
+            id: NodeId(id),
+            name: Arc::from(format!("n{id}")),
+            region: Arc::from("r"),
+            host: Arc::from("127.0.0.1"),
+            port: 5432,
+            role,
+            health: Health::Healthy,
+            lag: None,
+            replayed: None,
+            latency: None,
+        };
+        ClusterView {
+            generation: 1,
+            primary: Some(NodeId(0)),
+            paused: false,
+            nodes: vec![node(0, Role::Primary), node(1, Role::Replica)],
+        }
+    }
+
+    #[tokio::test]
+    async fn loads_follow_transactions_circuits_and_confirmed_positions() {
+        let router = Arc::new(Router::new(RoutePolicy::default(), &view()));
+        let first = router.start(NodeId(1));
+        let second = router.start(NodeId(1));
+        assert_eq!(router.load(NodeId(1)).in_flight, 2);
+        drop(first);
+        assert_eq!(router.load(NodeId(1)).in_flight, 1);
+        drop(second);
+        assert_eq!(router.load(NodeId(1)).in_flight, 0);
+
+        assert!(!router.load(NodeId(1)).circuit_open);
+        router.open_circuit(NodeId(1));
+        assert!(router.load(NodeId(1)).circuit_open);
+        assert!(!router.load(NodeId(0)).circuit_open);
+
+        router.replayed(NodeId(1), Lsn(200));
+        router.replayed(NodeId(1), Lsn(100));
+        assert_eq!(router.load(NodeId(1)).replayed, Lsn(200));
+        // A node the router never heard of has no load and is not a panic.
+        assert_eq!(router.load(NodeId(9)), NodeLoad::default());
+        router.open_circuit(NodeId(9));
+    }
+
+    #[tokio::test]
+    async fn a_replica_with_an_open_circuit_gets_no_reads() {
+        let router = Router::new(RoutePolicy::default(), &view());
+        let read = Statement {
+            classification: meridian_core::classify::Classifier::default().classify(b"SELECT 1"),
+            hint: routing::Target::Auto,
+        };
+        let session = SessionRoute::default();
+        assert_eq!(
+            router.route(&read, &session, &view()).node(),
+            Some(NodeId(1))
+        );
+        router.open_circuit(NodeId(1));
+        let decision = router.route(&read, &session, &view());
+        assert_eq!(
+            decision,
+            RouteDecision::Primary {
+                node: NodeId(0),
+                reason: RouteReason::NoReplica
+            }
+        );
+        router.count(NodeId(0), RouteReason::NoReplica);
+        let report = router.report();
+        assert!(report.nodes[1].circuit_open);
+        assert_eq!(report.nodes[1].rerouted, 1);
+        assert!(
+            report.nodes[0]
+                .routed
+                .contains(&(RouteReason::NoReplica, 1))
+        );
+    }
+
+    #[test]
+    fn the_global_position_only_moves_forward() {
+        let router = Router::new(RoutePolicy::default(), &view());
+        assert_eq!(router.global_lsn(), None);
+        router.wrote(Lsn(10));
+        router.wrote(Lsn(5));
+        assert_eq!(router.global_lsn(), Some(Lsn(10)));
+        router.pinned(PinReason::TemporaryTable);
+        assert!(
+            router
+                .report()
+                .pins
+                .contains(&(PinReason::TemporaryTable, 1))
+        );
+    }
+}

@@ -486,3 +486,21 @@ pub(crate) async fn read_message(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_column_of_a_row_is_read_and_bad_rows_are_none() {
+        let mut row = BytesMut::new();
+        meridian_wire::backend::encode_data_row(&mut row, &[Some(b"0/3000148"), None]);
+        assert_eq!(first_column(&row[5..]).as_deref(), Some("0/3000148"));
+        let mut null = BytesMut::new();
+        meridian_wire::backend::encode_data_row(&mut null, &[None]);
+        assert_eq!(first_column(&null[5..]), None);
+        assert_eq!(first_column(&[0, 1, 0, 0, 0, 9, b'x']), None, "truncated");
+        assert_eq!(first_column(&[0, 0]), None, "no column");
+        assert_eq!(first_column(&[]), None);
+    }
+}

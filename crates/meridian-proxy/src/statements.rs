@@ -191,6 +191,21 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_is_classified_once_with_its_hint() {
+        let registry = StatementRegistry::default();
+        let classifier = Classifier::default();
+        let read = registry.intern(Bytes::from_static(b"SELECT $1"), vec![], &classifier);
+        assert!(read.route.classification.is_read_only());
+        let hinted = registry.intern(
+            Bytes::from_static(b"/* meridian:primary */ SELECT nextval('s')"),
+            vec![],
+            &classifier,
+        );
+        assert!(hinted.route.classification.is_write());
+        assert_eq!(hinted.route.hint, meridian_core::routing::Target::Primary);
+    }
+
+    #[test]
     fn statements_nobody_holds_are_pruned_past_the_limit() {
         let registry = StatementRegistry::default();
         let classifier = Classifier::default();
