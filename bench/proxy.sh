@@ -24,7 +24,8 @@ command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: apt-get i
 command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
 
 echo "building (release)..."
-cargo build --release -q -p meridian -p meridian-testkit --example cluster
+cargo build --release -q -p meridian --bin meridian
+cargo build --release -q -p meridian-testkit --example cluster
 target=${CARGO_TARGET_DIR:-target}/release
 
 work=$(mktemp -d /tmp/meridian-bench.XXXXXX)
@@ -113,7 +114,12 @@ split_admin=$(free_port)
 MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian-split.toml" > "$work/meridian-split.log" 2>&1 &
 pids+=($!)
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on $1; logs:" >&2
+  tail -n 5 "$work"/*.log >&2
+  exit 1
+}
 wait_port "$bouncer_port"
 wait_port "$meridian_port"
 wait_port "$split_port"

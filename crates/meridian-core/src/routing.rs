@@ -17,9 +17,11 @@
 //!    [`SessionRoute::caught_up_timed_out`] set and the read goes to the primary.
 //! 5. Replica choice among *qualifying* replicas (observed as replicas, healthy or degraded,
 //!    circuit closed, under both lag ceilings): the proxy's own region first
-//!    (`local_region`), then the lowest score `latency × (in-flight + 1)` (latency floored at
-//!    1 ms, so loopback and same-zone replicas tie, degraded nodes count four times), ties
-//!    broken by the caller's rotating number so equal replicas share the load.
+//!    (`local_region`), then the lowest score `latency × (in-flight + 1)`, ties broken by the
+//!    caller's rotating number so equal replicas share the load. The latency is the monitor's
+//!    last probe round trip, a whole query (4–15 ms on an idle loopback server here) and
+//!    noisy: it is floored at 20 ms, so replicas in one zone tie and only a distant replica
+//!    (another region) scores worse; degraded nodes count four times.
 //! 6. No replica qualifies: the primary, unless `primary_reads = never`; with
 //!    `primary_reads = always` the primary competes with the replicas for every read.
 //!
@@ -539,9 +541,9 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// `latency × (in-flight + 1)` in microseconds, latency floored at 1 ms; degraded counts 4×.
+/// `latency × (in-flight + 1)` in microseconds, latency floored at 20 ms; degraded counts 4×.
 fn score(node: &NodeView, load: &NodeLoad) -> u64 {
-    const FLOOR_MICROS: u64 = 1_000;
+    const FLOOR_MICROS: u64 = 20_000;
     let latency = node
         .latency
         .map_or(FLOOR_MICROS, |l| {
@@ -566,6 +568,32 @@ mod tests {
     use super::*;
     use crate::classify::Classifier;
     use crate::lag::Lag;
+
+    /// Probe round trips of loopback servers differ from probe to probe, and must not decide.
+    #[test]
+    fn noisy_nearby_latencies_do_not_decide() {
+        let mut view = cluster();
+        view.nodes[1].latency = Some(Duration::from_millis(4));
+        view.nodes[2].latency = Some(Duration::from_millis(15));
+        view.nodes[3].region = Arc::from("eu");
+        view.nodes[3].latency = Some(Duration::from_micros(4500));
+        let loads = TestLoads::default();
+        let mut counts: HashMap<NodeId, u32> = HashMap::new();
+        for _ in 0..300 {
+            let decision = route(
+                &statement("SELECT 1"),
+                &SessionRoute::default(),
+                &view,
+                &RoutePolicy::default(),
+                &loads,
+            );
+            *counts.entry(decision.node().unwrap()).or_default() += 1;
+        }
+        for replica in 1..=3 {
+            let n = counts[&NodeId(replica)];
+            assert!((50..=150).contains(&n), "#{replica} got {n} of 300");
+        }
+    }
 
     fn node(id: u16, role: Role, region: &str) -> NodeView {
         NodeView {
@@ -811,11 +839,11 @@ mod tests {
             );
             assert_eq!(decision.node(), Some(NodeId(2)));
         }
-        // A far replica (30 ms) loses to a near one (under the 1 ms floor) even when the near
+        // A far replica (80 ms) loses to a near one (under the 20 ms floor) even when the near
         // one has a request in flight.
         let mut far = cluster();
         far.nodes[2].health = Health::Down;
-        far.nodes[3].latency = Some(Duration::from_millis(30));
+        far.nodes[3].latency = Some(Duration::from_millis(80));
         let busy_near = TestLoads::default().with(
             1,
             NodeLoad {

@@ -1159,25 +1159,43 @@ impl Session {
     /// The replica refused the read as a write (25006) before any row reached the client:
     /// drop what it answered and run the request again on the primary.
     async fn retry_on_primary(&mut self) -> Result<(), Failure> {
-        let Some(retry) = self.retry.take() else {
-            return Ok(());
-        };
-        self.client_out.truncate(retry.mark);
         self.shared.router.read_only_retry();
         if let Some(attached) = self.server.take() {
             // Idle again after its ReadyForQuery.
             self.cancel.set_target(None);
             release(&self.shared, attached).await;
         }
+        self.rerun(RouteTarget::Primary).await
+    }
+
+    /// Runs the request kept for a retry again, routed anew with `hint`, after dropping
+    /// whatever its first server answered.
+    async fn rerun(&mut self, hint: RouteTarget) -> Result<(), Failure> {
+        let Some(retry) = self.retry.take() else {
+            return Ok(());
+        };
+        self.client_out.truncate(retry.mark);
         let statement = Statement {
             classification: retry.classification,
-            hint: RouteTarget::Primary,
+            hint,
         };
         match self.checkout(&statement).await {
             Ok(attached) => {
-                self.shared
-                    .router
-                    .count(attached.conn.node, RouteReason::MayWrite);
+                let reason = match hint {
+                    // Refused by a replica: it writes.
+                    RouteTarget::Primary => RouteReason::MayWrite,
+                    _ => attached.reason,
+                };
+                self.shared.router.count(attached.conn.node, reason);
+                if attached.replica {
+                    self.retry = Some(Retry {
+                        request: Vec::with_capacity(retry.request.len()),
+                        classification: retry.classification,
+                        mark: self.client_out.len(),
+                        complete: false,
+                        refused: false,
+                    });
+                }
                 self.attach(attached);
             }
             Err(failure) if failure.is_fatal() => return Err(failure),
@@ -1248,11 +1266,35 @@ impl Session {
             return Ok(());
         };
         self.shared.report_unusable(attached.pool.node());
+        let rerunnable = attached.replica
+            && self.pinned.is_none()
+            && self
+                .retry
+                .as_ref()
+                .is_some_and(|r| r.complete && !r.refused);
+        if rerunnable {
+            // A read lost with its replica before any of its answer reached the client: run
+            // it again elsewhere, the replica's circuit open.
+            self.shared.router.open_circuit(attached.pool.node());
+            let attached = self.server.take().expect("checked");
+            self.cancel.set_target(None);
+            self.server_out.clear();
+            for undo in self.tracker.abandon() {
+                if let Some(name) = undo.client {
+                    self.statements.remove(&name);
+                }
+            }
+            attached.pool.release(attached.conn, false);
+            // Boxed: the rerun flushes to its new server, whose loss comes back here.
+            return Box::pin(self.rerun(RouteTarget::Auto)).await;
+        }
         let node = attached.pool.node_name().to_owned();
         // Requests were unanswered and the transaction had not failed already: one of them may
-        // have been a commit (an autocommit statement, COMMIT) that took effect.
+        // have been a commit (an autocommit statement, COMMIT) that took effect. Nothing
+        // commits on a replica.
         let in_flight = (self.tracker.owed_ready() > 0 || self.tracker.in_unfinished_batch())
-            && attached.status != TransactionStatus::Failed;
+            && attached.status != TransactionStatus::Failed
+            && !attached.replica;
         self.abandon_server(Failure::ServerLost { node, in_flight })
             .await
     }
