@@ -168,8 +168,9 @@ pub(crate) struct Session {
     tracker: Tracker<Undo>,
     /// Bytes waiting to be written to the attached server.
     server_out: BytesMut,
-    /// The last pool used, kept to avoid a lookup per transaction.
-    pool: Option<Arc<Pool>>,
+    /// The pools used so far, by node index, kept to avoid a lookup per transaction (reads
+    /// move between replicas from one transaction to the next).
+    pools: Vec<Option<Arc<Pool>>>,
     cancel_pid: i32,
     cancel: Arc<CancelSlot>,
     /// After an error the proxy raised itself, client messages are dropped up to the Sync.
@@ -238,7 +239,7 @@ impl Session {
             server: None,
             tracker: Tracker::default(),
             server_out: BytesMut::with_capacity(1024),
-            pool: None,
+            pools: Vec::new(),
             cancel_pid,
             cancel,
             discard_until_sync: false,
@@ -1510,14 +1511,18 @@ impl Session {
         reason: RouteReason,
         replica: bool,
     ) -> Result<Attached, Failure> {
-        let pool = match &self.pool {
-            Some(pool) if pool.node() == node => pool.clone(),
+        let index = usize::from(node.0);
+        let pool = match self.pools.get(index) {
+            Some(Some(pool)) => pool.clone(),
             _ => {
                 let pool = self
                     .shared
                     .pool_for(node, &self.user, &self.database)
                     .ok_or(Failure::NoPrimary)?;
-                self.pool = Some(pool.clone());
+                if self.pools.len() <= index {
+                    self.pools.resize(index + 1, None);
+                }
+                self.pools[index] = Some(pool.clone());
                 pool
             }
         };

@@ -114,10 +114,21 @@ const CANT_CHANGE: &str = "55P02";
 
 /// The Meridian command in a simple query, if it is one: `None` for any other SQL.
 pub fn session_command(sql: &[u8]) -> Option<Result<SessionCommand, CommandError>> {
+    // Cheap rejection first, without allocating: this runs on every simple query.
     let head = trim_start(sql);
-    // Cheap rejection first: this runs on every simple query that reaches the proxy idle.
-    let first = head.first()?.to_ascii_lowercase();
-    if !matches!(first, b's' | b'r' | b'/' | b'-') {
+    let word_end = head
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(head.len());
+    let first = &head[..word_end];
+    let verb_like = [&b"set"[..], b"reset", b"show"]
+        .iter()
+        .any(|verb| first.eq_ignore_ascii_case(verb));
+    // A leading comment hides the first word: tokenize those (rare) texts.
+    if !verb_like && !head.starts_with(b"/*") && !head.starts_with(b"--") {
+        return None;
+    }
+    if verb_like && !contains_ignore_case(head, b"meridian.") {
         return None;
     }
     let tokens = tokenize(sql)?;
@@ -346,6 +357,12 @@ fn trim(text: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |p| p + 1);
     &text[..end]
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
