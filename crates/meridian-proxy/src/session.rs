@@ -280,7 +280,16 @@ impl Session {
                 PoolMode::Session => RouteTarget::Primary,
             },
         };
-        let mut conn = self.checkout(&login).await?;
+        let mut conn = match self.checkout(&login).await {
+            Err(Failure::NoReplica { .. }) => {
+                self.checkout(&Statement {
+                    hint: RouteTarget::Primary,
+                    ..login
+                })
+                .await?
+            }
+            other => other?,
+        };
         if let Some(sql) = parameter_sql(&self.params, &conn.conn.overrides) {
             let result = conn
                 .conn
@@ -465,6 +474,13 @@ impl Session {
                     return Ok(false);
                 }
                 FrontendMessage::Flush => return Ok(false),
+                FrontendMessage::Close { target, name } if self.lost_transaction.is_none() => {
+                    if target == Target::Statement && !name.is_empty() {
+                        self.statements.remove(&name);
+                    }
+                    backend::encode_close_complete(&mut self.client_out);
+                    return Ok(false);
+                }
                 // The rest of a COPY whose server died: dropped, the error was reported.
                 FrontendMessage::CopyData(_)
                 | FrontendMessage::CopyDone
@@ -602,7 +618,17 @@ impl Session {
                     hint: commands::leading_hint(sql),
                 };
             }
-            FrontendMessage::Parse { sql, .. } => route_of(classifier, sql),
+            FrontendMessage::Parse { sql, name, .. } => {
+                let first = route_of(classifier, sql);
+                let mut classification = first.classification;
+                return match self.rest_of_batch(&mut classification, Some(name)) {
+                    true => Statement {
+                        classification,
+                        hint: first.hint,
+                    },
+                    false => opaque("unfinished batch"),
+                };
+            }
             FrontendMessage::Bind { statement, .. } => match self.client_statement(statement) {
                 Some(def) => def.route,
                 None => return opaque("Bind"),
@@ -618,7 +644,7 @@ impl Session {
             _ => return opaque("message"),
         };
         let mut classification = first.classification;
-        match self.rest_of_batch(&mut classification) {
+        match self.rest_of_batch(&mut classification, None) {
             true => Statement {
                 classification,
                 hint: first.hint,
@@ -639,9 +665,20 @@ impl Session {
     /// Folds the classifications of the batch's messages still in the input buffer into
     /// `classification`, up to its Sync. False when the Sync is not there, or a message the
     /// proxy cannot look into is.
-    fn rest_of_batch(&self, classification: &mut Classification) -> bool {
+    fn rest_of_batch(
+        &self,
+        classification: &mut Classification,
+        first_parse: Option<&[u8]>,
+    ) -> bool {
         let classifier = &self.shared.settings.classifier;
         let mut rest = &self.client_in[..];
+        // The names Parsed in this batch so far (a batch rarely prepares more than a few).
+        let mut parsed: [&[u8]; 8] = [&[]; 8];
+        let mut parsed_count = 0;
+        if let Some(name) = first_parse {
+            parsed[0] = name;
+            parsed_count = 1;
+        }
         loop {
             let Some(header) = rest.get(..5) else {
                 return false;
@@ -654,9 +691,14 @@ impl Session {
                 b'S' => return true,
                 b'P' => {
                     let mut parts = body.splitn(3, |&b| b == 0);
-                    let (Some(_name), Some(sql)) = (parts.next(), parts.next()) else {
+                    let (Some(name), Some(sql)) = (parts.next(), parts.next()) else {
                         return false;
                     };
+                    if parsed_count == parsed.len() {
+                        return false;
+                    }
+                    parsed[parsed_count] = name;
+                    parsed_count += 1;
                     classification.absorb(classifier.classify(sql));
                 }
                 b'B' => {
@@ -664,9 +706,13 @@ impl Session {
                     let (Some(_portal), Some(statement)) = (parts.next(), parts.next()) else {
                         return false;
                     };
-                    match self.client_statement(statement) {
-                        Some(def) => classification.absorb(def.route.classification),
-                        None => return false,
+                    if parsed[..parsed_count].contains(&statement) {
+                        // Parsed earlier in this batch: already absorbed.
+                    } else {
+                        match self.client_statement(statement) {
+                            Some(def) => classification.absorb(def.route.classification),
+                            None => return false,
+                        }
                     }
                 }
                 // Describe, Execute, Close, Flush.
