@@ -31,7 +31,7 @@
 //! of `in_hot_standby`, or is a hot standby when the view calls it the primary, is reported
 //! and its connection is not reused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -69,8 +69,10 @@ use crate::statements::{ClientStatements, StatementDef, StatementId, route_of};
 use crate::stream::Stream;
 use crate::tracker::{Expect, Tracker};
 
-/// How often a read that must see the session's last write asks its replica again.
+/// How often a read that must see the session's last write asks its replica again, after
+/// the first `CAUSAL_QUICK_CHECKS` checks made back to back.
 const CAUSAL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+const CAUSAL_QUICK_CHECKS: u32 = 8;
 
 /// Frames above this size are streamed to the client as they arrive.
 const STREAM_ABOVE: usize = 64 * 1024;
@@ -201,6 +203,10 @@ pub(crate) struct Session {
     /// A plain `BEGIN` answered but not sent yet: the transaction's first statement decides
     /// where it runs (see [`Session::may_defer_begin`]).
     deferred_begin: Option<Bytes>,
+    /// Statements (by the client's name) that are Meridian's own commands, answered by the
+    /// proxy (see [`Session::answer_local_extended`]), and the portals bound to them.
+    local_statements: HashMap<Bytes, Result<SessionCommand, CommandError>>,
+    local_portals: HashMap<Bytes, Result<SessionCommand, CommandError>>,
 }
 
 impl Drop for Session {
@@ -255,6 +261,8 @@ impl Session {
             retry: None,
             replaying: false,
             deferred_begin: None,
+            local_statements: HashMap::new(),
+            local_portals: HashMap::new(),
         };
         if let Err(failure) = session.start().await {
             // A failure during login ends the connection, as PostgreSQL's login errors do.
@@ -461,6 +469,11 @@ impl Session {
             }
             _ => None,
         };
+        if (!self.local_statements.is_empty() || query.is_none())
+            && self.answer_local_extended(&message)
+        {
+            return Ok(false);
+        }
         if self.server.is_none() {
             match message {
                 // Nothing owed and nothing running: answer without borrowing a server.
@@ -723,30 +736,16 @@ impl Session {
         }
     }
 
-    /// Answers one of Meridian's own commands (see [`commands`]) without a server.
-    fn answer_command(&mut self, command: Result<SessionCommand, CommandError>) {
+    /// Runs one of Meridian's own commands (see [`commands`]): its reply without the
+    /// ReadyForQuery (with a RowDescription first when `describe`), or its ErrorResponse.
+    fn run_command(
+        &mut self,
+        command: Result<SessionCommand, CommandError>,
+        describe: bool,
+    ) -> Result<BytesMut, BytesMut> {
         let mut reply = BytesMut::new();
-        match command {
-            Ok(command) => {
-                match command {
-                    SessionCommand::SetRoute(target) => self.target = target,
-                    SessionCommand::SetMinLsn(lsn) => self.client_min_lsn = lsn,
-                    SessionCommand::Show(setting) => {
-                        let value = match setting {
-                            Setting::Route => self.target.as_str().to_owned(),
-                            Setting::Lsn => max_lsn(self.write_lsn, self.client_min_lsn)
-                                .unwrap_or(Lsn::INVALID)
-                                .to_string(),
-                            Setting::MinLsn => {
-                                self.client_min_lsn.unwrap_or(Lsn::INVALID).to_string()
-                            }
-                        };
-                        backend::encode_text_row_description(&mut reply, &[setting.name()]);
-                        backend::encode_data_row(&mut reply, &[Some(value.as_bytes())]);
-                    }
-                }
-                backend::encode_command_complete(&mut reply, command.tag().as_bytes());
-            }
+        let command = match command {
+            Ok(command) => command,
             Err(error) => {
                 let fields = meridian_wire::backend::ErrorFields::new(
                     meridian_wire::backend::Severity::Error,
@@ -754,8 +753,35 @@ impl Session {
                     error.message,
                 );
                 backend::encode_error_response(&mut reply, &fields);
+                return Err(reply);
+            }
+        };
+        match command {
+            SessionCommand::SetRoute(target) => self.target = target,
+            SessionCommand::SetMinLsn(lsn) => self.client_min_lsn = lsn,
+            SessionCommand::Show(setting) => {
+                let value = match setting {
+                    Setting::Route => self.target.as_str().to_owned(),
+                    Setting::Lsn => max_lsn(self.write_lsn, self.client_min_lsn)
+                        .unwrap_or(Lsn::INVALID)
+                        .to_string(),
+                    Setting::MinLsn => self.client_min_lsn.unwrap_or(Lsn::INVALID).to_string(),
+                };
+                if describe {
+                    backend::encode_text_row_description(&mut reply, &[setting.name()]);
+                }
+                backend::encode_data_row(&mut reply, &[Some(value.as_bytes())]);
             }
         }
+        backend::encode_command_complete(&mut reply, command.tag().as_bytes());
+        Ok(reply)
+    }
+
+    /// Answers one of Meridian's own commands sent as a simple query, without a server.
+    fn answer_command(&mut self, command: Result<SessionCommand, CommandError>) {
+        let mut reply = match self.run_command(command, true) {
+            Ok(reply) | Err(reply) => reply,
+        };
         match &self.server {
             Some(attached) => {
                 backend::encode_ready_for_query(&mut reply, attached.status);
@@ -774,6 +800,92 @@ impl Session {
                 self.client_out.extend_from_slice(&reply);
             }
         }
+    }
+
+    /// Meridian's own commands over the extended protocol (a Parse of `SET meridian.route =
+    /// replica`, and the Bind, Describe, Execute and Close that use it, as JDBC sends them):
+    /// answered here, in order with anything a server owes. False for any other message.
+    fn answer_local_extended(&mut self, message: &FrontendMessage) -> bool {
+        let (expect, reply) = match message {
+            FrontendMessage::Parse { name, sql, .. } => {
+                let Some(command) = commands::session_command(sql) else {
+                    return false;
+                };
+                self.local_statements.insert(name.clone(), command);
+                (Expect::Parse, parse_complete())
+            }
+            FrontendMessage::Bind {
+                portal, statement, ..
+            } => {
+                let Some(command) = self.local_statements.get(statement).cloned() else {
+                    return false;
+                };
+                self.local_portals.insert(portal.clone(), command);
+                let mut reply = BytesMut::new();
+                backend::encode_bind_complete(&mut reply);
+                (Expect::Bind, reply.freeze())
+            }
+            FrontendMessage::Describe { target, name } => {
+                let command = match target {
+                    Target::Statement => self.local_statements.get(name),
+                    Target::Portal => self.local_portals.get(name),
+                };
+                let Some(command) = command else {
+                    return false;
+                };
+                let mut reply = BytesMut::new();
+                if *target == Target::Statement {
+                    backend::encode_parameter_description(&mut reply, &[]);
+                }
+                match command {
+                    Ok(SessionCommand::Show(setting)) => {
+                        backend::encode_text_row_description(&mut reply, &[setting.name()]);
+                    }
+                    _ => backend::encode_no_data(&mut reply),
+                }
+                (Expect::Describe, reply.freeze())
+            }
+            FrontendMessage::Execute { portal, .. } => {
+                let Some(command) = self.local_portals.get(portal).cloned() else {
+                    return false;
+                };
+                match self.run_command(command, false) {
+                    Ok(reply) => (Expect::Execute, reply.freeze()),
+                    Err(error) => {
+                        // As the server does after an error: skip to the Sync.
+                        match self.server {
+                            Some(_) => {
+                                self.tracker
+                                    .answer_error(Expect::Execute, error.freeze(), None);
+                                self.tracker.drain_answers(&mut self.client_out);
+                            }
+                            None => self.client_out.extend_from_slice(&error),
+                        }
+                        self.discard_until_sync = true;
+                        return true;
+                    }
+                }
+            }
+            FrontendMessage::Close { target, name } => {
+                let removed = match target {
+                    Target::Statement => self.local_statements.remove(name),
+                    Target::Portal => self.local_portals.remove(name),
+                };
+                if removed.is_none() {
+                    return false;
+                }
+                (Expect::Close, close_complete())
+            }
+            _ => return false,
+        };
+        match self.server {
+            Some(_) => {
+                self.tracker.answer(expect, reply, None);
+                self.tracker.drain_answers(&mut self.client_out);
+            }
+            None => self.client_out.extend_from_slice(&reply),
+        }
+        true
     }
 
     /// The WAL position this session's reads must see, if any.
@@ -885,6 +997,9 @@ impl Session {
                 sql,
                 param_types,
             } => {
+                if !self.local_statements.is_empty() {
+                    self.local_statements.remove(&name);
+                }
                 if name.is_empty() {
                     let def = Arc::new(StatementDef::unnamed(
                         sql,
@@ -960,6 +1075,9 @@ impl Session {
                 statement,
                 rest,
             } => {
+                if !self.local_portals.is_empty() {
+                    self.local_portals.remove(&portal);
+                }
                 if statement.is_empty() {
                     if let Some((def, seq)) = self.statements.unnamed() {
                         if attached.conn.unnamed != Some((session_id, *seq)) {
@@ -1506,9 +1624,10 @@ impl Session {
         }
     }
 
-    /// Read-your-writes on a replica not known to have replayed `lsn`: asks it, again every
-    /// millisecond, for up to `causal_read_timeout`. True once it has (and the router learns
-    /// so for every session); false when the time ran out.
+    /// Read-your-writes on a replica not known to have replayed `lsn`: asks it, at once again
+    /// a few times (replay on a nearby replica takes a fraction of a millisecond, less than a
+    /// timer tick), then every millisecond, for up to `causal_read_timeout`. True once it has
+    /// (and the router learns so for every session); false when the time ran out.
     async fn confirm_replayed(
         &self,
         attached: &mut Attached,
@@ -1516,7 +1635,9 @@ impl Session {
     ) -> Result<bool, ServerError> {
         let deadline = Instant::now() + self.shared.settings.causal_read_timeout;
         let max = self.shared.settings.max_message_size;
+        let mut checks = 0;
         loop {
+            checks += 1;
             let replayed = attached
                 .conn
                 .query_one("SELECT pg_last_wal_replay_lsn()", max)
@@ -1532,6 +1653,9 @@ impl Session {
             if Instant::now() >= deadline {
                 self.shared.router.causal_wait(true);
                 return Ok(false);
+            }
+            if checks < CAUSAL_QUICK_CHECKS {
+                continue;
             }
             tokio::time::sleep(CAUSAL_POLL.min(deadline - Instant::now())).await;
         }

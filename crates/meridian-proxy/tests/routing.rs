@@ -846,6 +846,64 @@ async fn hints_and_meridian_route_choose_the_server() {
     );
 }
 
+/// Meridian's own commands work over the extended protocol too (as JDBC and other drivers
+/// send every statement): `SET`, `SHOW` and `RESET` of `meridian.route` through prepared and
+/// unnamed statements, answered by the proxy, with errors that leave the session usable.
+#[tokio::test]
+async fn meridian_commands_work_over_the_extended_protocol() {
+    let cluster = cluster_with("").await;
+    let ports = Ports::of(&cluster);
+    let proxy = ProxyUnderTest::start(&cluster, "").await;
+    let client = proxy.connect().await;
+    const READ: &str = "SELECT inet_server_port()";
+    let read_port = || async { client.query_one(READ, &[]).await.unwrap().get::<_, i32>(0) };
+
+    client
+        .execute("SET meridian.route = primary", &[])
+        .await
+        .unwrap();
+    let shown: String = client
+        .query_one("SHOW meridian.route", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "primary");
+    for i in 0..4 {
+        assert_eq!(
+            read_port().await,
+            ports.primary,
+            "read {i} after SET (extended)"
+        );
+    }
+
+    // A named prepared statement, run twice, and its RowDescription.
+    let show = client.prepare("SHOW meridian.lsn").await.unwrap();
+    assert_eq!(show.columns()[0].name(), "meridian.lsn");
+    for _ in 0..2 {
+        let lsn: String = client.query_one(&show, &[]).await.unwrap().get(0);
+        assert_eq!(lsn, "0/0", "no write yet");
+    }
+    drop(show);
+
+    let message = expect_error(
+        client.execute("SET meridian.route = nowhere", &[]).await,
+        "22023",
+        "SET meridian.route = nowhere (extended)",
+    );
+    assert!(message.contains("nowhere"), "{message}");
+    expect_error(
+        client.query("SHOW meridian.nope", &[]).await,
+        "42704",
+        "SHOW meridian.nope (extended)",
+    );
+    assert_eq!(read_port().await, ports.primary, "the session goes on");
+
+    client.execute("RESET meridian.route", &[]).await.unwrap();
+    for i in 0..4 {
+        assert!(ports.is_replica(read_port().await), "read {i} after RESET");
+    }
+}
+
 /// Makes every replica of `cluster` apply each commit `delay` after it was made.
 async fn delay_replicas(cluster: &TestCluster, delay: &str) {
     for replica in cluster.replicas() {

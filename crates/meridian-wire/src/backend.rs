@@ -440,6 +440,26 @@ pub fn encode_data_row(buf: &mut BytesMut, values: &[Option<&[u8]>]) {
     });
 }
 
+/// Writes BindComplete.
+pub fn encode_bind_complete(buf: &mut BytesMut) {
+    write(buf, b'2', |_| {});
+}
+
+/// Writes NoData.
+pub fn encode_no_data(buf: &mut BytesMut) {
+    write(buf, b'n', |_| {});
+}
+
+/// Writes ParameterDescription with these parameter type OIDs.
+pub fn encode_parameter_description(buf: &mut BytesMut, types: &[u32]) {
+    write(buf, b't', |b| {
+        b.put_i16(i16::try_from(types.len()).unwrap_or(i16::MAX));
+        for oid in types {
+            b.put_u32(*oid);
+        }
+    });
+}
+
 /// Writes ParseComplete.
 pub fn encode_parse_complete(buf: &mut BytesMut) {
     write(buf, b'1', |_| {});
