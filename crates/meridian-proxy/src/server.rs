@@ -391,7 +391,7 @@ impl ServerConnection {
 }
 
 /// The first column of a DataRow body, as text; `None` for NULL or a malformed row.
-fn first_column(row: &[u8]) -> Option<String> {
+pub fn first_column(row: &[u8]) -> Option<String> {
     let count = i16::from_be_bytes(row.get(..2)?.try_into().ok()?);
     if count < 1 {
         return None;

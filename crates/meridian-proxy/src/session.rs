@@ -59,7 +59,7 @@ use crate::login::{Authenticated, send_error};
 use crate::pool::{Pool, PoolError, PoolKey};
 use crate::router::InFlight;
 use crate::server::{
-    IN_HOT_STANDBY, ServerConnection, ServerError, ServerLogin, hot_standby_change,
+    IN_HOT_STANDBY, ServerConnection, ServerError, ServerLogin, first_column, hot_standby_change,
 };
 use crate::session_state::{
     sql_changes_session, tag_changes_session, tag_clears_prepared, tag_writes_rows,
@@ -68,6 +68,10 @@ use crate::settings::User;
 use crate::statements::{ClientStatements, StatementDef, StatementId, route_of};
 use crate::stream::Stream;
 use crate::tracker::{Expect, Tracker};
+
+/// The primary's WAL position, for read-your-writes: at or past the end of every commit
+/// acknowledged before it runs.
+const WRITE_POSITION: &str = "SELECT pg_current_wal_insert_lsn()";
 
 /// How often a read that must see the session's last write asks its replica again, after
 /// the first `CAUSAL_QUICK_CHECKS` checks made back to back.
@@ -102,6 +106,9 @@ struct Undo {
     server: Option<StatementId>,
     /// The client's statement of this name was not created.
     client: Option<Bytes>,
+    /// Not an undo: marks the proxy's own query for the primary's WAL position, sent after
+    /// the write numbered so (see [`Attached::writes`]).
+    capture: Option<u64>,
 }
 
 /// A borrowed server connection and the state of its use.
@@ -131,6 +138,11 @@ struct Attached {
     /// Reads may go elsewhere (read-your-writes is on and the view has replicas): watch for
     /// writes.
     track_writes: bool,
+    /// Writes noted on it so far, numbering the WAL-position queries sent after them.
+    writes: u64,
+    /// The position the last such query returned, until its ReadyForQuery says it ran
+    /// outside a transaction (after the commit).
+    captured: Option<Lsn>,
     /// Counts the transaction in the node's load while it lives.
     _in_flight: InFlight,
 }
@@ -907,6 +919,7 @@ impl Session {
         };
         if attached.track_writes && classification.is_write() {
             attached.may_write = true;
+            attached.writes += 1;
         }
         if self.pinned.is_none()
             && self.shared.settings.pool_mode == PoolMode::Transaction
@@ -962,11 +975,13 @@ impl Session {
             Some(_) => self.retry = None,
             None => {}
         }
+        let mut query_transaction = None;
         match &message {
             FrontendMessage::Query { sql } => {
                 let classification =
                     query.unwrap_or_else(|| self.shared.settings.classifier.classify(sql));
                 self.note_statement(&classification);
+                query_transaction = classification.transaction();
             }
             FrontendMessage::Bind { statement, .. } => {
                 if let Some(def) = self.client_statement(statement) {
@@ -987,6 +1002,14 @@ impl Session {
                 attached.dirty |= transaction_pooling && sql_changes_session(&sql);
                 self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Query, None);
+                let ends = match query_transaction {
+                    Some(TransactionControl::Commit { chain: false }) => true,
+                    Some(_) => false,
+                    None => attached.status == TransactionStatus::Idle,
+                };
+                if ends {
+                    self.capture_write_lsn();
+                }
             }
             FrontendMessage::FunctionCall(_) => {
                 self.server_out.extend_from_slice(&raw);
@@ -1050,6 +1073,7 @@ impl Session {
                             Some(Undo {
                                 server: None,
                                 client: Some(name),
+                                capture: None,
                             }),
                         );
                     } else {
@@ -1065,6 +1089,7 @@ impl Session {
                             Some(Undo {
                                 server: Some(def.id),
                                 client: Some(name),
+                                capture: None,
                             }),
                         );
                     }
@@ -1153,6 +1178,9 @@ impl Session {
             FrontendMessage::Sync => {
                 self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Sync, None);
+                if attached.status == TransactionStatus::Idle {
+                    self.capture_write_lsn();
+                }
             }
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
                 self.server_out.extend_from_slice(&raw);
@@ -1202,6 +1230,27 @@ impl Session {
                 break;
             }
             let message = &buf[..header.frame_len];
+            if let Some(writes) = self.tracker.head_payload().and_then(|u| u.capture) {
+                match header.tag {
+                    b'D' => {
+                        attached.captured =
+                            first_column(&message[5..]).and_then(|text| text.parse::<Lsn>().ok());
+                    }
+                    b'Z' => {
+                        let captured = attached.captured.take();
+                        if message.get(5) == Some(&b'I')
+                            && let Some(lsn) = captured
+                        {
+                            self.write_lsn = max_lsn(self.write_lsn, Some(lsn));
+                            self.shared.router.wrote(lsn);
+                            if attached.writes == writes {
+                                attached.may_write = false;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
             if let Some(retry) = &mut self.retry {
                 // Replies to the proxy's own messages (re-applied parameters) do not count.
                 if self.tracker.head_forwards() || header.tag == b'E' {
@@ -1386,6 +1435,30 @@ impl Session {
         self.flush_client().await.map_err(|_| Failure::ShuttingDown)
     }
 
+    /// Right behind a request that may commit a write on the primary, queues the proxy's own
+    /// query for the primary's WAL position (read-your-writes without a round trip of its
+    /// own). Its answer counts only if its ReadyForQuery shows it ran outside a transaction,
+    /// that is, after the commit; otherwise the position is learned when the transaction
+    /// ends (`learn_write_lsn`). Not in `global` mode, which learns the position before the
+    /// client hears of the commit.
+    fn capture_write_lsn(&mut self) {
+        let Some(attached) = &mut self.server else {
+            return;
+        };
+        if !attached.may_write || self.shared.settings.read_your_writes != ReadYourWrites::Session {
+            return;
+        }
+        frontend::encode_query(&mut self.server_out, WRITE_POSITION.as_bytes());
+        self.tracker.silent(
+            Expect::Query,
+            Some(Undo {
+                server: None,
+                client: None,
+                capture: Some(attached.writes),
+            }),
+        );
+    }
+
     /// At the end of a transaction that may have written on the primary, learns the
     /// primary's WAL position (read-your-writes): one query on the same server connection,
     /// after the client already has its answer (before, in `global` mode).
@@ -1403,10 +1476,7 @@ impl Session {
         }
         attached.may_write = false;
         let max = self.shared.settings.max_message_size;
-        let position = attached
-            .conn
-            .query_one("SELECT pg_current_wal_insert_lsn()", max)
-            .await;
+        let position = attached.conn.query_one(WRITE_POSITION, max).await;
         match position
             .ok()
             .flatten()
@@ -1724,6 +1794,8 @@ impl Session {
             reason,
             may_write: false,
             track_writes: false,
+            writes: 0,
+            captured: None,
             _in_flight: self.shared.router.start(node),
         })
     }
@@ -1874,6 +1946,7 @@ fn ensure_prepared(
             Some(Undo {
                 server: Some(def.id),
                 client: None,
+                capture: None,
             }),
         );
         conn.prepared.insert(def.id);

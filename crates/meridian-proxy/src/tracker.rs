@@ -79,6 +79,9 @@ enum Action {
     /// The proxy added this message: drop its replies, except errors (the client must learn
     /// why its own next message fails).
     Swallow,
+    /// The proxy added this message for itself: drop every reply, errors too (nothing the
+    /// client sent depends on it).
+    Silent,
     /// The proxy answers for the server: write these bytes when the entry comes up.
     Answer(Bytes),
     /// The proxy fails the client's message itself: write this ErrorResponse when the entry
@@ -151,6 +154,15 @@ impl<U> Tracker<U> {
         self.queue.push_back(Entry {
             expect,
             action: Action::Swallow,
+            undo,
+        });
+    }
+
+    /// The proxy sent `expect` for its own purposes; every reply is dropped, errors too.
+    pub fn silent(&mut self, expect: Expect, undo: Option<U>) {
+        self.queue.push_back(Entry {
+            expect,
+            action: Action::Silent,
             undo,
         });
     }
@@ -259,6 +271,11 @@ impl<U> Tracker<U> {
         std::mem::take(&mut self.undo)
     }
 
+    /// The payload of the entry whose replies are arriving now, if it has one.
+    pub fn head_payload(&self) -> Option<&U> {
+        self.queue.front().and_then(|e| e.undo.as_ref())
+    }
+
     /// Whether the replies now arriving belong to a message the client sent (and are relayed).
     pub fn head_forwards(&self) -> bool {
         self.queue
@@ -289,11 +306,14 @@ impl<U> Tracker<U> {
         };
         let expect = head.expect;
         let forward = head.action == Action::Forward;
+        let silent = head.action == Action::Silent;
         if tag == b'G' {
             self.copy_in_started();
         }
         if tag == b'E' {
-            client.extend_from_slice(frame);
+            if !silent {
+                client.extend_from_slice(frame);
+            }
             // An error ends copy-in mode; the server then discards input up to a Sync.
             self.copy_in = false;
             if expect != Expect::Query && expect != Expect::Sync {
@@ -335,7 +355,8 @@ impl<U> Tracker<U> {
         self.queue
             .iter()
             .filter(|e| {
-                matches!(e.expect, Expect::Sync | Expect::Query) && e.action != Action::Swallow
+                matches!(e.expect, Expect::Sync | Expect::Query)
+                    && !matches!(e.action, Action::Swallow | Action::Silent)
             })
             .count()
     }
@@ -418,6 +439,21 @@ mod tests {
         );
         assert_eq!(client, "TDCZ");
         assert_eq!(outcomes[3].ready, Some(TransactionStatus::Idle));
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_silent_query_after_the_clients_relays_nothing_not_even_its_error() {
+        let mut t = Tracker::default();
+        t.forward(Expect::Query, None);
+        t.silent(Expect::Query, Some("position"));
+        assert_eq!(t.owed_ready(), 1, "the client is owed one ReadyForQuery");
+        let (client, _) = feed(&mut t, &[msg(b'C', b"INSERT 0 1\0"), ready(b'I')]);
+        assert_eq!(client, "CZ");
+        assert_eq!(t.head_payload(), Some(&"position"));
+        let (client, outcomes) = feed(&mut t, &[msg(b'E', b"x"), ready(b'I')]);
+        assert_eq!(client, "", "the proxy's own query is invisible");
+        assert_eq!(outcomes[1].ready, None);
         assert!(t.is_idle());
     }
 
