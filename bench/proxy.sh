@@ -11,7 +11,9 @@
 # compared with PgBouncer and direct connections to the primary, and the share of
 # transactions its replicas served is read from its routing metrics.
 #
-# usage: bench/proxy.sh            (env: ROUNDS=3 DURATION=10 POOL_SIZE=20 SCALE=10)
+# usage: bench/proxy.sh            (env: ROUNDS=3 DURATION=10 POOL_SIZE=20 SCALE=10,
+#                                   READ_YOUR_WRITES=session for the split Meridian,
+#                                   ONLY=split to run the split workloads alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 POOL_SIZE=${POOL_SIZE:-20}
 SCALE=${SCALE:-10}
+READ_YOUR_WRITES=${READ_YOUR_WRITES:-session}
+ONLY=${ONLY:-}
 
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: apt-get install -y pgbouncer" >&2; exit 1; }
 command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
@@ -111,7 +115,7 @@ split_admin=$(free_port)
     i=$((i + 1))
   done
 } > "$work/meridian-split.toml"
-MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian-split.toml" > "$work/meridian-split.log" 2>&1 &
+MERIDIAN_LOG=warn MERIDIAN_READ_YOUR_WRITES=$READ_YOUR_WRITES "$target/meridian" run -c "$work/meridian-split.toml" > "$work/meridian-split.log" 2>&1 &
 pids+=($!)
 
 wait_port() {
@@ -134,6 +138,7 @@ rss_idle=$(rss_kib)
 
 declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [meridian]=$meridian_port)
 workloads=("select-only -c 8|-S -c 8 -j 2" "select-only -c 64|-S -c 64 -j 2" "TPC-B-like -c 8|-c 8 -j 2" "select-only -M prepared -c 8|-S -M prepared -c 8 -j 2")
+[ "$ONLY" = split ] && workloads=()
 declare -A tps
 for round in $(seq "$ROUNDS"); do
   for workload in "${workloads[@]}"; do
@@ -190,7 +195,7 @@ for workload in "${workloads[@]}"; do
 done
 
 echo
-echo "read/write split (Meridian over a primary and two replicas; direct and PgBouncer on the primary)"
+echo "read/write split (Meridian over a primary and two replicas, read_your_writes = $READ_YOUR_WRITES; direct and PgBouncer on the primary)"
 printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
 printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
 for workload in "${split_workloads[@]}"; do
