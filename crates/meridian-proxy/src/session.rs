@@ -470,6 +470,13 @@ impl Session {
             }
             return Ok(false);
         }
+        if self.tracker.only_silent() {
+            // The transaction is over but the proxy's own query after it is still out: let
+            // it finish, so that this new request is routed on its own and sees
+            // the position it learns.
+            self.finish_silent().await?;
+            self.release_if_done().await;
+        }
         let query = match &message {
             FrontendMessage::Query { sql } => {
                 // Meridian's own settings are answered here, in order with anything pending.
@@ -1370,6 +1377,21 @@ impl Session {
         Ok(())
     }
 
+    /// Waits for the replies to the proxy's silent queries (the client's requests are all
+    /// answered).
+    /// A server that does not answer within `connect_timeout` is given up, as lost.
+    async fn finish_silent(&mut self) -> Result<(), Failure> {
+        self.flush_server().await?;
+        let deadline = Instant::now() + self.shared.settings.connect_timeout;
+        while self.server.is_some() && self.tracker.only_silent() {
+            match tokio::time::timeout_at(deadline, read_server(&mut self.server)).await {
+                Ok(Ok(n)) if n > 0 => self.on_server_bytes().await?,
+                _ => self.server_lost().await?,
+            }
+        }
+        Ok(())
+    }
+
     /// The replica refused the read as a write (25006) before any row reached the client:
     /// drop what it answered and run the request again on the primary.
     async fn retry_on_primary(&mut self) -> Result<(), Failure> {
@@ -1476,12 +1498,12 @@ impl Session {
         }
         attached.may_write = false;
         let max = self.shared.settings.max_message_size;
-        let position = attached.conn.query_one(WRITE_POSITION, max).await;
-        match position
+        let timeout = self.shared.settings.connect_timeout;
+        let position = tokio::time::timeout(timeout, attached.conn.query_one(WRITE_POSITION, max))
+            .await
             .ok()
-            .flatten()
-            .and_then(|text| text.parse::<Lsn>().ok())
-        {
+            .and_then(Result::ok);
+        match position.flatten().and_then(|text| text.parse::<Lsn>().ok()) {
             Some(lsn) => {
                 self.write_lsn = max_lsn(self.write_lsn, Some(lsn));
                 self.shared.router.wrote(lsn);

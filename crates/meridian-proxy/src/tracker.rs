@@ -271,6 +271,12 @@ impl<U> Tracker<U> {
         std::mem::take(&mut self.undo)
     }
 
+    /// Whether the only replies still owed are to the proxy's silent queries: the client's
+    /// requests are all answered.
+    pub fn only_silent(&self) -> bool {
+        !self.queue.is_empty() && self.queue.iter().all(|e| e.action == Action::Silent)
+    }
+
     /// The payload of the entry whose replies are arriving now, if it has one.
     pub fn head_payload(&self) -> Option<&U> {
         self.queue.front().and_then(|e| e.undo.as_ref())
@@ -451,6 +457,7 @@ mod tests {
         let (client, _) = feed(&mut t, &[msg(b'C', b"INSERT 0 1\0"), ready(b'I')]);
         assert_eq!(client, "CZ");
         assert_eq!(t.head_payload(), Some(&"position"));
+        assert!(t.only_silent());
         let (client, outcomes) = feed(&mut t, &[msg(b'E', b"x"), ready(b'I')]);
         assert_eq!(client, "", "the proxy's own query is invisible");
         assert_eq!(outcomes[1].ready, None);
