@@ -1077,6 +1077,37 @@ async fn a_read_your_writes_token_carries_across_connections() {
     assert_eq!(report.causal_timeouts, 0, "{report:#?}");
 }
 
+/// `read_your_writes = "global"`: a read sees every write committed before it, whoever made
+/// it; in `session` mode another session's fresh write is not waited for (the replicas are
+/// 200 ms behind, so its read comes back without the row).
+#[tokio::test]
+async fn global_read_your_writes_sees_other_sessions_writes() {
+    let cluster = cluster_with("").await;
+    let ports = Ports::of(&cluster);
+    delay_replicas(&cluster, "200ms").await;
+    let read = "SELECT inet_server_port(), EXISTS (SELECT 1 FROM t WHERE id = $1)";
+    for (mode, id, expect_seen) in [("global", 21, true), ("session", 22, false)] {
+        let proxy = ProxyUnderTest::start(
+            &cluster,
+            &format!("[routing]\nread_your_writes = \"{mode}\"\ncausal_read_timeout = \"5s\"\n"),
+        )
+        .await;
+        let writer = proxy.connect().await;
+        let reader = proxy.connect().await;
+        writer
+            .execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+        let row = reader.query_one(read, &[&id]).await.unwrap();
+        assert!(ports.is_replica(row.get(0)), "{mode}: read on a replica");
+        assert_eq!(
+            row.get::<_, bool>(1),
+            expect_seen,
+            "{mode}: the other session's row"
+        );
+    }
+}
+
 /// One read of the replica-kill test.
 #[derive(Debug)]
 struct Read {
