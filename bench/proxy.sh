@@ -140,18 +140,22 @@ declare -A ports=([direct]=$pg_port [pgbouncer]=$bouncer_port [meridian]=$meridi
 workloads=("select-only -c 8|-S -c 8 -j 2" "select-only -c 64|-S -c 64 -j 2" "TPC-B-like -c 8|-c 8 -j 2" "select-only -M prepared -c 8|-S -M prepared -c 8 -j 2")
 [ "$ONLY" = split ] && workloads=()
 declare -A tps
-for round in $(seq "$ROUNDS"); do
-  for workload in "${workloads[@]}"; do
-    name=${workload%%|*}; args=${workload#*|}
-    for target_name in direct pgbouncer meridian; do
-      # shellcheck disable=SC2086
-      out=$(pgbench -h 127.0.0.1 -p "${ports[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
-      value=$(awk '/^tps = / {print $3}' <<<"$out")
-      if [ -z "$value" ] || grep -q "number of failed transactions: [1-9]" <<<"$out" || grep -qi "error" <<<"$out"; then value=fail; fi
-      tps["$name|$target_name"]+="$value "
-    done
-    echo "round $round: $name done"
+# One pgbench run per target of the ports array named $1 for workload $2 ("name|args"),
+# recording TPS (or "fail") in tps.
+bench_workload() {
+  local -n target_ports=$1
+  local name=${2%%|*} args=${2#*|} target_name out value
+  for target_name in direct pgbouncer meridian; do
+    # shellcheck disable=SC2086
+    out=$(pgbench -h 127.0.0.1 -p "${target_ports[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
+    value=$(awk '/^tps = / {print $3}' <<<"$out")
+    if [ -z "$value" ] || grep -q "number of failed transactions: [1-9]" <<<"$out" || grep -qi "error" <<<"$out"; then value=fail; fi
+    tps["$name|$target_name"]+="$value "
   done
+  echo "round $round: $name done"
+}
+for round in $(seq "$ROUNDS"); do
+  for workload in "${workloads[@]}"; do bench_workload ports "$workload"; done
   [ "$round" = 1 ] && rss_after_64=$(rss_kib)
 done
 
@@ -167,42 +171,31 @@ routed() {
 }
 read -r replicas_before total_before < <(routed)
 for round in $(seq "$ROUNDS"); do
-  for workload in "${split_workloads[@]}"; do
-    name=${workload%%|*}; args=${workload#*|}
-    for target_name in direct pgbouncer meridian; do
-      # shellcheck disable=SC2086
-      out=$(pgbench -h 127.0.0.1 -p "${ports_split[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
-      value=$(awk '/^tps = / {print $3}' <<<"$out")
-      if [ -z "$value" ] || grep -q "number of failed transactions: [1-9]" <<<"$out" || grep -qi "error" <<<"$out"; then value=fail; fi
-      tps["$name|$target_name"]+="$value "
-    done
-    echo "round $round: $name done"
-  done
+  for workload in "${split_workloads[@]}"; do bench_workload ports_split "$workload"; done
 done
 read -r replicas_after total_after < <(routed)
 
 median() { tr ' ' '\n' | grep -v '^$' | { mapfile -t v; if printf '%s\n' "${v[@]}" | grep -q fail; then echo fail; else printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.0f\n", a[int((NR+1)/2)]}'; fi; }; }
 ratio() { if [ "$1" = fail ] || [ "$2" = fail ]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; fi; }
 
-echo
-echo "pgbench, median of $ROUNDS interleaved rounds of ${DURATION}s, pool size $POOL_SIZE, scale $SCALE"
-printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
-printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
-for workload in "${workloads[@]}"; do
-  name=${workload%%|*}
-  d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
-  printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
-done
+# The table of medians and ratios of the workloads given.
+table() {
+  printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
+  printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
+  local workload name d b m
+  for workload in "$@"; do
+    name=${workload%%|*}
+    d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
+    printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
+  done
+}
 
 echo
+echo "pgbench, median of $ROUNDS interleaved rounds of ${DURATION}s, pool size $POOL_SIZE, scale $SCALE"
+table "${workloads[@]}"
+echo
 echo "read/write split (Meridian over a primary and two replicas, read_your_writes = $READ_YOUR_WRITES; direct and PgBouncer on the primary)"
-printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
-printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
-for workload in "${split_workloads[@]}"; do
-  name=${workload%%|*}
-  d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
-  printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
-done
+table "${split_workloads[@]}"
 replicas=$((replicas_after - replicas_before)); total=$((total_after - total_before))
 echo "transactions served by replicas in the split runs: $replicas of $total ($(ratio "$replicas" "$total"))"
 

@@ -19,7 +19,9 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use support::{DataDirs, cluster_toml, connect, free_port, http_get};
+use support::{
+    DataDirs, cluster_toml, connect, free_port, http_get, meridian_log, spawn_meridian, wait_ready,
+};
 
 mod support;
 
@@ -62,22 +64,7 @@ impl Meridian {
         }
         toml.push_str(&cluster_toml(cluster, DataDirs::Managed));
         toml.push_str(extra);
-        let config = dir.path().join("meridian.toml");
-        std::fs::write(&config, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("meridian.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .arg("run")
-            .arg("-c")
-            .arg(&config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("MERIDIAN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let child = spawn_meridian(dir.path(), &toml);
         let meridian = Meridian {
             _child: child,
             port,
@@ -85,26 +72,14 @@ impl Meridian {
             token,
             dir,
         };
-        let ready = wait_until(TIMEOUT, "Meridian to run a query", || async {
-            match connect(port).await {
-                Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()).into(),
-                Err(e) => Check::NotYet(e.to_string()),
-            }
-        })
-        .await;
+        let ready = wait_ready(port, TIMEOUT).await;
         meridian.or_log(ready);
         meridian
     }
 
     /// The end of Meridian's log, for failure messages.
     fn log(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("meridian.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- meridian log (last 150 lines) ---\n{}",
-            lines[lines.len().saturating_sub(150)..].join("\n")
-        )
+        meridian_log(self.dir.path())
     }
 
     /// The value of `result`, or a panic with the error and Meridian's log.

@@ -19,17 +19,19 @@
 //! at once (a busy replica scores worse).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_testkit::{Check, TestCluster, wait_until};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tokio_postgres::SimpleQueryMessage;
 
-use support::{DataDirs, PASSWORD, cluster_toml, connect, free_port, http_get};
+use support::{
+    DataDirs, PASSWORD, cluster_toml, connect, free_port, http_get, meridian_log, spawn_meridian,
+    wait_ready,
+};
 
 mod support;
 
@@ -85,48 +87,21 @@ impl Meridian {
             dir.path().join("state").display(),
             nodes,
         );
-        let config = dir.path().join("meridian.toml");
-        std::fs::write(&config, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("meridian.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .arg("run")
-            .arg("-c")
-            .arg(&config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("MERIDIAN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let child = spawn_meridian(dir.path(), &toml);
         let meridian = Meridian {
             _child: child,
             port,
             admin,
             dir,
         };
-        let ready = wait_until(TIMEOUT, "Meridian to run a query", || async {
-            match connect(port).await {
-                Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()).into(),
-                Err(e) => Check::NotYet(e.to_string()),
-            }
-        })
-        .await;
+        let ready = wait_ready(port, TIMEOUT).await;
         meridian.or_log(ready);
         meridian
     }
 
     /// The end of Meridian's log, for failure messages.
     fn log(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("meridian.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- meridian log (last 150 lines) ---\n{}",
-            lines[lines.len().saturating_sub(150)..].join("\n")
-        )
+        meridian_log(self.dir.path())
     }
 
     /// The value of `result`, or a panic with the error and Meridian's log.

@@ -75,3 +75,45 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     stream.read_to_string(&mut response).await?;
     Ok(response)
 }
+
+/// Starts `meridian run -c <dir>/meridian.toml` with `toml` as its configuration, a clean
+/// environment and its output in `<dir>/meridian.log`; killed when dropped.
+pub fn spawn_meridian(dir: &std::path::Path, toml: &str) -> tokio::process::Child {
+    let config = dir.join("meridian.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = std::fs::File::create(dir.join("meridian.log")).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("run")
+        .arg("-c")
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MERIDIAN_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until Meridian on `port` runs a query.
+pub async fn wait_ready(port: u16, timeout: std::time::Duration) -> anyhow::Result<()> {
+    meridian_testkit::wait_until(timeout, "Meridian to run a query", || async {
+        match connect(port).await {
+            Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()).into(),
+            Err(e) => meridian_testkit::Check::NotYet(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// The end of the log [`spawn_meridian`] writes in `dir`, for failure messages.
+pub fn meridian_log(dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(dir.join("meridian.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- meridian log (last 150 lines) ---\n{}",
+        lines[lines.len().saturating_sub(150)..].join("\n")
+    )
+}
