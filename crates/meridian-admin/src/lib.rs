@@ -10,6 +10,7 @@
 
 mod auth;
 mod error;
+pub mod health;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use meridian_core::status::ClusterStatus;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -68,6 +70,9 @@ pub trait Control: Send + Sync + 'static {
     /// Everything Meridian measures, in the Prometheus text exposition format.
     fn metrics(&self) -> String;
 
+    /// The monitor's latest snapshot of every node.
+    fn status(&self) -> Arc<ClusterStatus>;
+
     /// The most recent failovers and switchovers, newest first, as a JSON array.
     fn failover_history(&self, limit: usize) -> Result<Value, ApiError>;
 
@@ -86,6 +91,12 @@ struct AppState {
 pub fn router(control: Arc<dyn Control>, auth: AdminAuth) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/health", get(get_health))
+        .route("/primary", get(get_primary))
+        .route("/replica", get(get_replica))
+        .route("/liveness", get(liveness))
+        .route("/readiness", get(readiness))
+        .route("/api/database/status", get(status))
         .route("/api/database/failover-history", get(failover_history))
         .route("/api/database/switchover", post(switchover))
         .route("/api/database/failover/{region}", post(failover))
@@ -117,6 +128,66 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.control.metrics(),
     )
+}
+
+/// A health answer: 200 when its check passes, 503 otherwise.
+fn answer(answer: health::Answer) -> Response {
+    let code = if answer.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(answer.body)).into_response()
+}
+
+/// `GET /health`: the original service's health document (see [`health::health`]).
+async fn get_health(State(state): State<AppState>) -> Response {
+    answer(health::health(
+        &state.control.status(),
+        env!("CARGO_PKG_VERSION"),
+    ))
+}
+
+/// `GET /primary`: 200 while a writable primary exists.
+async fn get_primary(State(state): State<AppState>) -> Response {
+    answer(health::primary(&state.control.status()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaxLag {
+    max_lag: Option<u64>,
+}
+
+/// `GET /replica?max_lag=BYTES`: 200 while a replica qualifies.
+async fn get_replica(
+    State(state): State<AppState>,
+    query: Result<Query<MaxLag>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(query)) => answer(health::replica(&state.control.status(), query.max_lag)),
+        Err(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("max_lag must be a number of bytes, e.g. /replica?max_lag=1048576: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /liveness`: the process answers.
+async fn liveness() -> Response {
+    axum::Json(serde_json::json!({ "alive": true })).into_response()
+}
+
+/// `GET /readiness`: 200 once a primary has been observed.
+async fn readiness(State(state): State<AppState>) -> Response {
+    answer(health::readiness(&state.control.status()))
+}
+
+/// `GET /api/database/status`: the topology by region.
+async fn status(State(state): State<AppState>) -> Response {
+    axum::Json(health::topology(&state.control.status())).into_response()
 }
 
 #[derive(Deserialize)]

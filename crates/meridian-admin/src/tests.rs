@@ -16,6 +16,10 @@ impl Control for Fixed {
         "meridian_up 1\n".to_owned()
     }
 
+    fn status(&self) -> Arc<ClusterStatus> {
+        Arc::new(ClusterStatus::default())
+    }
+
     fn failover_history(&self, limit: usize) -> Result<Value, ApiError> {
         Ok(serde_json::json!([{ "id": 1, "limit": limit }]))
     }
@@ -226,4 +230,31 @@ async fn the_history_is_open_and_its_limit_bounded() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(body, r#"[{"id":1,"limit":1000}]"#);
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+}
+
+#[tokio::test]
+async fn health_checks_answer_200_or_503_and_bad_queries_400() {
+    let control = Arc::new(Fixed::default());
+    // No node observed yet: nothing is healthy, but the process is alive.
+    let (code, body) = request(control.clone(), None, &get("/health")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"db_primary\":\"disconnected\""), "{body}");
+    let (code, _) = request(control.clone(), None, &get("/primary")).await;
+    assert_eq!(code, 503);
+    let (code, _) = request(control.clone(), None, &get("/readiness")).await;
+    assert_eq!(code, 503);
+    let (code, body) = request(control.clone(), None, &get("/liveness")).await;
+    assert_eq!((code, body.as_str()), (200, "{\"alive\":true}"));
+    let (code, _) = request(control.clone(), None, &get("/replica?max_lag=100")).await;
+    assert_eq!(code, 503);
+    let (code, body) = request(control.clone(), None, &get("/replica?max_lag=lots")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"code\":\"bad_request\""), "{body}");
+    let (code, body) = request(control, None, &get("/api/database/status")).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"regions\":[]"), "{body}");
 }

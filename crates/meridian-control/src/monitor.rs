@@ -1081,21 +1081,12 @@ fn describe(error: &ProbeError) -> String {
 
 /// The lower-case name of a health state, as logs, the store and the API spell it.
 pub fn health_str(health: Health) -> &'static str {
-    match health {
-        Health::Healthy => "healthy",
-        Health::Degraded => "degraded",
-        Health::Down => "down",
-        Health::Unknown => "unknown",
-    }
+    health.as_str()
 }
 
 /// The lower-case name of a role.
 pub fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Primary => "primary",
-        Role::Replica => "replica",
-        Role::Unknown => "unknown",
-    }
+    role.as_str()
 }
 
 fn record_from_alert(alert: &Alert) -> AlertRecord {

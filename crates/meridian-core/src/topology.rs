@@ -50,6 +50,17 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// The lower-case name, as logs, the store and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
 /// Meridian's judgement of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Health {
@@ -61,6 +72,18 @@ pub enum Health {
     Down,
     /// Not judged yet.
     Unknown,
+}
+
+impl Health {
+    /// The lower-case name, as logs, the store and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+        }
+    }
 }
 
 /// One node in a view.

@@ -87,6 +87,10 @@ impl Control for Operator {
         self.telemetry.metrics()
     }
 
+    fn status(&self) -> Arc<meridian_core::status::ClusterStatus> {
+        self.monitor.status()
+    }
+
     fn failover_history(&self, limit: usize) -> Result<Value, ApiError> {
         let records = self
             .store

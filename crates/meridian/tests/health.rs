@@ -1,0 +1,109 @@
+//! The health endpoints through the binary, on a real cluster: `/health`, `/primary`,
+//! `/replica` and `/api/database/status` follow a replica's death.
+
+mod support;
+
+use std::time::Duration;
+
+use meridian_testkit::{Check, TestCluster, wait_until};
+use serde_json::Value;
+
+use support::{
+    DataDirs, cluster_toml, free_port, http_get, meridian_log, spawn_meridian, wait_ready,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Status code and JSON body of `GET path` on the admin listener.
+async fn get(admin: u16, path: &str) -> Result<(u16, Value), String> {
+    let response = http_get(admin, path).await.map_err(|e| e.to_string())?;
+    let code = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line: {response}"))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+    Ok((code, json))
+}
+
+#[tokio::test]
+async fn health_turns_503_when_a_replica_dies_while_primary_and_replica_checks_stay_200() {
+    let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         data_dir = \"{}\"\n[monitor]\nprobe_interval = \"300ms\"\n{}",
+        dir.path().join("state").display(),
+        cluster_toml(&cluster, DataDirs::Unmanaged),
+    );
+    let _meridian = spawn_meridian(dir.path(), &toml);
+    let log = || meridian_log(dir.path());
+    wait_ready(port, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+
+    let healthy = wait_until(TIMEOUT, "/health to answer 200", || async {
+        match get(admin, "/health").await {
+            Ok((200, body)) => Check::Ready(body),
+            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
+            Err(e) => Check::NotYet(e),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    assert_eq!(healthy["status"], "healthy");
+    assert_eq!(healthy["db_primary"], "connected");
+    assert_eq!(healthy["db_replica"], "connected");
+    assert_eq!(healthy["replicas"].as_array().unwrap().len(), 2);
+    assert_eq!(get(admin, "/primary").await.unwrap().0, 200);
+    assert_eq!(get(admin, "/readiness").await.unwrap().0, 200);
+    // A replica's lag is known once the primary and it have both been probed.
+    wait_until(TIMEOUT, "/replica?max_lag to answer 200", || async {
+        match get(admin, "/replica?max_lag=16777216").await {
+            Ok((200, _)) => Check::Ready(()),
+            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
+            Err(e) => Check::NotYet(e),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+
+    let dead = &cluster.replicas()[0];
+    dead.kill();
+    let unhealthy = wait_until(TIMEOUT, "/health to answer 503", || async {
+        match get(admin, "/health").await {
+            Ok((503, body)) => Check::Ready(body),
+            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
+            Err(e) => Check::NotYet(e),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    assert_eq!(unhealthy["status"], "unhealthy");
+    assert_eq!(unhealthy["db_replica"], "disconnected");
+    assert_eq!(unhealthy["db_primary"], "connected");
+    let states: Vec<(&str, &str)> = unhealthy["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&(dead.name(), "down")), "{states:?}");
+
+    // The primary still takes writes and the other replica still qualifies.
+    assert_eq!(get(admin, "/primary").await.unwrap().0, 200);
+    let (code, replica) = get(admin, "/replica").await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        replica["replicas"],
+        serde_json::json!([cluster.replicas()[1].name()])
+    );
+
+    let (code, status) = get(admin, "/api/database/status").await.unwrap();
+    assert_eq!(code, 200);
+    let nodes = status["regions"][0]["nodes"].as_array().unwrap();
+    let dead_node = nodes.iter().find(|n| n["name"] == dead.name()).unwrap();
+    assert_eq!(dead_node["health"], "down");
+    assert_eq!(status["primary"], cluster.primary().name());
+}
