@@ -140,6 +140,15 @@ pub fn history(api: &ApiArgs, limit: usize) -> ExitCode {
     finish(api, call(api, "GET", &path, None), show_history)
 }
 
+/// `meridian status`: the topology by region.
+pub fn status(api: &ApiArgs) -> ExitCode {
+    finish(
+        api,
+        call(api, "GET", "/api/database/status", None),
+        show_status,
+    )
+}
+
 /// Names are `[a-z0-9_-]` (validated in the config), so only a wrong argument needs escaping.
 fn path_segment(text: &str) -> String {
     text.bytes()
@@ -214,9 +223,70 @@ fn show_history(runs: &Value) -> String {
     out
 }
 
+/// The topology: a headline, then per region a table of its nodes.
+fn show_status(status: &Value) -> String {
+    let mut out = format!(
+        "primary {} (generation {}){}\n",
+        text(&status["primary"]),
+        status["generation"],
+        if status["paused"] == Value::Bool(true) {
+            ", failover under way: writes wait"
+        } else {
+            ""
+        }
+    );
+    let bytes = |v: &Value| {
+        v.as_u64()
+            .map_or_else(|| "-".to_owned(), |b| format!("{b} B"))
+    };
+    let millis = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"))
+    };
+    for region in status["regions"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\nregion {}\n", text(&region["name"])));
+        out.push_str(&format!(
+            "  {:<16}  {:<8}  {:<9}  {:>12}  {:>10}  {}\n",
+            "node", "role", "health", "lag", "latency", "last error"
+        ));
+        for node in region["nodes"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {:<16}  {:<8}  {:<9}  {:>12}  {:>10}  {}\n",
+                text(&node["name"]),
+                text(&node["role"]),
+                text(&node["health"]),
+                bytes(&node["lag_bytes"]),
+                millis(&node["latency_ms"]),
+                text(&node["last_error"]),
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_reads_as_a_table_per_region() {
+        let status = serde_json::json!({
+            "primary": "us-1", "generation": 2, "paused": false,
+            "regions": [{ "name": "us", "nodes": [
+                { "name": "us-1", "role": "primary", "health": "healthy", "lag_bytes": null,
+                  "latency_ms": 1.25, "last_error": null },
+                { "name": "us-2", "role": "replica", "health": "down", "lag_bytes": 4096,
+                  "latency_ms": null, "last_error": "connection refused" },
+            ]}],
+        });
+        assert_eq!(
+            show_status(&status),
+            "primary us-1 (generation 2)\n\nregion us\n\
+             \x20 node              role      health              lag     latency  last error\n\
+             \x20 us-1              primary   healthy               -      1.2 ms  -\n\
+             \x20 us-2              replica   down             4096 B           -  connection refused\n"
+        );
+    }
 
     #[test]
     fn a_run_reads_as_a_headline_and_phases() {

@@ -70,6 +70,11 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = parse_route)]
         route: meridian_core::routing::Target,
     },
+    /// Every node of every region: role, health, replication lag, probe latency.
+    Status {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
     /// The failovers and switchovers recorded, newest first.
     History {
         /// How many.
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         Command::Failover { region, api } => cli::failover(&api, &region),
         Command::Rejoin { node, api } => cli::rejoin(&api, &node),
         Command::History { limit, api } => cli::history(&api, limit),
+        Command::Status { api } => cli::status(&api),
         Command::AnalyzeQuery { sql, config, route } => {
             analyze::main(config.as_deref(), route, &sql)
         }

@@ -106,4 +106,43 @@ async fn health_turns_503_when_a_replica_dies_while_primary_and_replica_checks_s
     let dead_node = nodes.iter().find(|n| n["name"] == dead.name()).unwrap();
     assert_eq!(dead_node["health"], "down");
     assert_eq!(status["primary"], cluster.primary().name());
+
+    // The same through the CLI: a table, exit 0; the JSON with --json.
+    let url = format!("http://127.0.0.1:{admin}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["status", "--url", &url])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.starts_with(&format!("primary {}", cluster.primary().name())),
+        "{table}"
+    );
+    let dead_line = table
+        .lines()
+        .find(|line| line.trim_start().starts_with(dead.name()))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(dead_line.contains("down"), "{table}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["status", "--json", "--url", &url])
+        .env_clear()
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["primary"], cluster.primary().name());
+}
+
+/// `meridian status` with nothing listening: exit code 3 and a message naming the URL.
+#[test]
+fn status_without_a_running_meridian_exits_3() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["status", "--url", &url])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
 }
