@@ -62,6 +62,20 @@ impl Mutation {
     }
 }
 
+/// Which alerts `GET /api/database/alerts` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertFilter {
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Only this severity and above (`low`, `medium`, `high`, `critical`).
+    pub severity: Option<String>,
+    /// `true`: only active alerts; `false`: only resolved ones.
+    pub active: Option<bool>,
+    /// Only alerts about this node.
+    pub node: Option<String>,
+}
+
 /// The future a mutation returns.
 pub type MutationFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
 
@@ -72,6 +86,9 @@ pub trait Control: Send + Sync + 'static {
 
     /// The monitor's latest snapshot of every node.
     fn status(&self) -> Arc<ClusterStatus>;
+
+    /// The alerts `filter` asks for, newest first, as a JSON array (a bad severity is a 400).
+    fn alerts(&self, filter: AlertFilter) -> Result<Value, ApiError>;
 
     /// The most recent failovers and switchovers, newest first, as a JSON array.
     fn failover_history(&self, limit: usize) -> Result<Value, ApiError>;
@@ -97,6 +114,7 @@ pub fn router(control: Arc<dyn Control>, auth: AdminAuth) -> Router {
         .route("/liveness", get(liveness))
         .route("/readiness", get(readiness))
         .route("/api/database/status", get(status))
+        .route("/api/database/alerts", get(alerts))
         .route("/api/database/failover-history", get(failover_history))
         .route("/api/database/switchover", post(switchover))
         .route("/api/database/failover/{region}", post(failover))
@@ -188,6 +206,22 @@ async fn readiness(State(state): State<AppState>) -> Response {
 /// `GET /api/database/status`: the topology by region.
 async fn status(State(state): State<AppState>) -> Response {
     axum::Json(health::topology(&state.control.status())).into_response()
+}
+
+/// `GET /api/database/alerts?limit=&severity=&active=&node=`.
+async fn alerts(
+    State(state): State<AppState>,
+    query: Result<Query<AlertFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(mut filter) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected ?limit=N&severity=low|medium|high|critical&active=true|false&node=NAME: {e}"),
+        )
+    })?;
+    filter.limit = Some(filter.limit.unwrap_or(100).clamp(1, 1000));
+    Ok(axum::Json(state.control.alerts(filter)?).into_response())
 }
 
 #[derive(Deserialize)]

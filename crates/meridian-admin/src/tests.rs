@@ -9,6 +9,7 @@ use super::*;
 #[derive(Default)]
 struct Fixed {
     mutations: Mutex<Vec<Mutation>>,
+    alert_filters: Mutex<Vec<AlertFilter>>,
 }
 
 impl Control for Fixed {
@@ -18,6 +19,18 @@ impl Control for Fixed {
 
     fn status(&self) -> Arc<ClusterStatus> {
         Arc::new(ClusterStatus::default())
+    }
+
+    fn alerts(&self, filter: AlertFilter) -> Result<Value, ApiError> {
+        self.alert_filters.lock().unwrap().push(filter.clone());
+        match filter.severity.as_deref() {
+            Some("dire") => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "unknown severity",
+            )),
+            _ => Ok(serde_json::json!([{ "id": 7, "kind": "endpoint_down" }])),
+        }
     }
 
     fn failover_history(&self, limit: usize) -> Result<Value, ApiError> {
@@ -257,4 +270,49 @@ async fn health_checks_answer_200_or_503_and_bad_queries_400() {
     let (code, body) = request(control, None, &get("/api/database/status")).await;
     assert_eq!(code, 200);
     assert!(body.contains("\"regions\":[]"), "{body}");
+}
+
+#[tokio::test]
+async fn alerts_pass_their_filter_and_refuse_bad_queries() {
+    let control = Arc::new(Fixed::default());
+    let (code, body) = request(
+        control.clone(),
+        None,
+        &get("/api/database/alerts?active=true&severity=high&node=pg2"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("endpoint_down"), "{body}");
+    let (code, _) = request(
+        control.clone(),
+        None,
+        &get("/api/database/alerts?limit=5000"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        *control.alert_filters.lock().unwrap(),
+        [
+            AlertFilter {
+                limit: Some(100),
+                severity: Some("high".into()),
+                active: Some(true),
+                node: Some("pg2".into()),
+            },
+            AlertFilter {
+                limit: Some(1000),
+                ..AlertFilter::default()
+            },
+        ]
+    );
+    let (code, body) = request(
+        control.clone(),
+        None,
+        &get("/api/database/alerts?active=maybe"),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"code\":\"bad_request\""), "{body}");
+    let (code, _) = request(control, None, &get("/api/database/alerts?severity=dire")).await;
+    assert_eq!(code, 400);
 }

@@ -140,6 +140,46 @@ pub fn history(api: &ApiArgs, limit: usize) -> ExitCode {
     finish(api, call(api, "GET", &path, None), show_history)
 }
 
+/// `meridian alerts [--active] [--severity S] [--limit N]`.
+pub fn alerts(api: &ApiArgs, active: bool, severity: Option<&str>, limit: usize) -> ExitCode {
+    let mut path = format!("/api/database/alerts?limit={limit}");
+    if active {
+        path.push_str("&active=true");
+    }
+    if let Some(severity) = severity {
+        path.push_str(&format!("&severity={}", path_segment(severity)));
+    }
+    finish(api, call(api, "GET", &path, None), show_alerts)
+}
+
+/// One line per alert, newest first.
+fn show_alerts(alerts: &Value) -> String {
+    let alerts = alerts.as_array().cloned().unwrap_or_default();
+    if alerts.is_empty() {
+        return "no alert\n".to_owned();
+    }
+    let mut out = format!(
+        "{:>4}  {:<8}  {:<9}  {:<20}  {:<12}  {}\n",
+        "id", "state", "severity", "kind", "node", "message"
+    );
+    for alert in &alerts {
+        out.push_str(&format!(
+            "{:>4}  {:<8}  {:<9}  {:<20}  {:<12}  {}\n",
+            alert["id"].to_string(),
+            if alert["active"] == Value::Bool(true) {
+                "active"
+            } else {
+                "resolved"
+            },
+            text(&alert["severity"]),
+            text(&alert["kind"]),
+            text(&alert["node"]),
+            text(&alert["message"]),
+        ));
+    }
+    out
+}
+
 /// `meridian status`: the topology by region.
 pub fn status(api: &ApiArgs) -> ExitCode {
     finish(
@@ -211,11 +251,11 @@ fn show_history(runs: &Value) -> String {
     for run in &runs {
         out.push_str(&format!(
             "{:>4}  {:<10}  {:<10}  {:<10}  {:>4}  {:>9}  {}\n",
-            run["id"],
+            run["id"].to_string(),
             text(&run["kind"]),
             text(&run["old_primary"]),
             text(&run["new_primary"]),
-            run["generation"],
+            run["generation"].to_string(),
             seconds(&run["duration_ms"]),
             text(&run["outcome"]),
         ));
@@ -267,6 +307,22 @@ fn show_status(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alerts_read_one_per_line() {
+        assert_eq!(show_alerts(&serde_json::json!([])), "no alert\n");
+        let alerts = serde_json::json!([{
+            "id": 4, "active": true, "severity": "high", "kind": "endpoint_down",
+            "node": "us-2", "message": "replica not answering",
+        }]);
+        assert!(
+            show_alerts(&alerts).ends_with(
+                "   4  active    high       endpoint_down         us-2          replica not answering\n"
+            ),
+            "{}",
+            show_alerts(&alerts)
+        );
+    }
 
     #[test]
     fn the_status_reads_as_a_table_per_region() {

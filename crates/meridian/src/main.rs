@@ -70,6 +70,20 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = parse_route)]
         route: meridian_core::routing::Target,
     },
+    /// The alerts raised, newest first.
+    Alerts {
+        /// Only those not resolved yet.
+        #[arg(long)]
+        active: bool,
+        /// Only this severity and above: low, medium, high or critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
     /// Every node of every region: role, health, replication lag, probe latency.
     Status {
         #[command(flatten)]
@@ -94,6 +108,12 @@ fn main() -> ExitCode {
         Command::Rejoin { node, api } => cli::rejoin(&api, &node),
         Command::History { limit, api } => cli::history(&api, limit),
         Command::Status { api } => cli::status(&api),
+        Command::Alerts {
+            active,
+            severity,
+            limit,
+            api,
+        } => cli::alerts(&api, active, severity.as_deref(), limit),
         Command::AnalyzeQuery { sql, config, route } => {
             analyze::main(config.as_deref(), route, &sql)
         }

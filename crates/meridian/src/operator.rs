@@ -1,12 +1,12 @@
-//! What the operator interface asks of the running Meridian: metrics, the failover history,
-//! and the commands (switchover, failover to a region, rejoin) handed to the failover machine.
+//! What the operator interface asks of the running Meridian: metrics, the monitor's status,
+//! alerts, the failover history, and the commands (switchover, failover to a region, rejoin) handed to the failover machine.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_admin::{ApiError, Control, Mutation, MutationFuture};
+use meridian_admin::{AlertFilter, ApiError, Control, Mutation, MutationFuture, StatusCode};
 use meridian_control::monitor::MonitorHandle;
-use meridian_control::store::{FailoverRecord, Store};
+use meridian_control::store::{AlertQuery, AlertRecord, FailoverRecord, SEVERITIES, Store};
 use meridian_core::failover::Command;
 use meridian_core::topology::NodeId;
 use serde_json::{Value, json};
@@ -91,6 +91,24 @@ impl Control for Operator {
         self.monitor.status()
     }
 
+    fn alerts(&self, filter: AlertFilter) -> Result<Value, ApiError> {
+        let query = AlertQuery {
+            limit: filter.limit.unwrap_or(100),
+            min_severity: filter.severity,
+            active: filter.active,
+            node: filter.node,
+        };
+        match self.store.alerts(&query) {
+            Ok(alerts) => Ok(Value::Array(alerts.iter().map(alert_json).collect())),
+            Err(e) if e.is_invalid_query() => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{e}; severity is one of {}", SEVERITIES.join(", ")),
+            )),
+            Err(e) => Err(ApiError::internal(format!("cannot read the alerts: {e}"))),
+        }
+    }
+
     fn failover_history(&self, limit: usize) -> Result<Value, ApiError> {
         let records = self
             .store
@@ -141,5 +159,23 @@ pub fn record_json(record: &FailoverRecord) -> Value {
             "outcome": p.outcome,
         })).collect::<Vec<_>>(),
         "ranking": record.ranking,
+    })
+}
+
+/// An alert as the API shows it.
+fn alert_json(alert: &AlertRecord) -> Value {
+    json!({
+        "id": alert.id,
+        "kind": alert.kind,
+        "node": alert.node,
+        "region": alert.region,
+        "severity": alert.severity,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "message": alert.message,
+        "raised_at_ms": alert.raised_at_ms,
+        "updated_at_ms": alert.updated_at_ms,
+        "resolved_at_ms": alert.resolved_at_ms,
+        "active": alert.is_active(),
     })
 }

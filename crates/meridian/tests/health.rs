@@ -132,6 +132,36 @@ async fn health_turns_503_when_a_replica_dies_while_primary_and_replica_checks_s
         .unwrap();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["primary"], cluster.primary().name());
+
+    // The dead replica's alert, by the API and by the CLI.
+    let (code, alerts) = get(admin, "/api/database/alerts?active=true&severity=high")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let down = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == dead.name() && a["kind"] == "endpoint_down")
+        .unwrap_or_else(|| panic!("{alerts:#}"));
+    assert_eq!(down["active"], true);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["alerts", "--active", "--url", &url])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.lines().any(|l| l.contains("endpoint_down")
+            && l.contains(dead.name())
+            && l.contains("active")),
+        "{listed}"
+    );
+    let (code, _) = get(admin, "/api/database/alerts?severity=dire")
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
 }
 
 /// `meridian status` with nothing listening: exit code 3 and a message naming the URL.
