@@ -67,19 +67,9 @@ async fn simple_rows(
     client: &Client,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
-    Ok(client
-        .simple_query(sql)
-        .await?
-        .into_iter()
-        .filter_map(|message| match message {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect())
+    Ok(meridian_testkit::rows_as_text(
+        client.simple_query(sql).await?,
+    ))
 }
 
 /// The only row of a simple-protocol query, as text (NULL as "NULL").
@@ -1175,9 +1165,14 @@ async fn reads_started_after_a_replica_dies_succeed_on_the_other_replica() {
 
     victim.kill();
     let killed = Instant::now();
-    // Load for long enough that the dead node's circuit closes once (after 2 s) and a read
-    // tries it again.
-    tokio::time::sleep_until(killed + Duration::from_secs(3)).await;
+    // Load until the dead node's circuit has closed once (after 2 s), a read has tried it
+    // again and opened it a second time.
+    wait_until(STEP, "the dead replica's circuit to open twice", || async {
+        let rerouted = proxy.proxy.routing_report().nodes[1].rerouted;
+        Check::when(rerouted >= 2, (), rerouted)
+    })
+    .await
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     let mut reads = Vec::new();
     for reader in readers {

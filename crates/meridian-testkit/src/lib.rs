@@ -47,7 +47,7 @@ mod wait;
 pub use cluster::{ClusterBuilder, KEEP_ENV, TestCluster, slot_name};
 pub use fault_link::{Direction, Fault, FaultLink};
 pub use kit::{BASE_DIR_ENV, Kit};
-pub use node::Node;
+pub use node::{Node, rows_as_text};
 pub use pg_bin::{PG_BIN_ENV, PgBin};
 pub use process::adopt_orphans;
 pub use run_as::{DEFAULT_PG_USER, PG_USER_ENV, RunAs};

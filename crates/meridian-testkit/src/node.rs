@@ -365,17 +365,7 @@ impl Node {
             .simple_query(sql)
             .await
             .with_context(|| format!("on {}: {sql}", self.name))?;
-        Ok(messages
-            .into_iter()
-            .filter_map(|message| match message {
-                SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
+        Ok(rows_as_text(messages))
     }
 
     /// The first column of the first row of a query, or `None` for SQL NULL or no row.
@@ -489,4 +479,19 @@ fn free_port() -> anyhow::Result<u16> {
         .context("cannot bind a loopback port")?
         .local_addr()?
         .port())
+}
+
+/// The rows of a simple-protocol answer, as text (`None` for NULL), like `psql -At`.
+pub fn rows_as_text(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
+    messages
+        .into_iter()
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }

@@ -42,7 +42,9 @@ impl Session {
         query: Option<Classification>,
     ) -> Statement {
         let classifier = &self.shared.settings.classifier;
-        let first = match message {
+        // The first message's statement, and the name it prepares (the batch's later Binds
+        // of that name need no lookup).
+        let (first, parsed) = match message {
             FrontendMessage::Query { sql } => {
                 return Statement {
                     classification: query.unwrap_or_else(|| classifier.classify(sql)),
@@ -50,32 +52,24 @@ impl Session {
                 };
             }
             FrontendMessage::Parse { sql, name, .. } => {
-                let first = route_of(classifier, sql);
-                let mut classification = first.classification;
-                return match self.rest_of_batch(&mut classification, Some(name)) {
-                    true => Statement {
-                        classification,
-                        hint: first.hint,
-                    },
-                    false => opaque("unfinished batch"),
-                };
+                (route_of(classifier, sql), Some(&name[..]))
             }
             FrontendMessage::Bind { statement, .. } => match self.client_statement(statement) {
-                Some(def) => def.route,
+                Some(def) => (def.route, None),
                 None => return opaque("Bind"),
             },
             FrontendMessage::Describe {
                 target: Target::Statement,
                 name,
             } => match self.client_statement(name) {
-                Some(def) => def.route,
+                Some(def) => (def.route, None),
                 None => return opaque("Describe"),
             },
             FrontendMessage::FunctionCall(_) => return opaque("FunctionCall"),
             _ => return opaque("message"),
         };
         let mut classification = first.classification;
-        match self.rest_of_batch(&mut classification, None) {
+        match self.rest_of_batch(&mut classification, parsed) {
             true => Statement {
                 classification,
                 hint: first.hint,
