@@ -24,7 +24,7 @@ use meridian_testkit::{Check, Node, TestCluster, wait_until};
 use support::{ProxyUnderTest, STEP, sqlstate, view_of};
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// The ports of the cluster's servers, as `inet_server_port()` reports them.
 #[derive(Debug, Clone)]
