@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 
 use meridian_testkit::{Check, Node, TestCluster, wait_until};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::task::JoinHandle;
 
-use support::{
-    DataDirs, cluster_toml, connect, free_port, http_get, meridian_log, spawn_meridian, wait_ready,
-};
+use support::{DataDirs, RunningMeridian, cluster_toml, connect, free_port, http_get};
 
 mod support;
 
@@ -38,53 +36,32 @@ const TABLE: &str = "CREATE TABLE writes (id bigint NOT NULL)";
 
 /// The `meridian` binary in front of a cluster, its output (stdout and stderr) in a file.
 struct Meridian {
-    /// Killed when dropped.
-    _child: Child,
-    /// The proxy listener.
-    port: u16,
-    /// The admin listener.
-    admin: u16,
+    running: RunningMeridian,
     token: Option<&'static str>,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Meridian {
+    type Target = RunningMeridian;
+
+    fn deref(&self) -> &RunningMeridian {
+        &self.running
+    }
 }
 
 impl Meridian {
     /// Starts Meridian for `cluster`, requiring `token` for commands (none: commands refused),
     /// with `extra` TOML tables, and waits until it runs a query.
     async fn start(cluster: &TestCluster, token: Option<&'static str>, extra: &str) -> Meridian {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             data_dir = \"{}\"\n",
-            dir.path().join("state").display()
-        );
+        let mut toml = String::new();
         if let Some(token) = token {
             toml.push_str(&format!("admin_token = \"{token}\"\n"));
         }
         toml.push_str(&cluster_toml(cluster, DataDirs::Managed));
         toml.push_str(extra);
-        let child = spawn_meridian(dir.path(), &toml);
-        let meridian = Meridian {
-            _child: child,
-            port,
-            admin,
+        Meridian {
+            running: RunningMeridian::start(&toml, TIMEOUT).await,
             token,
-            dir,
-        };
-        let ready = wait_ready(port, TIMEOUT).await;
-        meridian.or_log(ready);
-        meridian
-    }
-
-    /// The end of Meridian's log, for failure messages.
-    fn log(&self) -> String {
-        meridian_log(self.dir.path())
-    }
-
-    /// The value of `result`, or a panic with the error and Meridian's log.
-    fn or_log<T>(&self, result: anyhow::Result<T>) -> T {
-        result.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()))
+        }
     }
 
     fn url(&self) -> String {

@@ -8,9 +8,7 @@ use std::time::Duration;
 use meridian_testkit::{Check, TestCluster, wait_until};
 use serde_json::Value;
 
-use support::{
-    DataDirs, cluster_toml, free_port, http_get, meridian_log, spawn_meridian, wait_ready,
-};
+use support::{DataDirs, RunningMeridian, cluster_toml, free_port, http_get};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,19 +27,16 @@ async fn get(admin: u16, path: &str) -> Result<(u16, Value), String> {
 #[tokio::test]
 async fn health_turns_503_when_a_replica_dies_while_primary_and_replica_checks_stay_200() {
     let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         data_dir = \"{}\"\n[monitor]\nprobe_interval = \"300ms\"\n{}",
-        dir.path().join("state").display(),
-        cluster_toml(&cluster, DataDirs::Unmanaged),
-    );
-    let _meridian = spawn_meridian(dir.path(), &toml);
-    let log = || meridian_log(dir.path());
-    wait_ready(port, TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    let meridian = RunningMeridian::start(
+        &format!(
+            "[monitor]\nprobe_interval = \"300ms\"\n{}",
+            cluster_toml(&cluster, DataDirs::Unmanaged)
+        ),
+        TIMEOUT,
+    )
+    .await;
+    let admin = meridian.admin;
+    let log = || meridian.log();
 
     let healthy = wait_until(TIMEOUT, "/health to answer 200", || async {
         match get(admin, "/health").await {

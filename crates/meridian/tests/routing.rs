@@ -24,14 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_testkit::{Check, TestCluster, wait_until};
-use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tokio_postgres::SimpleQueryMessage;
 
-use support::{
-    DataDirs, PASSWORD, cluster_toml, connect, free_port, http_get, meridian_log, spawn_meridian,
-    wait_ready,
-};
+use support::{DataDirs, PASSWORD, RunningMeridian, cluster_toml, connect, http_get};
 
 mod support;
 
@@ -54,14 +50,14 @@ const PRIMARY: &str = "main-1";
 // ---------------------------------------------------------------------------------------------
 
 /// The `meridian` binary in front of a cluster, its output (stdout and stderr) in a file.
-struct Meridian {
-    /// Killed when dropped.
-    _child: Child,
-    /// The proxy listener.
-    port: u16,
-    /// The admin listener.
-    admin: u16,
-    dir: tempfile::TempDir,
+struct Meridian(RunningMeridian);
+
+impl std::ops::Deref for Meridian {
+    type Target = RunningMeridian;
+
+    fn deref(&self) -> &RunningMeridian {
+        &self.0
+    }
 }
 
 impl Meridian {
@@ -75,38 +71,13 @@ impl Meridian {
     /// [`PROBE_INTERVAL`], the pools' timeouts at [`CHECKOUT_TIMEOUT`], and `routing` as the
     /// body of its `[routing]` table; waits until it runs a query.
     async fn start_with(nodes: String, routing: &str) -> Meridian {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             data_dir = \"{}\"\n\
-             [monitor]\nprobe_interval = \"{PROBE_INTERVAL_TOML}\"\n\
+        let settings = format!(
+            "[monitor]\nprobe_interval = \"{PROBE_INTERVAL_TOML}\"\n\
              [pool]\ncheckout_timeout = \"{CHECKOUT_TIMEOUT_TOML}\"\n\
              connect_timeout = \"{CHECKOUT_TIMEOUT_TOML}\"\n\
-             [routing]\n{routing}\n{}",
-            dir.path().join("state").display(),
-            nodes,
+             [routing]\n{routing}\n{nodes}"
         );
-        let child = spawn_meridian(dir.path(), &toml);
-        let meridian = Meridian {
-            _child: child,
-            port,
-            admin,
-            dir,
-        };
-        let ready = wait_ready(port, TIMEOUT).await;
-        meridian.or_log(ready);
-        meridian
-    }
-
-    /// The end of Meridian's log, for failure messages.
-    fn log(&self) -> String {
-        meridian_log(self.dir.path())
-    }
-
-    /// The value of `result`, or a panic with the error and Meridian's log.
-    fn or_log<T>(&self, result: anyhow::Result<T>) -> T {
-        result.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()))
+        Meridian(RunningMeridian::start(&settings, TIMEOUT).await)
     }
 
     /// One scrape of `/metrics`.

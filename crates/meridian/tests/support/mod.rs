@@ -78,7 +78,7 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 
 /// Starts `meridian run -c <dir>/meridian.toml` with `toml` as its configuration, a clean
 /// environment and its output in `<dir>/meridian.log`; killed when dropped.
-pub fn spawn_meridian(dir: &std::path::Path, toml: &str) -> tokio::process::Child {
+fn spawn_meridian(dir: &std::path::Path, toml: &str) -> tokio::process::Child {
     let config = dir.join("meridian.toml");
     std::fs::write(&config, toml).unwrap();
     let log = std::fs::File::create(dir.join("meridian.log")).unwrap();
@@ -98,7 +98,7 @@ pub fn spawn_meridian(dir: &std::path::Path, toml: &str) -> tokio::process::Chil
 }
 
 /// Waits until Meridian on `port` runs a query.
-pub async fn wait_ready(port: u16, timeout: std::time::Duration) -> anyhow::Result<()> {
+async fn wait_ready(port: u16, timeout: std::time::Duration) -> anyhow::Result<()> {
     meridian_testkit::wait_until(timeout, "Meridian to run a query", || async {
         match connect(port).await {
             Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()).into(),
@@ -109,11 +109,55 @@ pub async fn wait_ready(port: u16, timeout: std::time::Duration) -> anyhow::Resu
 }
 
 /// The end of the log [`spawn_meridian`] writes in `dir`, for failure messages.
-pub fn meridian_log(dir: &std::path::Path) -> String {
+fn meridian_log(dir: &std::path::Path) -> String {
     let text = std::fs::read_to_string(dir.join("meridian.log")).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     format!(
         "--- meridian log (last 150 lines) ---\n{}",
         lines[lines.len().saturating_sub(150)..].join("\n")
     )
+}
+
+/// A `meridian run` of its own, on free ports with a data directory of its own; killed when
+/// dropped.
+pub struct RunningMeridian {
+    _child: tokio::process::Child,
+    /// The proxy listener.
+    pub port: u16,
+    /// The admin listener.
+    pub admin: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RunningMeridian {
+    /// Starts Meridian with `settings` (TOML after `listen`, `admin_listen` and `data_dir`)
+    /// and waits until it runs a query; panics with its log if it does not within `timeout`.
+    pub async fn start(settings: &str, timeout: std::time::Duration) -> RunningMeridian {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let toml = format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             data_dir = \"{}\"\n{settings}",
+            dir.path().join("state").display(),
+        );
+        let meridian = RunningMeridian {
+            _child: spawn_meridian(dir.path(), &toml),
+            port,
+            admin,
+            dir,
+        };
+        let ready = wait_ready(port, timeout).await;
+        meridian.or_log(ready);
+        meridian
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log(&self) -> String {
+        meridian_log(self.dir.path())
+    }
+
+    /// The value of `result`, or a panic with the error and Meridian's log.
+    pub fn or_log<T>(&self, result: anyhow::Result<T>) -> T {
+        result.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()))
+    }
 }
