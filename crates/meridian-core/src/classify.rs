@@ -25,6 +25,10 @@
 //! assert_eq!(tricky.reason, Reason::Query);
 //! ```
 //!
+//! For `analyze-query`, [`shape()`] reads the same tokens for what a query asks of the
+//! planner (joins, subqueries, CTEs, aggregation, windows, limits) and grades it as a
+//! [`Complexity`] with [`Finding`]s such as `UPDATE` without `WHERE`.
+//!
 //! # How it decides
 //! A hand-written lexer (submodule `lexer`, PostgreSQL docs section 4.1) splits the text
 //! into tokens without allocating, skipping comments and keeping string constants, quoted
@@ -81,6 +85,7 @@ mod classification;
 mod functions;
 mod keyword;
 mod lexer;
+mod shape;
 mod statement;
 
 use std::ops::Range;
@@ -90,6 +95,7 @@ pub use classification::{
     Reason, StatementClass, TransactionControl,
 };
 pub use functions::{DEFAULT_WRITE_FUNCTIONS, PatternError};
+pub use shape::{Complexity, Finding, MODERATE_MAX_SCORE, SIMPLE_MAX_SCORE, Shape, shape};
 
 use functions::FunctionSet;
 use lexer::Lexer;
