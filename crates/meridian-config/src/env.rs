@@ -152,6 +152,16 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        variable: "MERIDIAN_ADMIN_PROTECT_READS",
+        field: "admin_protect_reads",
+        description: "/metrics and GET /api/database/* need admin_token too: true or false \
+                      (default false)",
+        apply: |raw, value| {
+            raw.admin_protect_reads = Some(boolean(value)?);
+            Ok(())
+        },
+    },
+    EnvOverride {
         variable: "MERIDIAN_DATA_DIR",
         field: "data_dir",
         description: "directory of the embedded store (default meridian-data)",
@@ -410,6 +420,7 @@ mod tests {
                 "listen" | "admin_listen" => "0.0.0.0:1",
                 "monitor.probe_interval" => "7s",
                 "failover.automatic" => "false",
+                "admin_protect_reads" => "true",
                 "proxy.pool_mode" => "session",
                 "server_tls.mode" => "require",
                 "routing.read_write_split" => "false",
@@ -436,6 +447,7 @@ mod tests {
                 "data_dir" => raw.data_dir.is_some(),
                 "failover.automatic" => raw.failover.automatic == Some(false),
                 "admin_token" => raw.admin_token.is_some(),
+                "admin_protect_reads" => raw.admin_protect_reads == Some(true),
                 "proxy.pool_mode" => raw.proxy.pool_mode.is_some(),
                 "proxy.max_client_connections" => raw.proxy.max_client_connections == Some(7),
                 "proxy.failover_buffer_timeout" => raw.proxy.failover_buffer_timeout.is_some(),

@@ -39,6 +39,7 @@ pub(crate) struct RawConfig {
     pub(crate) failover: RawFailover,
     #[serde(default, deserialize_with = "secret")]
     pub(crate) admin_token: Option<Secret>,
+    pub(crate) admin_protect_reads: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]

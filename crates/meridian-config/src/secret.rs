@@ -1,8 +1,8 @@
 //! Secrets and the classification of password text.
 //!
-//! A [`Secret`] is a string that must never be printed: its `Debug` and `Display` say
-//! `<redacted>`, and the only way to read it is [`Secret::expose`], so every place that uses the
-//! value is visible in the code. [`PasswordSpec`] says what a user's `password` text holds; the
+//! A [`Secret`] is a string that must never be printed: its `Debug`, `Display` and `Serialize`
+//! say `<redacted>`, and the only way to read it is [`Secret::expose`], so every place that uses
+//! the value is visible in the code. [`PasswordSpec`] says what a user's `password` text holds; the
 //! proxy parses SCRAM verifiers fully, this module only recognises their shape.
 
 use std::fmt;
@@ -25,15 +25,25 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
+
+/// Serializes as `"<redacted>"`: the configuration export must not carry the value.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// What a secret prints and serializes as.
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// What a user's `password` text holds, recognised by its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +56,15 @@ pub enum PasswordSpec {
     /// An md5 hash (`"md5"` followed by 32 lower-case hex digits of md5(password + user)): can
     /// check an md5 login only.
     Md5Hash(Secret),
+}
+
+/// Serializes as `"<redacted>"` whatever it holds: an md5 hash logs in as well as the password
+/// does, and a SCRAM verifier lets its reader pose as the server and guess the password offline
+/// (see "Password Authentication" in the PostgreSQL docs).
+impl serde::Serialize for PasswordSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
 }
 
 impl PasswordSpec {
@@ -92,8 +111,12 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "<redacted>");
         assert_eq!(format!("{secret}"), "<redacted>");
         assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"<redacted>\"");
         let spec = PasswordSpec::classify(secret);
         assert!(!format!("{spec:?}").contains("hunter2"));
+        assert_eq!(serde_json::to_string(&spec).unwrap(), "\"<redacted>\"");
+        let verifier = PasswordSpec::classify(Secret::new("SCRAM-SHA-256$4096:c2FsdA==$a:b"));
+        assert_eq!(serde_json::to_string(&verifier).unwrap(), "\"<redacted>\"");
     }
 
     #[test]

@@ -62,6 +62,17 @@ pub(crate) fn validate(
     let users = check.users(raw.users, listen);
     let regions = check.regions(raw.regions, &server_tls, topology_reported);
     let routing = check.routing(raw.routing, &regions);
+    let admin_token = raw.admin_token.filter(|token| !token.expose().is_empty());
+    let admin_protect_reads = raw.admin_protect_reads.unwrap_or(false);
+    if admin_protect_reads && admin_token.is_none() {
+        check.fail(
+            "admin_protect_reads",
+            Some("true".to_owned()),
+            "needs admin_token (or MERIDIAN_ADMIN_TOKEN): without a token every read \
+             (/metrics, GET /api/database/*) would be refused; set a token, or leave \
+             admin_protect_reads off",
+        );
+    }
     if !check.errors.is_empty() {
         return Err(ConfigErrors(check.errors));
     }
@@ -71,7 +82,8 @@ pub(crate) fn validate(
             .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("valid default")),
         monitor,
         failover,
-        admin_token: raw.admin_token.filter(|token| !token.expose().is_empty()),
+        admin_token,
+        admin_protect_reads,
         data_dir: raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
@@ -1501,6 +1513,59 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors.iter().all(|e| !e.contains("s3cret")), "{errors:?}");
+    }
+
+    #[test]
+    fn admin_protect_reads_is_off_by_default_and_needs_a_token() {
+        assert!(!load(NODE).admin_protect_reads);
+
+        let config = load(&format!(
+            "admin_token = \"s3cret-token\"\nadmin_protect_reads = true\n{NODE}"
+        ));
+        assert!(config.admin_protect_reads);
+        let config = load_with(
+            &format!("admin_protect_reads = true\n{NODE}"),
+            &[("MERIDIAN_ADMIN_TOKEN", "s3cret-token")],
+        )
+        .unwrap();
+        assert!(config.admin_protect_reads);
+        let config = load_with(
+            &format!("admin_token = \"s3cret-token\"\n{NODE}"),
+            &[("MERIDIAN_ADMIN_PROTECT_READS", "on")],
+        )
+        .unwrap();
+        assert!(config.admin_protect_reads);
+        let config = load_with(
+            &format!("admin_protect_reads = true\n{NODE}"),
+            &[("MERIDIAN_ADMIN_PROTECT_READS", "false")],
+        )
+        .unwrap();
+        assert!(!config.admin_protect_reads);
+
+        let errors = errors_of(&format!("admin_protect_reads = true\n{NODE}"));
+        assert_eq!(
+            errors,
+            [
+                "admin_protect_reads = true: needs admin_token (or MERIDIAN_ADMIN_TOKEN): without \
+                 a token every read (/metrics, GET /api/database/*) would be refused; set a \
+                 token, or leave admin_protect_reads off"
+            ]
+        );
+        // An empty token is no token; an error from the environment names the variable.
+        let errors = errors_with(
+            &format!("admin_token = \"\"\n{NODE}"),
+            &[("MERIDIAN_ADMIN_PROTECT_READS", "true")],
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        find(
+            &errors,
+            "MERIDIAN_ADMIN_PROTECT_READS = true: needs admin_token",
+        );
+        let errors = errors_with(NODE, &[("MERIDIAN_ADMIN_PROTECT_READS", "yes")]);
+        assert_eq!(
+            errors,
+            ["MERIDIAN_ADMIN_PROTECT_READS = \"yes\": must be true or false"]
+        );
     }
 
     /// Two regions, `us-east` and `eu-west`, one node each.

@@ -186,6 +186,7 @@ fn the_override_table_lists_every_variable() {
             "MERIDIAN_MONITOR_PASSWORD",
             "MERIDIAN_FAILOVER_AUTOMATIC",
             "MERIDIAN_ADMIN_TOKEN",
+            "MERIDIAN_ADMIN_PROTECT_READS",
             "MERIDIAN_DATA_DIR",
             "MERIDIAN_POOL_MODE",
             "MERIDIAN_MAX_CLIENT_CONNECTIONS",
