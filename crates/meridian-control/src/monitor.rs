@@ -3,8 +3,9 @@
 //!
 //! Two kinds of task:
 //! - one *probe loop* per node, on that node's region's probe interval, owning its probe
-//!   connection ([`crate::probe::Prober`]); a forced probe (operator health check) or the proxy's
-//!   fast signal (a connection error it saw) makes it probe at once;
+//!   connection ([`crate::probe::Prober`]); a forced probe (operator health check), an
+//!   operator's reconnect or the proxy's fast signal (a connection error it saw) makes it probe
+//!   at once, the last two on a new connection (the old one is dropped first);
 //! - one *judge*, fed every observation in order, owning all judgement state (health per node,
 //!   the lag tracker, the alert book). After each observation it publishes a new
 //!   [`ClusterStatus`] and, when roles or health changed, a new [`ClusterView`]; it queues the
@@ -237,8 +238,12 @@ impl LatencyHistogram {
 }
 
 enum NodeCommand {
-    /// Probe now and answer after the observation is judged.
-    Probe(oneshot::Sender<()>),
+    /// Probe now and answer after the observation is judged; with `reconnect`, on a new
+    /// connection (the current one is dropped first).
+    Probe {
+        reply: oneshot::Sender<()>,
+        reconnect: bool,
+    },
     /// The failover machine wants a fresh observation: probe now, reconnecting if needed.
     Soon,
     /// The proxy could not use the node: probe now if not done very recently.
@@ -274,7 +279,12 @@ pub struct MonitorHandle {
 impl std::fmt::Debug for NodeCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            NodeCommand::Probe(_) => "Probe",
+            NodeCommand::Probe {
+                reconnect: false, ..
+            } => "Probe",
+            NodeCommand::Probe {
+                reconnect: true, ..
+            } => "Probe (reconnect)",
             NodeCommand::Soon => "Soon",
             NodeCommand::FastSignal => "FastSignal",
         })
@@ -315,11 +325,27 @@ impl MonitorHandle {
     /// Probes `node` (or every node) now, reconnecting if needed, and returns the status once
     /// the results are judged.
     pub async fn probe_now(&self, node: Option<NodeId>) -> Arc<ClusterStatus> {
+        self.probe(|id| node.is_none_or(|n| n == id), false).await
+    }
+
+    /// Rebuilds the probe connections of `nodes`: each one's probe loop drops its connection
+    /// and probes at once on a new one, whatever its reconnection backoff says. Returns the
+    /// status once the results are judged. Nodes the monitor does not know are ignored.
+    pub async fn reconnect(&self, nodes: &[NodeId]) -> Arc<ClusterStatus> {
+        self.probe(|id| nodes.contains(&id), true).await
+    }
+
+    /// Asks the probe loop of every node `wanted` selects for a probe now and waits until
+    /// each observation is judged.
+    async fn probe(&self, wanted: impl Fn(NodeId) -> bool, reconnect: bool) -> Arc<ClusterStatus> {
         let mut replies = Vec::new();
         for (i, sender) in self.nodes.iter().enumerate() {
-            if node.is_none_or(|n| usize::from(n.0) == i) {
+            let Ok(id) = u16::try_from(i).map(NodeId) else {
+                break;
+            };
+            if wanted(id) {
                 let (reply, answered) = oneshot::channel();
-                if sender.send(NodeCommand::Probe(reply)).is_ok() {
+                if sender.send(NodeCommand::Probe { reply, reconnect }).is_ok() {
                     replies.push(answered);
                 }
             }
@@ -442,8 +468,8 @@ async fn probe_loop(
             _ = tick.tick() => false,
             command = commands.recv() => match command {
                 None => return,
-                Some(NodeCommand::Probe(reply)) => {
-                    replies.push(reply);
+                Some(NodeCommand::Probe { reply, reconnect }) => {
+                    take_request(&mut prober, &mut replies, reply, reconnect);
                     true
                 }
                 Some(NodeCommand::Soon) => true,
@@ -459,8 +485,8 @@ async fn probe_loop(
         // Requests that arrived meanwhile are served by this probe: a slow node does not
         // build a queue of probes.
         while let Ok(command) = commands.try_recv() {
-            if let NodeCommand::Probe(reply) = command {
-                replies.push(reply);
+            if let NodeCommand::Probe { reply, reconnect } = command {
+                take_request(&mut prober, &mut replies, reply, reconnect);
             }
         }
         let outcome = prober.probe(force).await;
@@ -484,6 +510,20 @@ async fn probe_loop(
             tick.reset();
         }
     }
+}
+
+/// Takes an operator's probe request: its reply waits for the coming probe, which runs on a new
+/// connection when `reconnect` asks for one.
+fn take_request(
+    prober: &mut Prober,
+    replies: &mut Vec<oneshot::Sender<()>>,
+    reply: oneshot::Sender<()>,
+    reconnect: bool,
+) {
+    if reconnect {
+        prober.disconnect();
+    }
+    replies.push(reply);
 }
 
 struct Inputs {

@@ -13,6 +13,12 @@
 //! sessions wait at once, counted here. Server connections are tagged with the view generation
 //! they were opened under ([`pool`]), and a session whose connection belongs to a replaced
 //! primary abandons it as soon as the view moves on.
+//!
+//! [`Proxy::recycle`] is the operator's "refresh connections": it replaces every server
+//! connection of every pool (or of some nodes' pools) gracefully, without interrupting a
+//! transaction or a pinned session (see [`pool`]). It is called from the operator interface's
+//! runtime, not the proxy's: it neither blocks nor spawns, and the proxy's own tasks do the
+//! closing and reopening.
 
 mod cancel;
 mod failure;
@@ -41,7 +47,7 @@ use tokio::task::JoinSet;
 
 pub use failure::Failure;
 pub use meridian_tls::{ClientTls, ServerTls, ServerTlsSet, TlsSetupError};
-pub use pool::{PoolSettings, PoolStats};
+pub use pool::{PoolSettings, PoolStats, RecycleCounts};
 pub use router::{NodeRouting, RoutingReport};
 pub use server::ServerError;
 pub use settings::{ClientAuth, ProxySettings, SettingsError, User, classifier, route_policy};
@@ -152,6 +158,17 @@ pub struct PoolReport {
     pub stats: PoolStats,
 }
 
+/// What [`Proxy::recycle`] found to replace, summed over the pools it touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecycleReport {
+    /// Pools recycled.
+    pub pools: usize,
+    /// Idle connections, closed right away.
+    pub idle: usize,
+    /// Connections in use, closed when their transaction (or pinned session) ends.
+    pub in_use: usize,
+}
+
 impl Proxy {
     /// A proxy with these settings, following the cluster view published on `view`, and
     /// reporting on `fast_signal` the nodes it cannot use and the first write of each
@@ -196,6 +213,27 @@ impl Proxy {
                 }
             })
             .collect()
+    }
+
+    /// Replaces the server connections of every pool, or only of the pools of `nodes`,
+    /// gracefully: idle ones are closed, ones in use are closed when their transaction or
+    /// pinned session gives them back, no later checkout gets one of them, and each pool
+    /// reopens its `min_size`. Pools made later are new anyway.
+    ///
+    /// Callable from any thread or runtime (the operator interface runs on its own): it does
+    /// no I/O and returns at once; the closing happens on the proxy's runtime.
+    pub fn recycle(&self, nodes: Option<&[NodeId]>) -> RecycleReport {
+        let mut report = RecycleReport::default();
+        for pool in self.shared.pools.all() {
+            if nodes.is_some_and(|nodes| !nodes.contains(&pool.node())) {
+                continue;
+            }
+            let counts = pool.recycle();
+            report.pools += 1;
+            report.idle += counts.idle;
+            report.in_use += counts.in_use;
+        }
+        report
     }
 
     /// What routing decided so far, per node and reason, and its other counters.

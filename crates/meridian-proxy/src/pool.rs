@@ -24,6 +24,18 @@
 //! before a failover carries a transaction after it, even if its node becomes the primary
 //! again. A connection the server has closed (its node was killed) is noticed at checkout from
 //! the socket's readiness, which the runtime already tracks, without a system call.
+//!
+//! An operator can *recycle* a pool ([`Pool::recycle`]): every connection that exists then is
+//! replaced, gracefully. The pool has a recycle epoch, stamped on each connection when its
+//! login starts; recycling advances it, and a connection of an older epoch is stale exactly as
+//! one of an older generation is (`Pool::is_stale`, the one test used at checkout, release
+//! and maintenance). So an idle one is closed (Terminate) instead of being handed out, and one in
+//! use finishes its transaction, or its pinned session, and is closed when given back; a
+//! checkout that starts after the recycle never gets one. Recycling is called from the
+//! operator interface, which runs on another runtime than the proxy: it does no I/O and spawns
+//! nothing. It only advances the epoch under the lock and wakes the maintenance task, which
+//! closes the idle connections and reopens `min_size` on the proxy's own runtime at once,
+//! without waiting for its next tick (a checkout meanwhile closes any it meets itself).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use meridian_core::topology::NodeId;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::server::{ServerConnection, ServerError, ServerLogin};
@@ -93,6 +105,17 @@ struct State {
     waiters: VecDeque<oneshot::Sender<Grant>>,
 }
 
+/// What one [`Pool::recycle`] found to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecycleCounts {
+    /// Idle connections, closed by the pool's maintenance task right away (or by the next
+    /// checkout that meets one).
+    pub idle: usize,
+    /// Connections checked out (or being opened), closed when given back: after their
+    /// transaction, or their session when it is pinned.
+    pub in_use: usize,
+}
+
 /// Counters of one pool, for metrics and the operator API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolStats {
@@ -123,6 +146,11 @@ pub struct Pool {
     /// The newest view generation a checkout named: connections opened under an older one
     /// are closed.
     generation: AtomicU64,
+    /// Advanced by [`Pool::recycle`] (under the state lock): connections whose login started
+    /// under an older epoch are closed.
+    recycle_epoch: AtomicU64,
+    /// Wakes the maintenance task between its ticks (after a recycle).
+    wake: Arc<Notify>,
     checkouts: AtomicU64,
     timeouts: AtomicU64,
     connects: AtomicU64,
@@ -144,6 +172,7 @@ impl Pool {
     /// A pool for `login`; its maintenance task runs on the current runtime until the pool
     /// is dropped.
     pub fn new(login: ServerLogin, node_name: String, settings: PoolSettings) -> Arc<Pool> {
+        let wake = Arc::new(Notify::new());
         let pool = Arc::new(Pool {
             login,
             node_name,
@@ -151,12 +180,14 @@ impl Pool {
             state: Mutex::new(State::default()),
             tick: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            recycle_epoch: AtomicU64::new(0),
+            wake: wake.clone(),
             checkouts: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
         });
-        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        tokio::spawn(maintain(Arc::downgrade(&pool), wake));
         pool
     }
 
@@ -183,7 +214,7 @@ impl Pool {
         loop {
             let waiter = {
                 let mut state = self.lock();
-                if let Some(conn) = self.take_idle(&mut state, generation) {
+                if let Some(conn) = self.take_idle(&mut state) {
                     drop(state);
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
@@ -226,12 +257,13 @@ impl Pool {
                 },
             };
             match grant {
-                Grant::Connection(conn) if conn.generation >= generation => {
+                Grant::Connection(conn) if !self.is_stale(&conn) => {
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
                 }
                 Grant::Connection(stale) => {
-                    // Given back under an older generation: close it and use its slot.
+                    // Given back under an older generation or recycle epoch: close it and use
+                    // its slot.
                     tokio::spawn(stale.terminate());
                     let conn = self.open_connection(generation).await?;
                     self.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -248,22 +280,50 @@ impl Pool {
 
     /// Gives a connection back after use. `reusable` is false when its state is unknown
     /// (an error mid-stream, a desync): it is closed and its slot freed, as is a connection
-    /// marked [`ServerConnection::retire`] or opened under an older generation than the
-    /// newest one checked out.
+    /// marked [`ServerConnection::retire`] or stale (`Pool::is_stale`).
     pub fn release(&self, mut conn: Box<ServerConnection>, reusable: bool) {
         let now = self.now();
         let expired = self
             .settings
             .max_lifetime
             .is_some_and(|lifetime| now - conn.created_tick >= ticks(lifetime));
-        let stale = conn.generation < self.generation.load(Ordering::Relaxed);
-        if !reusable || conn.retire || expired || stale {
+        if !reusable || conn.retire || expired || self.is_stale(&conn) {
             tokio::spawn(conn.terminate());
             self.slot_lost();
             return;
         }
         conn.idle_tick = now;
         self.give_back(conn);
+    }
+
+    /// Replaces every connection that exists now, gracefully: idle ones are closed, ones in
+    /// use are closed when given back, and no later checkout gets one of them; `min_size` is
+    /// then reopened. Returns how many of each kind there were.
+    ///
+    /// Safe to call from any thread or runtime, or from none: it only advances the recycle
+    /// epoch and wakes the pool's maintenance task, which closes the idle connections on the
+    /// runtime that owns them (see the module notes).
+    pub fn recycle(&self) -> RecycleCounts {
+        let counts = {
+            let state = self.lock();
+            // Under the lock: a checkout that takes it after us sees the new epoch.
+            self.recycle_epoch.fetch_add(1, Ordering::AcqRel);
+            let idle = state.idle.len();
+            RecycleCounts {
+                idle,
+                in_use: state.open - idle,
+            }
+        };
+        self.wake.notify_one();
+        counts
+    }
+
+    /// Whether `conn` must be closed rather than used again: it was opened under an older
+    /// view generation than the newest one checked out, or before the last
+    /// [`Pool::recycle`].
+    pub(crate) fn is_stale(&self, conn: &ServerConnection) -> bool {
+        conn.generation < self.generation.load(Ordering::Relaxed)
+            || conn.recycle_epoch < self.recycle_epoch.load(Ordering::Acquire)
     }
 
     /// Closes every idle connection (shutdown, or the node is gone).
@@ -329,12 +389,12 @@ impl Pool {
             .max(generation)
     }
 
-    /// The warmest usable idle connection. Connections of an older generation are closed
-    /// politely (in the background: this runs under the lock, and only after a failover);
+    /// The warmest usable idle connection. Stale connections are closed politely (in the
+    /// background: this runs under the lock, and only after a failover or a recycle);
     /// connections the server closed are dropped.
-    fn take_idle(&self, state: &mut State, generation: u64) -> Option<Box<ServerConnection>> {
+    fn take_idle(&self, state: &mut State) -> Option<Box<ServerConnection>> {
         while let Some(conn) = state.idle.pop_back() {
-            if conn.generation < generation {
+            if self.is_stale(&conn) {
                 state.open -= 1;
                 tokio::spawn(conn.terminate());
                 continue;
@@ -355,10 +415,13 @@ impl Pool {
     }
 
     async fn open_connection(&self, generation: u64) -> Result<Box<ServerConnection>, PoolError> {
+        // Read before logging in: a recycle during the login replaces this connection too.
+        let recycle_epoch = self.recycle_epoch.load(Ordering::Acquire);
         match ServerConnection::connect(&self.login).await {
             Ok(mut conn) => {
                 self.connects.fetch_add(1, Ordering::Relaxed);
                 conn.generation = generation;
+                conn.recycle_epoch = recycle_epoch;
                 conn.created_tick = self.now();
                 conn.idle_tick = conn.created_tick;
                 Ok(Box::new(conn))
@@ -381,15 +444,23 @@ impl Pool {
     }
 }
 
-/// Closes idle and expired connections and keeps `min_size` open, once a second, for as
-/// long as the pool exists.
-async fn maintain(pool: Weak<Pool>) {
+/// Closes idle, expired and stale connections and keeps `min_size` open, once a second and
+/// whenever `wake` is notified (a recycle), for as long as the pool exists. Only the ticks
+/// advance the pool's clock.
+async fn maintain(pool: Weak<Pool>, wake: Arc<Notify>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let ticked = tokio::select! {
+            _ = tick.tick() => true,
+            () = wake.notified() => false,
+        };
         let Some(pool) = pool.upgrade() else { return };
-        let now = pool.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = if ticked {
+            pool.tick.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            pool.now()
+        };
         let generation = pool.generation.load(Ordering::Relaxed);
         let expired: Vec<Box<ServerConnection>> = {
             let mut state = pool.lock();
@@ -406,8 +477,7 @@ async fn maintain(pool: Weak<Pool>) {
                     .settings
                     .max_lifetime
                     .is_some_and(|t| now - conn.created_tick >= ticks(t));
-                let stale = conn.generation < generation;
-                if over_idle || over_age || stale {
+                if over_idle || over_age || pool.is_stale(&conn) {
                     expired.push(conn);
                 } else {
                     kept.push_back(conn);

@@ -147,6 +147,8 @@ pub struct ServerConnection {
     pub unnamed: Option<(u64, u64)>,
     /// The generation of the cluster view it was opened under (see [`crate::pool`]).
     pub generation: u64,
+    /// Its pool's recycle epoch when its login started (see [`crate::pool`]).
+    pub recycle_epoch: u64,
     /// The server reported `in_hot_standby = on`: it is a replica, not a primary.
     pub standby: bool,
     /// Close it instead of pooling it when it is given back.
@@ -299,6 +301,7 @@ impl ServerConnection {
             prepared: HashSet::new(),
             unnamed: None,
             generation: 0,
+            recycle_epoch: 0,
             standby,
             retire: false,
             created_tick: 0,

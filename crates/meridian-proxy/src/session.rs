@@ -1268,8 +1268,9 @@ async fn read_server(server: &mut Option<Attached>) -> std::io::Result<usize> {
 /// Gives a connection back to its pool, resetting it first when the session left state on
 /// it (always in session pooling).
 async fn release(shared: &Shared, mut attached: Attached) {
-    if attached.conn.retire {
-        // Closed by the pool anyway: no reset to wait for.
+    if attached.conn.retire || attached.pool.is_stale(&attached.conn) {
+        // Closed by the pool anyway (retired, or replaced by a failover or a recycle): no
+        // reset to wait for.
         attached.pool.release(attached.conn, false);
         return;
     }
