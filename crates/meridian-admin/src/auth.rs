@@ -8,12 +8,14 @@ use crate::error::ApiError;
 #[derive(Clone, Default)]
 pub struct AdminAuth {
     token: Option<String>,
+    protect_reads: bool,
 }
 
 impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminAuth")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("protect_reads", &self.protect_reads)
             .finish()
     }
 }
@@ -23,6 +25,22 @@ impl AdminAuth {
     pub fn new(token: Option<String>) -> AdminAuth {
         AdminAuth {
             token: token.filter(|t| !t.is_empty()),
+            protect_reads: false,
+        }
+    }
+
+    /// Reads (metrics, status, alerts, history, ...) need the token too.
+    pub fn protect_reads(mut self, protect: bool) -> AdminAuth {
+        self.protect_reads = protect;
+        self
+    }
+
+    /// Whether a read may go ahead: always when reads are open, else as [`AdminAuth::check`].
+    pub fn check_read(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.protect_reads {
+            self.check(headers)
+        } else {
+            Ok(())
         }
     }
 
@@ -45,7 +63,7 @@ impl AdminAuth {
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "this command needs Authorization: Bearer <admin token>",
+                "this request needs Authorization: Bearer <admin token>",
             )),
             Some(given) if equal_in_constant_time(given.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(ApiError::new(

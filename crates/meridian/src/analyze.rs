@@ -10,11 +10,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use meridian_admin::model::{QueryAnalysis, QueryRoute, StatementClass};
 use meridian_config::{Config, ConfigError, Environment, ReadYourWrites, RoutingConfig};
-use meridian_core::classify::Classifier;
+use meridian_core::classify::{Classification, Classifier, shape};
 use meridian_core::routing::commands::{self, SessionCommand};
 use meridian_core::routing::{
-    Loads, NodeLoad, PrimaryReads, RouteDecision, RoutePolicy, SessionRoute, Statement, Target,
+    Loads, NoRoute, NodeLoad, PrimaryReads, RouteDecision, RoutePolicy, SessionRoute, Statement,
+    Target,
 };
 use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, Role};
 
@@ -72,6 +74,70 @@ fn load_routing(path: Option<&Path>) -> Result<(RoutingConfig, String), String> 
     }
 }
 
+/// What the classifier and the routing policy make of a statement (not a `meridian.*`
+/// command), shared by the printed report and the API's document.
+struct Verdict {
+    classification: Classification,
+    /// Each statement of a batch with its class (empty for a single statement).
+    statements: Vec<(String, Classification)>,
+    pin: Option<String>,
+    decision: RouteDecision,
+}
+
+fn verdict(
+    classifier: &Classifier,
+    policy: &RoutePolicy,
+    view: &ClusterView,
+    route: Target,
+    sql: &[u8],
+) -> Verdict {
+    let statement = Statement {
+        classification: classifier.classify(sql),
+        hint: commands::leading_hint(sql),
+    };
+    let statements: Vec<_> = classifier.statements(sql).collect();
+    let statements = if statements.len() > 1 {
+        statements
+            .iter()
+            .map(|s| {
+                (
+                    String::from_utf8_lossy(&sql[s.span.clone()]).into_owned(),
+                    s.classification,
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let session = SessionRoute {
+        target: route,
+        ..SessionRoute::default()
+    };
+    Verdict {
+        pin: policy
+            .pin(&statement.classification)
+            .map(|pin| pin.to_string()),
+        decision: meridian_core::routing::route(&statement, &session, view, policy, &NoLoad),
+        classification: statement.classification,
+        statements,
+    }
+}
+
+/// What a `meridian.*` command does, in a sentence.
+fn command_effect(command: Result<SessionCommand, commands::CommandError>) -> String {
+    match command {
+        Ok(SessionCommand::SetRoute(target)) => {
+            format!("routes the session's later statements: {}", target.as_str())
+        }
+        Ok(SessionCommand::SetMinLsn(Some(lsn))) => {
+            format!("the session's reads must see WAL position {lsn}")
+        }
+        Ok(SessionCommand::SetMinLsn(None)) => "forgets the position handed to the session".into(),
+        Ok(SessionCommand::Show(setting)) => format!("shows {}", setting.name()),
+        Err(e) => format!("error {}: {}", e.sqlstate, e.message),
+    }
+}
+
 /// The report, as printed.
 fn analyze(
     classifier: &Classifier,
@@ -82,58 +148,31 @@ fn analyze(
 ) -> String {
     let mut out = String::new();
     if let Some(command) = commands::session_command(sql) {
-        out.push_str("meridian command, answered by the proxy itself: ");
-        match command {
-            Ok(SessionCommand::SetRoute(target)) => {
-                out.push_str(&format!(
-                    "routes the session's later statements: {}\n",
-                    target.as_str()
-                ));
-            }
-            Ok(SessionCommand::SetMinLsn(Some(lsn))) => out.push_str(&format!(
-                "the session's reads must see WAL position {lsn}\n"
-            )),
-            Ok(SessionCommand::SetMinLsn(None)) => {
-                out.push_str("forgets the position handed to the session\n")
-            }
-            Ok(SessionCommand::Show(setting)) => {
-                out.push_str(&format!("shows {}\n", setting.name()))
-            }
-            Err(e) => out.push_str(&format!("error {}: {}\n", e.sqlstate, e.message)),
-        }
+        out.push_str(&format!(
+            "meridian command, answered by the proxy itself: {}\n",
+            command_effect(command)
+        ));
         return out;
     }
     let policy = meridian_proxy::route_policy(routing);
-    let statement = Statement {
-        classification: classifier.classify(sql),
-        hint: commands::leading_hint(sql),
-    };
-    out.push_str(&format!("class:      {}\n", statement.classification));
-    let statements: Vec<_> = classifier.statements(sql).collect();
-    if statements.len() > 1 {
+    let verdict = verdict(classifier, &policy, &healthy_view(), route, sql);
+    out.push_str(&format!("class:      {}\n", verdict.classification));
+    if !verdict.statements.is_empty() {
         out.push_str("statements:\n");
-        for (i, s) in statements.iter().enumerate() {
-            let text = String::from_utf8_lossy(&sql[s.span.clone()]);
+        for (i, (text, class)) in verdict.statements.iter().enumerate() {
             out.push_str(&format!(
-                "  {}. {}\n     {}\n",
+                "  {}. {}\n     {class}\n",
                 i + 1,
-                one_line(&text, 72),
-                s.classification
+                one_line(text, 72),
             ));
         }
     }
-    if let Some(pin) = policy.pin(&statement.classification) {
+    if let Some(pin) = &verdict.pin {
         out.push_str(&format!(
             "pins:       the session keeps its server connection until it ends ({pin})\n"
         ));
     }
-    let session = SessionRoute {
-        target: route,
-        ..SessionRoute::default()
-    };
-    let decision =
-        meridian_core::routing::route(&statement, &session, &healthy_view(), &policy, &NoLoad);
-    match decision {
+    match verdict.decision {
         RouteDecision::Primary { reason, .. } => {
             out.push_str(&format!("route:      the primary: {reason}\n"));
         }
@@ -145,11 +184,134 @@ fn analyze(
             out.push_str(&format!("route:      nowhere ({why:?})\n"));
         }
     }
+    let shape = shape(sql, true);
+    out.push_str(&format!("complexity: {}\n", shape.complexity().as_str()));
+    for finding in shape.findings() {
+        out.push_str(&format!("            - {finding}\n"));
+    }
     out.push_str(&format!(
         "policy:     read_write_split = {}, primary_reads = {}, read_your_writes = {} ({source})\n",
         routing.read_write_split, routing.primary_reads, routing.read_your_writes
     ));
     out
+}
+
+/// The analysis `POST /api/database/analyze-query` answers: the route is the one the live
+/// cluster `view` gives an idle proxy now.
+pub fn analysis(
+    classifier: &Classifier,
+    routing: &RoutingConfig,
+    view: &ClusterView,
+    query: &str,
+) -> QueryAnalysis {
+    let sql = query.as_bytes();
+    let shape = shape(sql, true);
+    let findings: Vec<String> = shape
+        .findings()
+        .iter()
+        .map(|f| f.message().to_owned())
+        .collect();
+    let complexity = shape.complexity().as_str().to_owned();
+    if let Some(command) = commands::session_command(sql) {
+        return QueryAnalysis {
+            query: query.to_owned(),
+            class: "meridian command".to_owned(),
+            is_read: false,
+            is_write: false,
+            route: QueryRoute {
+                target: "proxy".to_owned(),
+                node: None,
+                reason: command_effect(command),
+            },
+            pin: None,
+            statements: Vec::new(),
+            complexity,
+            findings,
+            recommendation: "answered by the proxy itself; no server sees it".to_owned(),
+        };
+    }
+    let policy = meridian_proxy::route_policy(routing);
+    let verdict = verdict(classifier, &policy, view, Target::Auto, sql);
+    let name = |node: NodeId| {
+        view.nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map(|n| n.name.to_string())
+    };
+    let route = match verdict.decision {
+        RouteDecision::Primary { node, reason } => QueryRoute {
+            target: "primary".to_owned(),
+            node: name(node),
+            reason: reason.to_string(),
+        },
+        RouteDecision::Replica { node, reason, .. } => QueryRoute {
+            target: "replica".to_owned(),
+            node: name(node),
+            reason: reason.to_string(),
+        },
+        RouteDecision::Unavailable(why) => QueryRoute {
+            target: "none".to_owned(),
+            node: None,
+            reason: match why {
+                NoRoute::NoPrimary => "no node is known to be the primary".to_owned(),
+                NoRoute::Paused => {
+                    "a failover or switchover is under way: it waits for the new primary".to_owned()
+                }
+                NoRoute::NoReplica(reason) => {
+                    format!("no replica can serve it and primary_reads = never ({reason})")
+                }
+            },
+        },
+    };
+    let is_write = verdict.classification.is_write();
+    QueryAnalysis {
+        query: query.to_owned(),
+        class: verdict.classification.to_string(),
+        is_read: verdict.classification.is_read_only(),
+        is_write,
+        recommendation: recommendation(&route, is_write, verdict.pin.as_deref(), &findings),
+        route,
+        pin: verdict.pin,
+        statements: verdict
+            .statements
+            .into_iter()
+            .map(|(text, class)| StatementClass {
+                text,
+                class: class.to_string(),
+            })
+            .collect(),
+        complexity,
+        findings,
+    }
+}
+
+/// One sentence of advice: the most important thing about where and how the query runs.
+fn recommendation(
+    route: &QueryRoute,
+    is_write: bool,
+    pin: Option<&str>,
+    findings: &[String],
+) -> String {
+    if let Some(pin) = pin {
+        return format!(
+            "it pins the session to one server connection ({pin}): avoid it on hot paths, or \
+             use transaction-scoped alternatives, so the pool can share connections"
+        );
+    }
+    if let Some(first) = findings.first() {
+        return format!("{first}; otherwise it routes as shown");
+    }
+    match (route.target.as_str(), is_write) {
+        ("replica", _) => {
+            "a read: it runs on the nearest caught-up replica, sparing the primary".to_owned()
+        }
+        ("primary", true) => "a write: it runs on the primary; keep transactions short".to_owned(),
+        ("primary", false) => format!(
+            "a read on the primary ({}): reads a replica can take scale better there",
+            route.reason
+        ),
+        _ => format!("it cannot run right now: {}", route.reason),
+    }
 }
 
 /// How a replica is chosen, and what sends the read elsewhere.

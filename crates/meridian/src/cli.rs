@@ -1,5 +1,6 @@
-//! The operator commands of the `meridian` binary (`switchover`, `failover`, `rejoin`,
-//! `history`): thin clients of the admin API of a running Meridian.
+//! The operator commands of the `meridian` binary (`status`, `alerts`, `history`, `export`,
+//! `switchover`, `failover`, `rejoin`, `reconnect`, `health-check`, `refresh-connections`,
+//! `analyze-query --live`): thin clients of the admin API of a running Meridian.
 //!
 //! Exit codes, for scripts: 0 done; 1 Meridian refused the command or the run failed (the
 //! message says why); 3 Meridian could not be reached or answered something unexpected.
@@ -189,6 +190,118 @@ pub fn status(api: &ApiArgs) -> ExitCode {
     )
 }
 
+/// `meridian export`: the full report as JSON, for `> report.json`.
+pub fn export(api: &ApiArgs) -> ExitCode {
+    finish(
+        api,
+        call(api, "GET", "/api/database/export", None),
+        |report| format!("{report:#}\n"),
+    )
+}
+
+/// `meridian health-check`: probe every node now, then the topology.
+pub fn health_check(api: &ApiArgs) -> ExitCode {
+    finish(
+        api,
+        call(api, "POST", "/api/database/health-check", None),
+        show_status,
+    )
+}
+
+/// `meridian reconnect REGION`: recycle the region's pools and probe it on fresh connections.
+pub fn reconnect(api: &ApiArgs, region: &str) -> ExitCode {
+    let path = format!("/api/database/reconnect/{}", path_segment(region));
+    finish(api, call(api, "POST", &path, None), |answer| {
+        let mut out = format!(
+            "region {}: {}\n",
+            text(&answer["region"]),
+            show_recycled(&answer["recycled"]).trim_end()
+        );
+        for node in answer["nodes"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {:<16}  {:<8}  {}\n",
+                text(&node["name"]),
+                text(&node["role"]),
+                text(&node["health"]),
+            ));
+        }
+        out
+    })
+}
+
+/// `meridian refresh-connections`: recycle every pool's connections gracefully.
+pub fn refresh_connections(api: &ApiArgs) -> ExitCode {
+    finish(
+        api,
+        call(api, "POST", "/api/database/connections/refresh", None),
+        show_recycled,
+    )
+}
+
+fn show_recycled(recycled: &Value) -> String {
+    format!(
+        "{} pools recycled: {} idle connections closed, {} in use closed when their transaction ends\n",
+        recycled["pools"], recycled["idle"], recycled["in_use"]
+    )
+}
+
+/// `meridian analyze-query --live "SQL"`: the running Meridian's analysis, against its live
+/// cluster.
+pub fn analyze_live(api: &ApiArgs, sql: &str) -> ExitCode {
+    finish(
+        api,
+        call(
+            api,
+            "POST",
+            "/api/database/analyze-query",
+            Some(serde_json::json!({ "query": sql })),
+        ),
+        show_analysis,
+    )
+}
+
+fn show_analysis(analysis: &Value) -> String {
+    let route = &analysis["route"];
+    let mut out = format!("class:      {}\n", text(&analysis["class"]));
+    for (i, statement) in analysis["statements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        out.push_str(&format!(
+            "  {}. {}\n     {}\n",
+            i + 1,
+            text(&statement["text"]),
+            text(&statement["class"])
+        ));
+    }
+    if let Some(pin) = analysis["pin"].as_str() {
+        out.push_str(&format!("pins:       {pin}\n"));
+    }
+    out.push_str(&format!(
+        "route:      {}{}: {}\n",
+        text(&route["target"]),
+        route["node"]
+            .as_str()
+            .map(|node| format!(" ({node})"))
+            .unwrap_or_default(),
+        text(&route["reason"])
+    ));
+    out.push_str(&format!(
+        "complexity: {}\n",
+        text(&analysis["estimatedComplexity"])
+    ));
+    for finding in analysis["findings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("            - {}\n", text(finding)));
+    }
+    out.push_str(&format!(
+        "advice:     {}\n",
+        text(&analysis["recommendation"])
+    ));
+    out
+}
+
 /// Names are `[a-z0-9_-]` (validated in the config), so only a wrong argument needs escaping.
 fn path_segment(text: &str) -> String {
     text.bytes()
@@ -214,9 +327,6 @@ fn text(value: &Value) -> &str {
 
 /// One run: headline, then its phases.
 fn show_run(run: &Value) -> String {
-    if run.get("id").is_none() {
-        return format!("{}\n", text(&run["outcome"]));
-    }
     let mut out = format!(
         "{} {} {} in {}: {} -> {} (generation {})\n",
         text(&run["kind"]),
@@ -354,6 +464,24 @@ mod tests {
         assert_eq!(
             show_run(&run),
             "switchover 3 completed in 0.35 s: us-1 -> eu-1 (generation 2)\n  fence          0.01 s  ok\n"
+        );
+    }
+
+    #[test]
+    fn an_analysis_reads_as_labelled_lines() {
+        let analysis = serde_json::json!({
+            "class": "read: query that only reads", "statements": [], "pin": null,
+            "route": { "target": "replica", "node": "eu-2", "reason": "an autocommit read" },
+            "estimatedComplexity": "simple", "findings": ["SELECT * reads every column"],
+            "recommendation": "name the columns",
+        });
+        assert_eq!(
+            show_analysis(&analysis),
+            "class:      read: query that only reads\n\
+             route:      replica (eu-2): an autocommit read\n\
+             complexity: simple\n\
+             \x20           - SELECT * reads every column\n\
+             advice:     name the columns\n"
         );
     }
 

@@ -3,6 +3,7 @@
 mod analyze;
 mod cli;
 mod operator;
+mod performance;
 mod run;
 mod telemetry;
 
@@ -57,18 +58,48 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
-    /// What Meridian makes of a statement: its class, a session pin, and where the routing
-    /// policy (from -c FILE or the environment; the defaults without either) sends it, and
-    /// why.
+    /// What Meridian makes of a statement: its class, a session pin, where the routing
+    /// policy (from -c FILE or the environment; the defaults without either) sends it and
+    /// why, and its complexity. With --live, the running Meridian answers against its live
+    /// cluster.
     AnalyzeQuery {
         /// The SQL text (one statement or a batch).
         sql: String,
         /// The configuration file (TOML).
-        #[arg(short, long, value_name = "FILE")]
+        #[arg(short, long, value_name = "FILE", conflicts_with = "live")]
         config: Option<PathBuf>,
         /// The session's `SET meridian.route` (auto, primary or replica).
         #[arg(long, default_value = "auto", value_parser = parse_route)]
         route: meridian_core::routing::Target,
+        /// Ask the running Meridian (--url) instead of analysing locally.
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// A full report as JSON (redacted configuration, topology, alerts, history, probes,
+    /// performance, pools), e.g. `meridian export > report.json`.
+    Export {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Probe every node now and show the topology.
+    HealthCheck {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Rebuild the pools and probe connections to a region (after a network change).
+    Reconnect {
+        /// The region.
+        region: String,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Replace every pooled server connection gracefully (idle ones now, busy ones when
+    /// their transaction ends).
+    RefreshConnections {
+        #[command(flatten)]
+        api: cli::ApiArgs,
     },
     /// The alerts raised, newest first.
     Alerts {
@@ -114,9 +145,19 @@ fn main() -> ExitCode {
             limit,
             api,
         } => cli::alerts(&api, active, severity.as_deref(), limit),
-        Command::AnalyzeQuery { sql, config, route } => {
-            analyze::main(config.as_deref(), route, &sql)
-        }
+        Command::AnalyzeQuery {
+            sql,
+            live: true,
+            api,
+            ..
+        } => cli::analyze_live(&api, &sql),
+        Command::AnalyzeQuery {
+            sql, config, route, ..
+        } => analyze::main(config.as_deref(), route, &sql),
+        Command::Export { api } => cli::export(&api),
+        Command::HealthCheck { api } => cli::health_check(&api),
+        Command::Reconnect { region, api } => cli::reconnect(&api, &region),
+        Command::RefreshConnections { api } => cli::refresh_connections(&api),
     }
 }
 

@@ -1,16 +1,25 @@
 //! What the operator interface asks of the running Meridian: metrics, the monitor's status,
-//! alerts, the failover history, and the commands (switchover, failover to a region, rejoin) handed to the failover machine.
+//! the proxy's pools and routing, alerts, history and probes from the store, query analysis,
+//! and the commands (switchover, failover to a region, rejoin) handed to the failover
+//! machine, probes on demand and pool recycling.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_admin::{AlertFilter, ApiError, Control, Mutation, MutationFuture, StatusCode};
+use meridian_admin::model::{
+    Alert, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis, Recycled, RunPhase,
+};
+use meridian_admin::{AlertFilter, ApiError, Control, ControlFuture, Mutation, StatusCode};
+use meridian_config::Config;
 use meridian_control::monitor::MonitorHandle;
-use meridian_control::store::{AlertQuery, AlertRecord, FailoverRecord, SEVERITIES, Store};
+use meridian_control::store::{self, AlertQuery, AlertRecord, FailoverRecord, SEVERITIES, Store};
+use meridian_core::classify::Classifier;
 use meridian_core::failover::Command;
+use meridian_core::status::ClusterStatus;
 use meridian_core::topology::NodeId;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::performance::Throughput;
 use crate::telemetry::Telemetry;
 
 /// How long a command's HTTP request waits for its run to finish before answering with the
@@ -23,6 +32,11 @@ pub struct Operator {
     pub telemetry: Telemetry,
     pub monitor: MonitorHandle,
     pub store: Arc<dyn Store>,
+    /// The configuration in effect (for export and query analysis).
+    pub config: Arc<Config>,
+    /// The proxy's classifier, for query analysis.
+    pub classifier: Arc<Classifier>,
+    pub throughput: Arc<Throughput>,
 }
 
 impl Operator {
@@ -42,6 +56,19 @@ impl Operator {
             })
     }
 
+    /// The nodes of region `name` (a 404 naming the regions when there is none).
+    fn region_nodes(&self, name: &str) -> Result<Vec<NodeId>, ApiError> {
+        let region = self.region(name)?;
+        Ok(self
+            .monitor
+            .status()
+            .nodes
+            .iter()
+            .filter(|node| node.region == region)
+            .map(|node| node.id)
+            .collect())
+    }
+
     fn region(&self, name: &str) -> Result<Arc<str>, ApiError> {
         let status = self.monitor.status();
         let mut regions: Vec<Arc<str>> = status.nodes.iter().map(|n| n.region.clone()).collect();
@@ -59,10 +86,15 @@ impl Operator {
             })
     }
 
-    async fn run(&self, command: Command) -> Result<Value, ApiError> {
+    async fn run(&self, command: Command) -> Result<FailoverRun, ApiError> {
         let id = match self.monitor.command(command).await {
             Ok(Some(id)) => id,
-            Ok(None) => return Ok(json!({ "outcome": "done" })),
+            // Only resuming automatic failover is done at once, and the API does not send it.
+            Ok(None) => {
+                return Err(ApiError::internal(
+                    "the failover machine accepted the command but started no run",
+                ));
+            }
             Err(why) => return Err(ApiError::refused(why)),
         };
         let record = self
@@ -78,7 +110,7 @@ impl Operator {
                 format!("run {id} failed: {why}"),
             ));
         }
-        Ok(record_json(&record))
+        Ok(run_of(&record))
     }
 }
 
@@ -87,11 +119,36 @@ impl Control for Operator {
         self.telemetry.metrics()
     }
 
-    fn status(&self) -> Arc<meridian_core::status::ClusterStatus> {
+    fn status(&self) -> Arc<ClusterStatus> {
         self.monitor.status()
     }
 
-    fn alerts(&self, filter: AlertFilter) -> Result<Value, ApiError> {
+    fn pools(&self) -> Vec<PoolState> {
+        self.telemetry
+            .proxy
+            .pool_reports()
+            .into_iter()
+            .map(|pool| PoolState {
+                in_use: pool.stats.open.saturating_sub(pool.stats.idle),
+                node: pool.node,
+                user: pool.user,
+                database: pool.database,
+                open: pool.stats.open,
+                idle: pool.stats.idle,
+                waiting: pool.stats.waiting,
+                checkouts: pool.stats.checkouts,
+                checkout_timeouts: pool.stats.timeouts,
+                connects: pool.stats.connects,
+                connect_failures: pool.stats.connect_failures,
+            })
+            .collect()
+    }
+
+    fn waiting_for_primary(&self) -> usize {
+        self.telemetry.proxy.waiting_for_primary()
+    }
+
+    fn alerts(&self, filter: AlertFilter) -> Result<Vec<Alert>, ApiError> {
         let query = AlertQuery {
             limit: filter.limit.unwrap_or(100),
             min_severity: filter.severity,
@@ -99,7 +156,7 @@ impl Control for Operator {
             node: filter.node,
         };
         match self.store.alerts(&query) {
-            Ok(alerts) => Ok(Value::Array(alerts.iter().map(alert_json).collect())),
+            Ok(alerts) => Ok(alerts.iter().map(alert_of).collect()),
             Err(e) if e.is_invalid_query() => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -109,15 +166,48 @@ impl Control for Operator {
         }
     }
 
-    fn failover_history(&self, limit: usize) -> Result<Value, ApiError> {
+    fn failover_history(&self, limit: usize) -> Result<Vec<FailoverRun>, ApiError> {
         let records = self
             .store
             .failover_history(limit)
             .map_err(|e| ApiError::internal(format!("cannot read the failover history: {e}")))?;
-        Ok(Value::Array(records.iter().map(record_json).collect()))
+        Ok(records.iter().map(run_of).collect())
     }
 
-    fn mutate(&self, mutation: Mutation) -> MutationFuture<'_> {
+    fn probe_history(
+        &self,
+        node: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ProbeSample>, ApiError> {
+        if let Some(node) = node {
+            self.node_id(node)?;
+        }
+        let samples = self
+            .store
+            .probe_history(node, limit)
+            .map_err(|e| ApiError::internal(format!("cannot read the probe history: {e}")))?;
+        Ok(samples.into_iter().map(probe_of).collect())
+    }
+
+    fn performance(&self) -> Performance {
+        crate::performance::performance(&self.monitor, &self.telemetry.proxy, &self.throughput)
+    }
+
+    fn config(&self) -> Value {
+        serde_json::to_value(&*self.config)
+            .unwrap_or_else(|e| Value::String(format!("the configuration could not be shown: {e}")))
+    }
+
+    fn analyze(&self, query: &str) -> Result<QueryAnalysis, ApiError> {
+        Ok(crate::analyze::analysis(
+            &self.classifier,
+            &self.config.routing,
+            &self.monitor.view().borrow(),
+            query,
+        ))
+    }
+
+    fn mutate(&self, mutation: Mutation) -> ControlFuture<'_, Result<FailoverRun, ApiError>> {
         Box::pin(async move {
             let command = match mutation {
                 Mutation::Switchover { to: None } => Command::Switchover { to: None },
@@ -135,47 +225,105 @@ impl Control for Operator {
             self.run(command).await
         })
     }
+
+    fn probe_now(
+        &self,
+        region: Option<&str>,
+        reconnect: bool,
+    ) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>> {
+        let nodes = region.map(|region| self.region_nodes(region)).transpose();
+        Box::pin(async move {
+            let status = match nodes? {
+                Some(nodes) if reconnect => self.monitor.reconnect(&nodes).await,
+                Some(nodes) => {
+                    for node in nodes {
+                        self.monitor.probe_now(Some(node)).await;
+                    }
+                    self.monitor.status()
+                }
+                None if reconnect => {
+                    let all: Vec<NodeId> =
+                        self.monitor.status().nodes.iter().map(|n| n.id).collect();
+                    self.monitor.reconnect(&all).await
+                }
+                None => self.monitor.probe_now(None).await,
+            };
+            Ok(status)
+        })
+    }
+
+    fn recycle(&self, region: Option<&str>) -> Result<Recycled, ApiError> {
+        let nodes = region.map(|region| self.region_nodes(region)).transpose()?;
+        let report = self.telemetry.proxy.recycle(nodes.as_deref());
+        Ok(Recycled {
+            pools: report.pools,
+            idle: report.idle,
+            in_use: report.in_use,
+        })
+    }
 }
 
 /// A run record as the API shows it; times in milliseconds since the epoch, phases with
 /// their durations.
-pub fn record_json(record: &FailoverRecord) -> Value {
-    json!({
-        "id": record.id,
-        "kind": record.kind,
-        "reason": record.reason,
-        "old_primary": record.old_primary,
-        "new_primary": record.new_primary,
-        "generation": record.generation,
-        "started_at_ms": record.started_at_ms,
-        "finished_at_ms": record.finished_at_ms,
-        "duration_ms": record.finished_at_ms.map(|end| end.saturating_sub(record.started_at_ms)),
-        "outcome": record.outcome,
-        "phases": record.phases.iter().map(|p| json!({
-            "name": p.name,
-            "started_at_ms": p.started_at_ms,
-            "finished_at_ms": p.finished_at_ms,
-            "duration_ms": p.finished_at_ms.saturating_sub(p.started_at_ms),
-            "outcome": p.outcome,
-        })).collect::<Vec<_>>(),
-        "ranking": record.ranking,
-    })
+pub fn run_of(record: &FailoverRecord) -> FailoverRun {
+    FailoverRun {
+        id: record.id,
+        kind: record.kind.clone(),
+        reason: record.reason.clone(),
+        old_primary: record.old_primary.clone(),
+        new_primary: record.new_primary.clone(),
+        generation: record.generation,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+        duration_ms: record
+            .finished_at_ms
+            .map(|end| end.saturating_sub(record.started_at_ms)),
+        outcome: record.outcome.clone(),
+        phases: record
+            .phases
+            .iter()
+            .map(|p| RunPhase {
+                name: p.name.clone(),
+                started_at_ms: p.started_at_ms,
+                finished_at_ms: p.finished_at_ms,
+                duration_ms: p.finished_at_ms.saturating_sub(p.started_at_ms),
+                outcome: p.outcome.clone(),
+            })
+            .collect(),
+        ranking: record.ranking.clone(),
+    }
 }
 
 /// An alert as the API shows it.
-fn alert_json(alert: &AlertRecord) -> Value {
-    json!({
-        "id": alert.id,
-        "kind": alert.kind,
-        "node": alert.node,
-        "region": alert.region,
-        "severity": alert.severity,
-        "value": alert.value,
-        "threshold": alert.threshold,
-        "message": alert.message,
-        "raised_at_ms": alert.raised_at_ms,
-        "updated_at_ms": alert.updated_at_ms,
-        "resolved_at_ms": alert.resolved_at_ms,
-        "active": alert.is_active(),
-    })
+fn alert_of(alert: &AlertRecord) -> Alert {
+    Alert {
+        id: alert.id,
+        kind: alert.kind.clone(),
+        node: alert.node.clone(),
+        region: alert.region.clone(),
+        severity: alert.severity.clone(),
+        value: alert.value,
+        threshold: alert.threshold,
+        message: alert.message.clone(),
+        raised_at_ms: alert.raised_at_ms,
+        updated_at_ms: alert.updated_at_ms,
+        resolved_at_ms: alert.resolved_at_ms,
+        active: alert.is_active(),
+    }
+}
+
+/// A probe sample as the API shows it.
+fn probe_of(sample: store::ProbeSample) -> ProbeSample {
+    ProbeSample {
+        node: sample.node,
+        region: sample.region,
+        at_ms: sample.at_ms,
+        ok: sample.ok,
+        latency_ms: sample.latency_ms,
+        role: sample.role,
+        health: sample.health,
+        lag_bytes: sample.lag_bytes,
+        lag_seconds: sample.lag_seconds,
+        error: sample.error,
+    }
 }

@@ -13,6 +13,7 @@ use meridian_proxy::{Proxy, ProxySettings};
 use tokio::net::TcpListener;
 
 use crate::operator::Operator;
+use crate::performance::Throughput;
 use crate::telemetry::Telemetry;
 use meridian_admin::AdminAuth;
 
@@ -86,7 +87,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
+    let classifier = Arc::new(
+        meridian_proxy::classifier(&config.routing).context("cannot prepare the classifier")?,
+    );
     let proxy = Proxy::new(settings, monitor.view(), Some(monitor.fast_signal()));
+    let auth = AdminAuth::new(
+        config
+            .admin_token
+            .as_ref()
+            .map(|token| token.expose().to_owned()),
+    )
+    .protect_reads(config.admin_protect_reads);
     let operator = Operator {
         telemetry: Telemetry {
             monitor: monitor.clone(),
@@ -95,13 +106,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         monitor: monitor.clone(),
         store: store.clone(),
+        throughput: Throughput::spawn(proxy.clone()),
+        classifier,
+        config: Arc::new(config.clone()),
     };
-    let auth = AdminAuth::new(
-        config
-            .admin_token
-            .as_ref()
-            .map(|token| token.expose().to_owned()),
-    );
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_server = tokio::spawn(meridian_admin::serve(
         admin,

@@ -473,7 +473,7 @@ impl Collector for Telemetry {
 }
 
 /// The snake_case name of a pin reason, for labels.
-fn pin_str(reason: PinReason) -> &'static str {
+pub fn pin_str(reason: PinReason) -> &'static str {
     match reason {
         PinReason::TemporaryTable => "temporary_table",
         PinReason::SessionAdvisoryLock => "session_advisory_lock",

@@ -76,6 +76,40 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// `method path` on the admin listener at `port`, with a bearer `token` and a JSON `body` when
+/// given: the status code and the body parsed as JSON (`Value::Null` when it is not JSON).
+pub async fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    stream
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {response}")))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, serde_json::from_str(body).unwrap_or_default()))
+}
+
 /// Starts `meridian run -c <dir>/meridian.toml` with `toml` as its configuration, a clean
 /// environment and its output in `<dir>/meridian.log`; killed when dropped.
 fn spawn_meridian(dir: &std::path::Path, toml: &str) -> tokio::process::Child {
