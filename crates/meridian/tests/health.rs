@@ -8,20 +8,15 @@ use std::time::Duration;
 use meridian_testkit::{Check, TestCluster, wait_until};
 use serde_json::Value;
 
-use support::{DataDirs, RunningMeridian, cluster_toml, free_port, http_get};
+use support::{DataDirs, RunningMeridian, cluster_toml, free_port, http_json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Status code and JSON body of `GET path` on the admin listener.
 async fn get(admin: u16, path: &str) -> Result<(u16, Value), String> {
-    let response = http_get(admin, path).await.map_err(|e| e.to_string())?;
-    let code = response
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status line: {response}"))?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let json = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
-    Ok((code, json))
+    http_json(admin, "GET", path, None, None)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
