@@ -20,7 +20,8 @@ async fn get(admin: u16, path: &str) -> Result<(u16, Value), String> {
 }
 
 #[tokio::test]
-async fn health_turns_503_when_a_replica_dies_while_primary_and_replica_checks_stay_200() {
+async fn health_turns_503_when_a_replica_dies_and_200_when_it_is_back_while_primary_and_replica_checks_stay_200()
+ {
     let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
     let meridian = RunningMeridian::start(
         &format!(
@@ -152,6 +153,19 @@ async fn health_turns_503_when_a_replica_dies_while_primary_and_replica_checks_s
         .await
         .unwrap();
     assert_eq!(code, 400);
+
+    // The replica comes back: /health is 200 again once it is judged up.
+    dead.start().await.unwrap();
+    let recovered = wait_until(TIMEOUT, "/health to answer 200 again", || async {
+        match get(admin, "/health").await {
+            Ok((200, body)) => Check::Ready(body),
+            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
+            Err(e) => Check::NotYet(e),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    assert_eq!(recovered["db_replica"], "connected");
 }
 
 /// `meridian status` with nothing listening: exit code 3 and a message naming the URL.
