@@ -573,7 +573,7 @@ async fn reconnect(
     audited(&state, &headers, what, || async {
         let control = &*state.control;
         let recycled = control.recycle(Some(&region))?;
-        let status = control.probe_now(Some(&region), true).await?;
+        let status = control.reconnect(&region).await?;
         let pools = control.pools();
         Ok(Reconnected {
             nodes: status
@@ -599,8 +599,8 @@ async fn reconnect(
     ))]
 async fn health_check(State(state): State<AppState>, headers: HeaderMap) -> Response {
     audited(&state, &headers, "health check".to_owned(), || async {
-        let status = state.control.probe_now(None, false).await?;
-        Ok(health::topology(&status, &state.control.pools()))
+        let status = state.control.probe_all().await;
+        Ok::<_, ApiError>(health::topology(&status, &state.control.pools()))
     })
     .await
 }

@@ -125,13 +125,12 @@ pub trait Control: Send + Sync + 'static {
     /// finished or a wait limit passed.
     fn mutate(&self, mutation: Mutation) -> ControlFuture<'_, Result<FailoverRun, ApiError>>;
 
-    /// Probes the nodes of `region` (every node when `None`) now, on fresh connections when
-    /// `reconnect`, and returns the status once the results are judged.
-    fn probe_now(
-        &self,
-        region: Option<&str>,
-        reconnect: bool,
-    ) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>>;
+    /// Probes every node now and returns the status once the results are judged.
+    fn probe_all(&self) -> ControlFuture<'_, Arc<ClusterStatus>>;
+
+    /// Rebuilds the probe connections to the nodes of `region` (a 404 for an unknown one),
+    /// probes them on the fresh connections and returns the status once judged.
+    fn reconnect(&self, region: &str) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>>;
 
     /// Replaces the pools' connections gracefully: those of `region`'s nodes, or all.
     fn recycle(&self, region: Option<&str>) -> Result<Recycled, ApiError>;

@@ -209,15 +209,17 @@ impl Control for Fixed {
         })
     }
 
-    fn probe_now(
-        &self,
-        region: Option<&str>,
-        reconnect: bool,
-    ) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>> {
+    fn probe_all(&self) -> ControlFuture<'_, Arc<ClusterStatus>> {
+        self.probes_now.lock().unwrap().push((None, false));
+        let status = self.status();
+        Box::pin(async move { status })
+    }
+
+    fn reconnect(&self, region: &str) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>> {
         self.probes_now
             .lock()
             .unwrap()
-            .push((region.map(str::to_owned), reconnect));
+            .push((Some(region.to_owned()), true));
         let status = self.status();
         Box::pin(async move { Ok(status) })
     }
@@ -245,6 +247,18 @@ async fn request(control: Arc<Fixed>, token: Option<&str>, raw: &str) -> (u16, S
 
 /// Serves one request with `auth` and returns (status, body).
 async fn serve_once(control: Arc<Fixed>, auth: AdminAuth, raw: &str) -> (u16, String) {
+    let response = exchange(control, auth, raw).await;
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Serves one request with `auth` and returns the whole response (status line, headers,
+/// body).
+async fn exchange(control: Arc<Fixed>, auth: AdminAuth, raw: &str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -258,12 +272,7 @@ async fn serve_once(control: Arc<Fixed>, auth: AdminAuth, raw: &str) -> (u16, St
     stream.read_to_string(&mut response).await.unwrap();
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    response
 }
 
 fn post(path: &str, auth: Option<&str>, body: &str) -> String {
@@ -1103,20 +1112,7 @@ async fn the_schema_check_rejects_what_the_document_does_not_declare() {
 
 /// The whole response (status line, headers, body) to `GET path`.
 async fn get_whole(path: &str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = router(Arc::new(Fixed::default()), AdminAuth::default());
-    let server = tokio::spawn(serve(listener, app, async {
-        let _ = stopped.await;
-    }));
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(get(path).as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    response
+    exchange(Arc::default(), AdminAuth::default(), &get(path)).await
 }
 
 /// The value of header `name` (lower case) in `response`.

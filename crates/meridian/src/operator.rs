@@ -226,30 +226,13 @@ impl Control for Operator {
         })
     }
 
-    fn probe_now(
-        &self,
-        region: Option<&str>,
-        reconnect: bool,
-    ) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>> {
-        let nodes = region.map(|region| self.region_nodes(region)).transpose();
-        Box::pin(async move {
-            let status = match nodes? {
-                Some(nodes) if reconnect => self.monitor.reconnect(&nodes).await,
-                Some(nodes) => {
-                    for node in nodes {
-                        self.monitor.probe_now(Some(node)).await;
-                    }
-                    self.monitor.status()
-                }
-                None if reconnect => {
-                    let all: Vec<NodeId> =
-                        self.monitor.status().nodes.iter().map(|n| n.id).collect();
-                    self.monitor.reconnect(&all).await
-                }
-                None => self.monitor.probe_now(None).await,
-            };
-            Ok(status)
-        })
+    fn probe_all(&self) -> ControlFuture<'_, Arc<ClusterStatus>> {
+        Box::pin(self.monitor.probe_now(None))
+    }
+
+    fn reconnect(&self, region: &str) -> ControlFuture<'_, Result<Arc<ClusterStatus>, ApiError>> {
+        let nodes = self.region_nodes(region);
+        Box::pin(async move { Ok(self.monitor.reconnect(&nodes?).await) })
     }
 
     fn recycle(&self, region: Option<&str>) -> Result<Recycled, ApiError> {

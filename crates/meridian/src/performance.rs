@@ -12,7 +12,7 @@ use meridian_admin::model::{NodePerformance, Performance};
 use meridian_control::monitor::MonitorHandle;
 use meridian_core::topology::NodeId;
 use meridian_proxy::Proxy;
-use meridian_proxy::router::RoutingReport;
+use meridian_proxy::router::{NodeRouting, RoutingReport};
 
 /// How far back rates look.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -81,8 +81,13 @@ fn totals(report: &RoutingReport) -> Vec<(NodeId, u64)> {
     report
         .nodes
         .iter()
-        .map(|node| (node.node, node.routed.iter().map(|(_, n)| n).sum()))
+        .map(|node| (node.node, routed_total(node)))
         .collect()
+}
+
+/// Transactions routed to a node since start, for every reason.
+fn routed_total(node: &NodeRouting) -> u64 {
+    node.routed.iter().map(|(_, n)| n).sum()
 }
 
 /// Rates between two samples: (seconds between them, per-node transactions per second).
@@ -110,13 +115,13 @@ pub fn performance(monitor: &MonitorHandle, proxy: &Proxy, throughput: &Throughp
     let report = proxy.routing_report();
     let (window_seconds, per_second) = throughput.rates(Instant::now(), &report);
     let window_total: f64 = per_second.values().sum();
-    let all_time: u64 = totals(&report).iter().map(|(_, n)| n).sum();
+    let all_time: u64 = report.nodes.iter().map(routed_total).sum();
     let nodes = status
         .nodes
         .iter()
         .map(|node| {
             let routing = report.nodes.iter().find(|r| r.node == node.id);
-            let transactions: u64 = routing.map_or(0, |r| r.routed.iter().map(|(_, n)| n).sum());
+            let transactions = routing.map_or(0, routed_total);
             let rate = per_second.get(&node.id).copied().unwrap_or(0.0);
             let share = if window_total > 0.0 {
                 rate / window_total
@@ -179,7 +184,6 @@ pub fn performance(monitor: &MonitorHandle, proxy: &Proxy, throughput: &Throughp
 #[cfg(test)]
 mod tests {
     use meridian_core::routing::RouteReason;
-    use meridian_proxy::router::NodeRouting;
 
     use super::*;
 

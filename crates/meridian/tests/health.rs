@@ -19,6 +19,20 @@ async fn get(admin: u16, path: &str) -> Result<(u16, Value), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Polls `GET path` until it answers `code`; its body, or a panic with Meridian's log.
+async fn wait_for(meridian: &RunningMeridian, path: &str, code: u16) -> Value {
+    let admin = meridian.admin;
+    let ready = wait_until(TIMEOUT, &format!("{path} to answer {code}"), || async {
+        match get(admin, path).await {
+            Ok((answered, body)) if answered == code => Check::Ready(body),
+            Ok((answered, body)) => Check::NotYet(format!("{answered} {body}")),
+            Err(e) => Check::NotYet(e),
+        }
+    })
+    .await;
+    meridian.or_log(ready)
+}
+
 #[tokio::test]
 async fn health_turns_503_when_a_replica_dies_and_200_when_it_is_back_while_primary_and_replica_checks_stay_200()
  {
@@ -32,17 +46,8 @@ async fn health_turns_503_when_a_replica_dies_and_200_when_it_is_back_while_prim
     )
     .await;
     let admin = meridian.admin;
-    let log = || meridian.log();
 
-    let healthy = wait_until(TIMEOUT, "/health to answer 200", || async {
-        match get(admin, "/health").await {
-            Ok((200, body)) => Check::Ready(body),
-            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
-            Err(e) => Check::NotYet(e),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    let healthy = wait_for(&meridian, "/health", 200).await;
     assert_eq!(healthy["status"], "healthy");
     assert_eq!(healthy["db_primary"], "connected");
     assert_eq!(healthy["db_replica"], "connected");
@@ -50,27 +55,11 @@ async fn health_turns_503_when_a_replica_dies_and_200_when_it_is_back_while_prim
     assert_eq!(get(admin, "/primary").await.unwrap().0, 200);
     assert_eq!(get(admin, "/readiness").await.unwrap().0, 200);
     // A replica's lag is known once the primary and it have both been probed.
-    wait_until(TIMEOUT, "/replica?max_lag to answer 200", || async {
-        match get(admin, "/replica?max_lag=16777216").await {
-            Ok((200, _)) => Check::Ready(()),
-            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
-            Err(e) => Check::NotYet(e),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    wait_for(&meridian, "/replica?max_lag=16777216", 200).await;
 
     let dead = &cluster.replicas()[0];
     dead.kill();
-    let unhealthy = wait_until(TIMEOUT, "/health to answer 503", || async {
-        match get(admin, "/health").await {
-            Ok((503, body)) => Check::Ready(body),
-            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
-            Err(e) => Check::NotYet(e),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    let unhealthy = wait_for(&meridian, "/health", 503).await;
     assert_eq!(unhealthy["status"], "unhealthy");
     assert_eq!(unhealthy["db_replica"], "disconnected");
     assert_eq!(unhealthy["db_primary"], "connected");
@@ -156,15 +145,7 @@ async fn health_turns_503_when_a_replica_dies_and_200_when_it_is_back_while_prim
 
     // The replica comes back: /health is 200 again once it is judged up.
     dead.start().await.unwrap();
-    let recovered = wait_until(TIMEOUT, "/health to answer 200 again", || async {
-        match get(admin, "/health").await {
-            Ok((200, body)) => Check::Ready(body),
-            Ok((code, body)) => Check::NotYet(format!("{code} {body}")),
-            Err(e) => Check::NotYet(e),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    let recovered = wait_for(&meridian, "/health", 200).await;
     assert_eq!(recovered["db_replica"], "connected");
 }
 

@@ -65,12 +65,17 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
 
 /// `GET path` on the admin listener at `port`: the whole response, status line included.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http_exchange(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends `request` to the admin listener at `port` and reads the whole response.
+async fn http_exchange(port: u16, request: &str) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
+    stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
@@ -85,23 +90,19 @@ pub async fn http_json(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, serde_json::Value)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let body = body.unwrap_or("");
-    stream
-        .write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    let response = http_exchange(
+        port,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await?;
     let code = response
         .get(9..12)
         .and_then(|c| c.parse().ok())
