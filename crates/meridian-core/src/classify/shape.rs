@@ -65,6 +65,7 @@
 
 use std::fmt;
 
+use super::keyword::{Kw, keyword};
 use super::lexer::{Kind, Lexer};
 
 /// A score up to this is [`Complexity::Simple`].
@@ -272,146 +273,23 @@ pub fn shape(sql: &[u8], standard_conforming_strings: bool) -> Shape {
     shape
 }
 
-/// The key words the scan acts on; any other word is `None` (a name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keyword {
-    None,
-    All,
-    Analyse,
-    Analyze,
-    As,
-    Begin,
-    By,
-    Case,
-    Create,
-    Delete,
-    Distinct,
-    End,
-    Except,
-    Exists,
-    Explain,
-    Fetch,
-    First,
-    For,
-    From,
-    Function,
-    Grant,
-    Group,
-    Having,
-    Ilike,
-    Insert,
-    Intersect,
-    Into,
-    Is,
-    Join,
-    Key,
-    Like,
-    Limit,
-    Materialized,
-    Merge,
-    Next,
-    No,
-    Not,
-    Offset,
-    Order,
-    Over,
-    Prepare,
-    Procedure,
-    Returning,
-    Revoke,
-    Select,
-    Set,
-    Share,
-    Table,
-    Union,
-    Update,
-    Values,
-    Verbose,
-    Where,
-    Window,
-    With,
-    Within,
-}
-
-impl Keyword {
-    /// The key word `word` spells, in any case: a length switch, then one or a few comparisons.
-    fn of(word: &[u8]) -> Keyword {
-        let is = |text: &str| word.eq_ignore_ascii_case(text.as_bytes());
-        match word.len() {
-            2 if is("as") => Keyword::As,
-            2 if is("by") => Keyword::By,
-            2 if is("is") => Keyword::Is,
-            2 if is("no") => Keyword::No,
-            3 if is("all") => Keyword::All,
-            3 if is("end") => Keyword::End,
-            3 if is("for") => Keyword::For,
-            3 if is("key") => Keyword::Key,
-            3 if is("not") => Keyword::Not,
-            3 if is("set") => Keyword::Set,
-            4 if is("case") => Keyword::Case,
-            4 if is("from") => Keyword::From,
-            4 if is("into") => Keyword::Into,
-            4 if is("join") => Keyword::Join,
-            4 if is("like") => Keyword::Like,
-            4 if is("next") => Keyword::Next,
-            4 if is("over") => Keyword::Over,
-            4 if is("with") => Keyword::With,
-            5 if is("begin") => Keyword::Begin,
-            5 if is("fetch") => Keyword::Fetch,
-            5 if is("first") => Keyword::First,
-            5 if is("grant") => Keyword::Grant,
-            5 if is("group") => Keyword::Group,
-            5 if is("ilike") => Keyword::Ilike,
-            5 if is("limit") => Keyword::Limit,
-            5 if is("merge") => Keyword::Merge,
-            5 if is("order") => Keyword::Order,
-            5 if is("share") => Keyword::Share,
-            5 if is("table") => Keyword::Table,
-            5 if is("union") => Keyword::Union,
-            5 if is("where") => Keyword::Where,
-            6 if is("create") => Keyword::Create,
-            6 if is("delete") => Keyword::Delete,
-            6 if is("except") => Keyword::Except,
-            6 if is("exists") => Keyword::Exists,
-            6 if is("having") => Keyword::Having,
-            6 if is("insert") => Keyword::Insert,
-            6 if is("offset") => Keyword::Offset,
-            6 if is("revoke") => Keyword::Revoke,
-            6 if is("select") => Keyword::Select,
-            6 if is("update") => Keyword::Update,
-            6 if is("values") => Keyword::Values,
-            6 if is("window") => Keyword::Window,
-            6 if is("within") => Keyword::Within,
-            7 if is("analyse") => Keyword::Analyse,
-            7 if is("analyze") => Keyword::Analyze,
-            7 if is("explain") => Keyword::Explain,
-            7 if is("prepare") => Keyword::Prepare,
-            7 if is("verbose") => Keyword::Verbose,
-            8 if is("distinct") => Keyword::Distinct,
-            8 if is("function") => Keyword::Function,
-            9 if is("intersect") => Keyword::Intersect,
-            9 if is("procedure") => Keyword::Procedure,
-            9 if is("returning") => Keyword::Returning,
-            12 if is("materialized") => Keyword::Materialized,
-            _ => Keyword::None,
-        }
-    }
-
+/// What the scan asks of a key word.
+impl Kw {
     /// Key words that still act right after `AS`; after `AS` any other word is a column label
     /// (`SELECT 1 AS limit` is valid SQL).
     fn acts_after_as(self) -> bool {
         matches!(
             self,
-            Keyword::Materialized
-                | Keyword::Not
-                | Keyword::Select
-                | Keyword::With
-                | Keyword::Values
-                | Keyword::Table
-                | Keyword::Insert
-                | Keyword::Update
-                | Keyword::Delete
-                | Keyword::Merge
+            Kw::Materialized
+                | Kw::Not
+                | Kw::Select
+                | Kw::With
+                | Kw::Values
+                | Kw::Table
+                | Kw::Insert
+                | Kw::Update
+                | Kw::Delete
+                | Kw::Merge
         )
     }
 
@@ -419,13 +297,7 @@ impl Keyword {
     fn starts_statement_after_with(self) -> bool {
         matches!(
             self,
-            Keyword::Select
-                | Keyword::Values
-                | Keyword::Table
-                | Keyword::Insert
-                | Keyword::Update
-                | Keyword::Delete
-                | Keyword::Merge
+            Kw::Select | Kw::Values | Kw::Table | Kw::Insert | Kw::Update | Kw::Delete | Kw::Merge
         )
     }
 
@@ -433,26 +305,26 @@ impl Keyword {
     fn ends_lists(self) -> bool {
         matches!(
             self,
-            Keyword::Where
-                | Keyword::Group
-                | Keyword::Having
-                | Keyword::Window
-                | Keyword::Order
-                | Keyword::Limit
-                | Keyword::Offset
-                | Keyword::Fetch
-                | Keyword::For
-                | Keyword::Union
-                | Keyword::Intersect
-                | Keyword::Except
-                | Keyword::Returning
-                | Keyword::Set
-                | Keyword::Into
+            Kw::Where
+                | Kw::Group
+                | Kw::Having
+                | Kw::Window
+                | Kw::Order
+                | Kw::Limit
+                | Kw::Offset
+                | Kw::Fetch
+                | Kw::For
+                | Kw::Union
+                | Kw::Intersect
+                | Kw::Except
+                | Kw::Returning
+                | Kw::Set
+                | Kw::Into
         )
     }
 
     fn is_set_operation(self) -> bool {
-        matches!(self, Keyword::Union | Keyword::Intersect | Keyword::Except)
+        matches!(self, Kw::Union | Kw::Intersect | Kw::Except)
     }
 }
 
@@ -543,7 +415,7 @@ fn leading_wildcard(text: &[u8]) -> bool {
 /// A token as the scan remembers it, for the key words that depend on what came before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tok {
-    Key(Keyword),
+    Key(Kw),
     /// An unquoted or quoted name.
     Name,
     /// A name of a built-in aggregate, followed by `(`.
@@ -571,13 +443,13 @@ enum Lead {
 }
 
 impl Lead {
-    fn of(key: Keyword) -> Lead {
+    fn of(key: Kw) -> Lead {
         match key {
-            Keyword::Select => Lead::Select,
-            Keyword::Table => Lead::Table,
-            Keyword::Grant | Keyword::Revoke => Lead::Privileges,
-            Keyword::Fetch => Lead::Fetch,
-            Keyword::Create => Lead::Create,
+            Kw::Select => Lead::Select,
+            Kw::Table => Lead::Table,
+            Kw::Grant | Kw::Revoke => Lead::Privileges,
+            Kw::Fetch => Lead::Fetch,
+            Kw::Create => Lead::Create,
             _ => Lead::Other,
         }
     }
@@ -796,16 +668,16 @@ impl Scan {
         let depth = self.depth;
         let here = bit(depth);
         let [prev, before, earlier] = self.history;
-        let mut key = Keyword::of(text);
-        if prev == Tok::Dot || (prev == Tok::Key(Keyword::As) && !key.acts_after_as()) {
-            key = Keyword::None;
+        let mut key = keyword(text);
+        if prev == Tok::Dot || (prev == Tok::Key(Kw::As) && !key.acts_after_as()) {
+            key = Kw::None;
         }
         let at_command = self.levels.command_next & here != 0;
         self.levels.command_next &= !here;
         // The first word of the statement (of a parenthesized one, of a CTE body), as opposed
         // to the first word of any group, such as a call's first argument.
         let at_statement = at_command && (depth == 0 || self.levels.query_group & here != 0);
-        if key == Keyword::None {
+        if key == Kw::None {
             if at_statement && self.lead.is_none() {
                 self.lead = Some(Lead::Other);
                 self.lead_depth = depth;
@@ -818,18 +690,16 @@ impl Scan {
         }
         if at_statement && self.lead.is_none() {
             match key {
-                Keyword::Explain if self.prefix == Prefix::None => {
+                Kw::Explain if self.prefix == Prefix::None => {
                     self.prefix = Prefix::Explain;
                     self.levels.command_next |= here;
                     return Tok::Key(key);
                 }
-                Keyword::Analyze | Keyword::Analyse | Keyword::Verbose
-                    if self.prefix == Prefix::Explain =>
-                {
+                Kw::Analyze | Kw::Analyse | Kw::Verbose if self.prefix == Prefix::Explain => {
                     self.levels.command_next |= here;
                     return Tok::Key(key);
                 }
-                Keyword::Prepare if self.prefix == Prefix::None => {
+                Kw::Prepare if self.prefix == Prefix::None => {
                     self.prefix = Prefix::Prepare;
                     return Tok::Key(key);
                 }
@@ -850,7 +720,7 @@ impl Scan {
         let first_in_group = prev == Tok::LParen && depth > 0;
         let levels = &mut self.levels;
         match key {
-            Keyword::Select => {
+            Kw::Select => {
                 if first_in_group && levels.query_group & here == 0 {
                     shape.subqueries += 1;
                 }
@@ -862,39 +732,34 @@ impl Scan {
                     levels.from_list &= !here;
                 }
             }
-            Keyword::With => {
+            Kw::With => {
                 if first_in_group && levels.query_group & here == 0 {
                     shape.subqueries += 1;
                 }
                 self.with_next = Some(depth);
             }
-            Keyword::Table if command && depth <= self.lead_depth => self.top_from = true,
-            Keyword::Update | Keyword::Delete if command => {
+            Kw::Table if command && depth <= self.lead_depth => self.top_from = true,
+            Kw::Update | Kw::Delete if command => {
                 levels.write_without_where |= here;
                 levels.query |= here;
             }
-            Keyword::Update | Keyword::Share if levels.query & here != 0 => {
+            Kw::Update | Kw::Share if levels.query & here != 0 => {
                 // FOR UPDATE, FOR SHARE, FOR NO KEY UPDATE, FOR KEY SHARE.
                 let locking = matches!(
                     (key, prev, before, earlier),
-                    (_, Tok::Key(Keyword::For), _, _)
+                    (_, Tok::Key(Kw::For), _, _)
+                        | (Kw::Share, Tok::Key(Kw::Key), Tok::Key(Kw::For), _)
                         | (
-                            Keyword::Share,
-                            Tok::Key(Keyword::Key),
-                            Tok::Key(Keyword::For),
-                            _
-                        )
-                        | (
-                            Keyword::Update,
-                            Tok::Key(Keyword::Key),
-                            Tok::Key(Keyword::No),
-                            Tok::Key(Keyword::For)
+                            Kw::Update,
+                            Tok::Key(Kw::Key),
+                            Tok::Key(Kw::No),
+                            Tok::Key(Kw::For)
                         )
                 );
                 shape.for_update |= locking;
             }
-            Keyword::From
-                if prev != Tok::Key(Keyword::Distinct)
+            Kw::From
+                if prev != Tok::Key(Kw::Distinct)
                     && levels.query & here != 0
                     && self.lead != Some(Lead::Privileges) =>
             {
@@ -904,47 +769,45 @@ impl Scan {
                     self.from_next = true;
                 }
             }
-            Keyword::Where => {
+            Kw::Where => {
                 levels.write_without_where &= !here;
                 if depth <= self.lead_depth {
                     self.top_where = true;
                 }
             }
-            Keyword::Group if prev == Tok::Key(Keyword::Within) => {
+            Kw::Group if prev == Tok::Key(Kw::Within) => {
                 self.aggregate(depth, shape);
                 // Inside an aggregate call: the select list goes on.
                 return Tok::Key(key);
             }
-            Keyword::Having => self.aggregate(depth, shape),
-            Keyword::By if prev == Tok::Key(Keyword::Group) => self.aggregate(depth, shape),
-            Keyword::By if prev == Tok::Key(Keyword::Order) => shape.order_by = true,
-            Keyword::Union | Keyword::Intersect | Keyword::Except => {
+            Kw::Having => self.aggregate(depth, shape),
+            Kw::By if prev == Tok::Key(Kw::Group) => self.aggregate(depth, shape),
+            Kw::By if prev == Tok::Key(Kw::Order) => shape.order_by = true,
+            Kw::Union | Kw::Intersect | Kw::Except => {
                 shape.set_operations += 1;
                 self.set_operations += 1;
             }
-            Keyword::Limit => self.limit_next = Some(depth),
-            Keyword::First | Keyword::Next
-                if prev == Tok::Key(Keyword::Fetch) && self.lead != Some(Lead::Fetch) =>
+            Kw::Limit => self.limit_next = Some(depth),
+            Kw::First | Kw::Next
+                if prev == Tok::Key(Kw::Fetch) && self.lead != Some(Lead::Fetch) =>
             {
                 shape.limit = true;
                 if depth <= self.lead_depth {
                     self.top_limit = true;
                 }
             }
-            Keyword::Join => shape.joins += 1,
-            Keyword::Distinct if !matches!(prev, Tok::Key(Keyword::Is | Keyword::Not)) => {
+            Kw::Join => shape.joins += 1,
+            Kw::Distinct if !matches!(prev, Tok::Key(Kw::Is | Kw::Not)) => {
                 shape.distinct = true;
             }
-            Keyword::Over if prev == Tok::RParen => shape.window_functions = true,
-            Keyword::As if self.prefix == Prefix::Prepare && self.lead.is_none() && depth == 0 => {
+            Kw::Over if prev == Tok::RParen => shape.window_functions = true,
+            Kw::As if self.prefix == Prefix::Prepare && self.lead.is_none() && depth == 0 => {
                 levels.command_next |= here;
             }
-            Keyword::Function | Keyword::Procedure
-                if self.lead == Some(Lead::Create) && depth == 0 =>
-            {
+            Kw::Function | Kw::Procedure if self.lead == Some(Lead::Create) && depth == 0 => {
                 self.routine = true;
             }
-            Keyword::Begin if self.routine && depth == 0 => {
+            Kw::Begin if self.routine && depth == 0 => {
                 let mut ahead = lexer.clone();
                 if ahead.next_token().is_some_and(|next| {
                     next.kind == Kind::Word && lexer.text(next).eq_ignore_ascii_case(b"atomic")
@@ -952,8 +815,8 @@ impl Scan {
                     self.atomic_depth += 1;
                 }
             }
-            Keyword::Case if self.atomic_depth > 0 && depth == 0 => self.atomic_depth += 1,
-            Keyword::End if self.atomic_depth > 0 && depth == 0 => self.atomic_depth -= 1,
+            Kw::Case if self.atomic_depth > 0 && depth == 0 => self.atomic_depth += 1,
+            Kw::End if self.atomic_depth > 0 && depth == 0 => self.atomic_depth -= 1,
             _ => {}
         }
         if key.ends_lists() {
@@ -985,20 +848,16 @@ impl Scan {
             levels.command_next |= inner;
             let set_operand = match (prev, before) {
                 (Tok::Key(key), _) if key.is_set_operation() => true,
-                (Tok::Key(Keyword::All | Keyword::Distinct), Tok::Key(key)) => {
-                    key.is_set_operation()
-                }
+                (Tok::Key(Kw::All | Kw::Distinct), Tok::Key(key)) => key.is_set_operation(),
                 _ => false,
             };
-            if levels.with_list & here != 0
-                && matches!(prev, Tok::Key(Keyword::As | Keyword::Materialized))
-            {
+            if levels.with_list & here != 0 && matches!(prev, Tok::Key(Kw::As | Kw::Materialized)) {
                 shape.ctes += 1;
                 levels.query_group |= inner;
             } else if set_operand {
                 levels.query_group |= inner;
             }
-            if prev == Tok::Key(Keyword::Exists) {
+            if prev == Tok::Key(Kw::Exists) {
                 levels.exists_group |= inner;
             }
         }
@@ -1043,9 +902,7 @@ impl Scan {
                 if self.levels.select_list & here != 0
                     && matches!(
                         prev,
-                        Tok::Key(Keyword::Select | Keyword::Distinct | Keyword::All)
-                            | Tok::Comma
-                            | Tok::Dot
+                        Tok::Key(Kw::Select | Kw::Distinct | Kw::All) | Tok::Comma | Tok::Dot
                     )
                 {
                     shape.select_star = true;
@@ -1056,10 +913,8 @@ impl Scan {
                 Tok::LikeOperator
             }
             Kind::String => {
-                if matches!(
-                    prev,
-                    Tok::Key(Keyword::Like | Keyword::Ilike) | Tok::LikeOperator
-                ) && leading_wildcard(text)
+                if matches!(prev, Tok::Key(Kw::Like | Kw::Ilike) | Tok::LikeOperator)
+                    && leading_wildcard(text)
                 {
                     shape.leading_wildcard_like = true;
                 }
@@ -1647,68 +1502,68 @@ mod tests {
     #[test]
     fn every_key_word_is_recognised_in_any_case() {
         let words = [
-            ("all", Keyword::All),
-            ("analyse", Keyword::Analyse),
-            ("analyze", Keyword::Analyze),
-            ("as", Keyword::As),
-            ("begin", Keyword::Begin),
-            ("by", Keyword::By),
-            ("case", Keyword::Case),
-            ("create", Keyword::Create),
-            ("delete", Keyword::Delete),
-            ("distinct", Keyword::Distinct),
-            ("end", Keyword::End),
-            ("except", Keyword::Except),
-            ("exists", Keyword::Exists),
-            ("explain", Keyword::Explain),
-            ("fetch", Keyword::Fetch),
-            ("first", Keyword::First),
-            ("for", Keyword::For),
-            ("from", Keyword::From),
-            ("function", Keyword::Function),
-            ("grant", Keyword::Grant),
-            ("group", Keyword::Group),
-            ("having", Keyword::Having),
-            ("ilike", Keyword::Ilike),
-            ("insert", Keyword::Insert),
-            ("intersect", Keyword::Intersect),
-            ("into", Keyword::Into),
-            ("is", Keyword::Is),
-            ("join", Keyword::Join),
-            ("key", Keyword::Key),
-            ("like", Keyword::Like),
-            ("limit", Keyword::Limit),
-            ("materialized", Keyword::Materialized),
-            ("merge", Keyword::Merge),
-            ("next", Keyword::Next),
-            ("no", Keyword::No),
-            ("not", Keyword::Not),
-            ("offset", Keyword::Offset),
-            ("order", Keyword::Order),
-            ("over", Keyword::Over),
-            ("prepare", Keyword::Prepare),
-            ("procedure", Keyword::Procedure),
-            ("returning", Keyword::Returning),
-            ("revoke", Keyword::Revoke),
-            ("select", Keyword::Select),
-            ("set", Keyword::Set),
-            ("share", Keyword::Share),
-            ("table", Keyword::Table),
-            ("union", Keyword::Union),
-            ("update", Keyword::Update),
-            ("values", Keyword::Values),
-            ("verbose", Keyword::Verbose),
-            ("where", Keyword::Where),
-            ("window", Keyword::Window),
-            ("with", Keyword::With),
-            ("within", Keyword::Within),
+            ("all", Kw::All),
+            ("analyse", Kw::Analyse),
+            ("analyze", Kw::Analyze),
+            ("as", Kw::As),
+            ("begin", Kw::Begin),
+            ("by", Kw::By),
+            ("case", Kw::Case),
+            ("create", Kw::Create),
+            ("delete", Kw::Delete),
+            ("distinct", Kw::Distinct),
+            ("end", Kw::End),
+            ("except", Kw::Except),
+            ("exists", Kw::Exists),
+            ("explain", Kw::Explain),
+            ("fetch", Kw::Fetch),
+            ("first", Kw::First),
+            ("for", Kw::For),
+            ("from", Kw::From),
+            ("function", Kw::Function),
+            ("grant", Kw::Grant),
+            ("group", Kw::Group),
+            ("having", Kw::Having),
+            ("ilike", Kw::Ilike),
+            ("insert", Kw::Insert),
+            ("intersect", Kw::Intersect),
+            ("into", Kw::Into),
+            ("is", Kw::Is),
+            ("join", Kw::Join),
+            ("key", Kw::Key),
+            ("like", Kw::Like),
+            ("limit", Kw::Limit),
+            ("materialized", Kw::Materialized),
+            ("merge", Kw::Merge),
+            ("next", Kw::Next),
+            ("no", Kw::No),
+            ("not", Kw::Not),
+            ("offset", Kw::Offset),
+            ("order", Kw::Order),
+            ("over", Kw::Over),
+            ("prepare", Kw::Prepare),
+            ("procedure", Kw::Procedure),
+            ("returning", Kw::Returning),
+            ("revoke", Kw::Revoke),
+            ("select", Kw::Select),
+            ("set", Kw::Set),
+            ("share", Kw::Share),
+            ("table", Kw::Table),
+            ("union", Kw::Union),
+            ("update", Kw::Update),
+            ("values", Kw::Values),
+            ("verbose", Kw::Verbose),
+            ("where", Kw::Where),
+            ("window", Kw::Window),
+            ("with", Kw::With),
+            ("within", Kw::Within),
         ];
         for (word, key) in words {
-            assert_eq!(Keyword::of(word.as_bytes()), key, "{word}");
-            assert_eq!(Keyword::of(word.to_uppercase().as_bytes()), key, "{word}");
+            assert_eq!(keyword(word.as_bytes()), key, "{word}");
+            assert_eq!(keyword(word.to_uppercase().as_bytes()), key, "{word}");
         }
         for word in ["joins", "selec", "", "materialize", "unions", "sélect"] {
-            assert_eq!(Keyword::of(word.as_bytes()), Keyword::None, "{word}");
+            assert_eq!(keyword(word.as_bytes()), Kw::None, "{word}");
         }
         assert!(is_aggregate(b"COUNT") && is_aggregate(b"regr_slope"));
         assert!(!is_aggregate(b"counter") && !is_aggregate(b"regr"));
