@@ -1355,7 +1355,7 @@ impl Failover {
             self.execute(now, Work::Repoint { node, upstream }, out);
         }
         if let Some(names) = synchronous {
-            let live: Vec<Arc<str>> = self.live_replicas(new);
+            let live: Vec<Arc<str>> = self.synchronous_candidates(new);
             match new_synchronous(&names, &self.name(new), &live) {
                 Some(value) => self.execute(now, Work::SetSynchronous { node: new, value }, out),
                 None => out.push(Action::Log(
@@ -1385,27 +1385,35 @@ impl Failover {
         }
     }
 
-    /// Live replicas other than `primary`, those of its region first (in configuration order).
-    fn live_replicas(&self, primary: NodeId) -> Vec<Arc<str>> {
+    /// The replicas that may replicate synchronously from `primary`: those the repoint plan
+    /// has streaming from it directly (a cascaded replica never connects to the primary, so
+    /// naming it in `synchronous_standby_names` would make commits wait forever), those of its
+    /// region first, then in configuration order.
+    fn synchronous_candidates(&self, primary: NodeId) -> Vec<Arc<str>> {
         let region = self.spec(primary).region.clone();
-        let mut live: Vec<&NodeSpec> = self
-            .nodes
-            .iter()
-            .filter(|n| {
-                let t = &self.tracked[usize::from(n.id.0)];
-                n.id != primary
-                    && !self.needs_rejoin.contains(&n.id)
-                    && t.consecutive_failures == 0
-                    && t.last_ok.as_ref().is_some_and(|(_, s)| s.in_recovery)
-            })
+        let mut direct: Vec<&NodeSpec> = self
+            .upstreams(primary)
+            .into_iter()
+            .filter(|&(_, upstream)| upstream == primary)
+            .map(|(node, _)| self.spec(node))
             .collect();
-        live.sort_by_key(|n| n.region != region);
-        live.into_iter().map(|n| n.name.clone()).collect()
+        direct.sort_by_key(|n| n.region != region);
+        direct.into_iter().map(|n| n.name.clone()).collect()
     }
 
     /// Where each surviving replica should stream from: the new primary for its own region and
-    /// for every other region's leader (its first live member), the leader for the rest.
+    /// for every other region's leader (its first live member), the leader for the rest. Only
+    /// the replicas not already streaming from their upstream.
     pub fn repoint_plan(&self, primary: NodeId) -> Vec<(NodeId, NodeId)> {
+        self.upstreams(primary)
+            .into_iter()
+            .filter(|&(node, upstream)| self.streams_from(node) != Some(upstream))
+            .collect()
+    }
+
+    /// Every live replica (other than `primary`) with the node it should stream from, as
+    /// [`Failover::repoint_plan`] describes, in configuration order.
+    fn upstreams(&self, primary: NodeId) -> Vec<(NodeId, NodeId)> {
         let primary_region = self.spec(primary).region.clone();
         let live = |id: NodeId| {
             let t = &self.tracked[usize::from(id.0)];
@@ -1414,7 +1422,7 @@ impl Failover {
                 && t.consecutive_failures == 0
                 && t.last_ok.as_ref().is_some_and(|(_, s)| s.in_recovery)
         };
-        let mut plan = Vec::new();
+        let mut upstreams = Vec::new();
         let mut leaders: Vec<(Arc<str>, NodeId)> = Vec::new();
         for node in self.nodes.iter().filter(|n| live(n.id)) {
             let upstream = if node.region == primary_region {
@@ -1425,23 +1433,21 @@ impl Failover {
                 leaders.push((node.region.clone(), node.id));
                 primary
             };
-            let current = self
-                .status(node.id)
-                .and_then(|s| s.wal_receiver.as_ref())
-                .and_then(|w| {
-                    self.nodes
-                        .iter()
-                        .find(|n| {
-                            Some(n.port) == w.sender_port
-                                && w.sender_host.as_deref().is_none_or(|h| h == &*n.host)
-                        })
-                        .map(|n| n.id)
-                });
-            if current != Some(upstream) {
-                plan.push((node.id, upstream));
-            }
+            upstreams.push((node.id, upstream));
         }
-        plan
+        upstreams
+    }
+
+    /// The configured node `node`'s WAL receiver streams from, if it is one of ours.
+    fn streams_from(&self, node: NodeId) -> Option<NodeId> {
+        let receiver = self.status(node)?.wal_receiver.as_ref()?;
+        self.nodes
+            .iter()
+            .find(|n| {
+                Some(n.port) == receiver.sender_port
+                    && receiver.sender_host.as_deref().is_none_or(|h| h == &*n.host)
+            })
+            .map(|n| n.id)
     }
 
     fn complete(&mut self, now: Timestamp, out: &mut Vec<Action>) {

@@ -393,6 +393,47 @@ fn a_lost_region_fails_over_to_the_next_region_by_priority_and_regions_keep_thei
 }
 
 #[test]
+fn synchronous_replication_across_regions_survives_the_primary_then_its_whole_region() {
+    // Commits wait for n1 (us) and n2 (eu's leader), as `meridian demo` sets it up.
+    let mut config = three_regions();
+    config.synchronous = "ANY 2 (n1, n2)".into();
+    let mut sim = started(config);
+    sim.fault(10_000, Fault::Kill(0));
+    sim.run_until_true(30_000, |s| s.promotions.len() == 1)
+        .unwrap_or_else(|| panic!("no promotion:\n{}", sim.report(60)));
+    assert_eq!(sim.promotions[0].node, N1, "{}", sim.report(60));
+    assert_eq!(sim.promotions[0].lost_acknowledged, 0);
+    // n2 stays synchronous; n1's place goes to a replica that streams from the new primary:
+    // ap's leader n4, never the cascaded n3, which would never confirm a commit.
+    let settings: Vec<Work> = sim
+        .works_since(10_000)
+        .into_iter()
+        .filter(|w| matches!(w, Work::SetSynchronous { .. }))
+        .collect();
+    assert_eq!(
+        settings,
+        vec![Work::SetSynchronous {
+            node: N1,
+            value: "ANY 2 (\"n2\", \"n4\")".into()
+        }]
+    );
+
+    // Then the whole us region: only the synchronous n2 may be promoted, and it lacks nothing.
+    sim.fault(80_000, Fault::Kill(1));
+    sim.run_until_true(110_000, |s| s.promotions.len() == 2)
+        .unwrap_or_else(|| panic!("no second promotion:\n{}", sim.report(60)));
+    let second = &sim.promotions[1];
+    assert_eq!(second.node, N2, "{}", sim.report(60));
+    assert!(second.old_synchronous);
+    assert_eq!(second.lost_acknowledged, 0);
+    assert!(second.lsn >= second.old_acknowledged);
+    // n4 stays; n3 (n2's cascade) now streams from the primary itself and takes n2's place.
+    sim.run_until(140_000);
+    assert_eq!(sim.node(2).synchronous_standby_names, "ANY 2 (\"n4\", \"n3\")");
+    assert_safe(&sim);
+}
+
+#[test]
 fn a_switchover_fences_waits_for_replay_then_promotes_and_loses_nothing() {
     // n1 lags: its WaitReplay must really wait.
     let config = ClusterConfig::new(vec![
