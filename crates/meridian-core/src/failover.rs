@@ -1282,7 +1282,12 @@ impl Failover {
             (Stage::Demoting, Work::Rejoin { node, .. }, result) => {
                 let failed = result.is_err();
                 let outcome = match result {
-                    Ok(_) => "ok".to_owned(),
+                    Ok(_) => {
+                        // It runs again: look at it now rather than when its probe's reconnect
+                        // backoff (up to reconnect_max) next allows.
+                        out.push(Action::Probe(vec![*node]));
+                        "ok".to_owned()
+                    }
                     Err(error) => {
                         out.push(Action::Log(
                             Level::Warn,
@@ -2198,6 +2203,7 @@ mod tests {
             let [(step, _)] = &work(&started)[..] else {
                 panic!("one rejoin step: {started:?}");
             };
+            let result_ok = result.is_ok();
             let done = m.handle(
                 Timestamp(2500),
                 Input::Outcome {
@@ -2209,6 +2215,11 @@ mod tests {
                 !done.iter().any(|a| matches!(a, Action::Raise(_))),
                 "{done:?}"
             );
+            // A node that runs again is probed at once, whatever its reconnect backoff.
+            let probed = done
+                .iter()
+                .any(|a| matches!(a, Action::Probe(nodes) if nodes == &[NodeId(0)]));
+            assert_eq!(probed, result_ok, "{done:?}");
             let record = records(&done).pop().expect("recorded");
             assert_eq!(record.kind, RunKind::Rejoin);
             outcomes.push(record.outcome);

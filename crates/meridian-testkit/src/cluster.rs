@@ -52,6 +52,8 @@ pub struct ClusterBuilder {
     replication_links: bool,
     tls: bool,
     dir: Option<PathBuf>,
+    kit: Option<Arc<Kit>>,
+    keep_files: bool,
 }
 
 impl ClusterBuilder {
@@ -121,11 +123,27 @@ impl ClusterBuilder {
         self
     }
 
+    /// Uses `kit` (see [`Kit::at`]) instead of the process's shared one.
+    pub fn kit(mut self, kit: Arc<Kit>) -> Self {
+        self.kit = Some(kit);
+        self
+    }
+
+    /// Keeps the cluster's directory (data and server logs) when the servers stop, whether
+    /// by drop or by the watchdog, as if `MERIDIAN_TESTKIT_KEEP` were set.
+    pub fn keep_files(mut self) -> Self {
+        self.keep_files = true;
+        self
+    }
+
     /// Starts every server and waits until each replica streams (and, in synchronous mode,
     /// until the quorum is synchronous).
     pub async fn start(self) -> anyhow::Result<TestCluster> {
         let plan = Plan::of(&self)?;
-        let kit = tokio::task::spawn_blocking(Kit::get).await??;
+        let kit = match &self.kit {
+            Some(kit) => kit.clone(),
+            None => tokio::task::spawn_blocking(Kit::get).await??,
+        };
         let dir = match &self.dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
@@ -138,14 +156,15 @@ impl ClusterBuilder {
                 .keep(),
         };
         kit.run_as().give(&dir)?;
-        let guardian = Arc::new(Guardian::start(&dir)?);
+        let keep = self.keep_files || std::env::var_os(KEEP_ENV).is_some();
+        let guardian = Arc::new(Guardian::start(&dir, keep)?);
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             links: HashMap::new(),
             dir,
             tls_root_cert: None,
             guardian: guardian.clone(),
-            keep: std::env::var_os(KEEP_ENV).is_some(),
+            keep,
         };
         // From here on, a failure drops `cluster`, which stops whatever was started.
         for step in &plan.nodes {
@@ -264,6 +283,8 @@ impl TestCluster {
             replication_links: false,
             tls: false,
             dir: None,
+            kit: None,
+            keep_files: false,
         }
     }
 
@@ -443,7 +464,9 @@ impl Drop for TestCluster {
         }
         self.links.clear();
         if self.keep {
-            eprintln!("{KEEP_ENV} is set: keeping {}", self.dir.display());
+            if std::env::var_os(KEEP_ENV).is_some() {
+                eprintln!("{KEEP_ENV} is set: keeping {}", self.dir.display());
+            }
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -5,7 +5,7 @@
 //! shell process in its own process group, told over its stdin which postmaster PIDs are live.
 //! The kernel closes that pipe when the test process dies, however it dies; on end-of-file
 //! without a prior `exit` line the watchdog shuts the recorded servers down (immediate
-//! shutdown, then SIGKILL) and removes the cluster's directory.
+//! shutdown, then SIGKILL) and removes the cluster's directory (unless it is to be kept).
 //!
 //! Protocol, one line each: `+PID` (a postmaster started), `-PID` (it was reaped by us; never
 //! signal that PID again, it may be reused), `exit` (clean teardown done, leave quietly).
@@ -19,6 +19,7 @@ use anyhow::Context;
 
 const SCRIPT: &str = r#"
 dir=$1
+keep=$2
 pids=" "
 while IFS= read -r line; do
   case "$line" in
@@ -38,7 +39,7 @@ while [ $i -lt 50 ]; do
   i=$((i + 1))
 done
 for p in $pids; do is_postgres "$p" && kill -KILL "$p" 2>/dev/null; done
-rm -rf -- "$dir"
+[ "$keep" = keep ] || rm -rf -- "$dir"
 "#;
 
 /// The watchdog of one cluster directory.
@@ -48,14 +49,16 @@ pub struct Guardian {
 }
 
 impl Guardian {
-    /// Starts the watchdog for the servers living under `dir`.
-    pub fn start(dir: &Path) -> anyhow::Result<Guardian> {
+    /// Starts the watchdog for the servers living under `dir`, which it removes after
+    /// stopping them unless `keep`.
+    pub fn start(dir: &Path, keep: bool) -> anyhow::Result<Guardian> {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(SCRIPT)
             .arg("meridian-testkit-guardian")
             .arg(dir)
+            .arg(if keep { "keep" } else { "remove" })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

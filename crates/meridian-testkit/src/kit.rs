@@ -27,21 +27,33 @@ pub struct Kit {
 }
 
 impl Kit {
-    /// The process's kit, set up on first call.
+    /// The process's kit, set up on first call, based in `$MERIDIAN_TESTKIT_DIR` (default
+    /// `$TMPDIR/meridian-testkit`).
     pub fn get() -> anyhow::Result<Arc<Kit>> {
         static KIT: OnceLock<Result<Arc<Kit>, String>> = OnceLock::new();
-        KIT.get_or_init(|| Kit::set_up().map(Arc::new).map_err(|e| format!("{e:#}")))
-            .clone()
-            .map_err(|e| anyhow::anyhow!("cannot set up the PostgreSQL test kit: {e}"))
+        KIT.get_or_init(|| {
+            let base = std::env::var_os(BASE_DIR_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"));
+            Kit::set_up(base)
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("cannot set up the PostgreSQL test kit: {e}"))
     }
 
-    fn set_up() -> anyhow::Result<Kit> {
+    /// A kit of its own based in `base` (its template is kept there), for a program that
+    /// chooses where its clusters live (`meridian demo`). Slow the first time: it may create
+    /// the server user and run `initdb`.
+    pub fn at(base: impl Into<PathBuf>) -> anyhow::Result<Arc<Kit>> {
+        Kit::set_up(base.into()).map(Arc::new)
+    }
+
+    fn set_up(base: PathBuf) -> anyhow::Result<Kit> {
         process::adopt_orphans();
         let bin = PgBin::locate()?;
         let run_as = RunAs::resolve()?;
-        let base = std::env::var_os(BASE_DIR_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"));
         std::fs::create_dir_all(&base)
             .with_context(|| format!("cannot create {}", base.display()))?;
         let template = template::ensure(&bin, &run_as, &base)?;
@@ -63,7 +75,7 @@ impl Kit {
         &self.run_as
     }
 
-    /// Where clusters get their directories unless told otherwise.
+    /// Where clusters get their directories unless told otherwise, and the template lives.
     pub fn base(&self) -> &Path {
         &self.base
     }
