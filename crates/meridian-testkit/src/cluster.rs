@@ -428,6 +428,23 @@ impl TestCluster {
         self.guardian.pid()
     }
 
+    /// Stops every server of the cluster now (immediate shutdown, then SIGKILL), those other
+    /// programs started in its data directories included (Meridian's rejoin runs `pg_ctl`).
+    /// Dropping the cluster does this too; a program that must be sure its servers are gone
+    /// whoever still holds the cluster (`meridian demo` on Ctrl-C) calls it itself.
+    pub fn shut_down(&self) {
+        for node in &self.nodes {
+            node.shut_down_for_teardown();
+        }
+        for postmaster in crate::process::postmasters_in(&self.dir) {
+            crate::process::shut_down(
+                postmaster,
+                nix::sys::signal::Signal::SIGQUIT,
+                Duration::from_secs(10),
+            );
+        }
+    }
+
     /// Waits until every running replica has replayed the primary's current WAL position.
     pub async fn wait_replicated(&self, timeout: Duration) -> anyhow::Result<()> {
         let target = self.primary().lsn().await?;
@@ -460,8 +477,8 @@ impl Drop for TestCluster {
                     node.log_tail(15)
                 );
             }
-            node.shut_down_for_teardown();
         }
+        self.shut_down();
         self.links.clear();
         if self.keep {
             if std::env::var_os(KEEP_ENV).is_some() {

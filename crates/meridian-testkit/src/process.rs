@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -49,6 +51,48 @@ pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
         for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
             found.push(Pid::from_raw(child));
             queue.push(child);
+        }
+    }
+    found
+}
+
+/// Every live postmaster whose data directory (`-D`) is under `dir`, whoever started it: a
+/// server started by another program (`pg_ctl`) leaves no other trace the kit can rely on
+/// while it is still writing its `postmaster.pid`. Only the postmaster keeps its command line;
+/// its children rewrite theirs (`postgres: walsender ...`).
+pub(crate) fn postmasters_in(dir: &Path) -> Vec<Pid> {
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+            .map(Pid::from_raw)
+        else {
+            continue;
+        };
+        if !is_postgres(pid) {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let data_dir = args
+            .windows(2)
+            .find(|pair| pair[0] == b"-D")
+            .map(|pair| Path::new(std::ffi::OsStr::from_bytes(pair[1])));
+        if data_dir
+            .and_then(|d| fs::canonicalize(d).ok())
+            .is_some_and(|d| d.starts_with(&dir))
+        {
+            found.push(pid);
         }
     }
     found

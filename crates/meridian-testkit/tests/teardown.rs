@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use meridian_testkit::{Check, TestCluster, wait_until};
+use meridian_testkit::{Check, Kit, TestCluster, wait_until};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
@@ -79,7 +79,7 @@ fn spawn_probe(mode: &str, report: &Path) -> std::process::Child {
 }
 
 /// Waits until every reported process has exited (reaping those that were orphaned to us),
-/// every port refuses connections and the cluster directory is gone.
+/// every port refuses connections and the cluster directory (if one is named) is gone.
 async fn assert_nothing_left(report: &Report) {
     let pids: Vec<u32> = report.pids.iter().copied().chain(report.watchdog).collect();
     wait_until(TIMEOUT, "every server process to exit", || async {
@@ -105,11 +105,13 @@ async fn assert_nothing_left(report: &Report) {
             "port {port} still accepts connections"
         );
     }
-    wait_until(TIMEOUT, "the cluster directory to be removed", || async {
-        Check::when(!report.dir.exists(), (), report.dir.display().to_string())
-    })
-    .await
-    .unwrap();
+    if report.dir != Path::new("") {
+        wait_until(TIMEOUT, "the cluster directory to be removed", || async {
+            Check::when(!report.dir.exists(), (), report.dir.display().to_string())
+        })
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test]
@@ -144,6 +146,42 @@ async fn no_server_survives_a_killed_test_process() {
     probe.kill().unwrap();
     probe.wait().unwrap();
     assert_nothing_left(&report).await;
+}
+
+#[tokio::test]
+async fn a_server_another_program_started_in_a_data_directory_stops_with_the_cluster() {
+    let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
+    let replica = &cluster.replicas()[0];
+    replica.stop().await.unwrap();
+    // As Meridian's rejoin does: pg_ctl starts the server, which the kit did not start.
+    let kit = Kit::get().unwrap();
+    let started = kit
+        .run_as()
+        .command(kit.bin().program("pg_ctl"))
+        .arg("-D")
+        .arg(replica.data_dir())
+        .arg("-l")
+        .arg(replica.data_dir().join("pg_ctl.log"))
+        .arg("-o")
+        .arg(format!("-p {}", replica.port()))
+        .args(["start", "-w", "-t", "60"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let pid_file = std::fs::read_to_string(replica.data_dir().join("postmaster.pid")).unwrap();
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    assert!(process_state(postmaster).is_some_and(|s| s != 'Z'));
+
+    cluster.shut_down();
+    assert_nothing_left(&Report {
+        dir: PathBuf::new(),
+        ports: vec![replica.port()],
+        pids: vec![postmaster],
+        watchdog: None,
+        complete: true,
+    })
+    .await;
 }
 
 /// Run only as a child of the tests above, which set its environment.
