@@ -788,22 +788,29 @@ impl Failover {
         Some(self.policy.receiver_timeout.max(sender).max(receiver))
     }
 
-    /// Whether `status` (a replica's) shows a live stream from the primary: streaming, heard
-    /// from recently, and not from another known node (a cascade).
-    fn receives_from_primary(&self, status: &NodeStatus, primary: NodeId) -> bool {
+    /// Whether `status` (replica `node`'s) shows a live stream from the primary: streaming,
+    /// heard from recently, and not from another node (a cascade). A cascade is known by its
+    /// sender's address, or, when it streams through an address Meridian does not know (a
+    /// relay, a NAT), by another replica listing it among the replicas it feeds.
+    fn receives_from_primary(&self, node: NodeId, status: &NodeStatus, primary: NodeId) -> bool {
         let Some(receiver) = &status.wal_receiver else {
             return false;
         };
         if !receiver.is_streaming() {
             return false;
         }
+        let name = self.name(node);
         let from_other_node = self.nodes.iter().any(|n| {
             n.id != primary
-                && Some(n.port) == receiver.sender_port
-                && receiver
-                    .sender_host
-                    .as_deref()
-                    .is_none_or(|h| h == &*n.host)
+                && n.id != node
+                && ((Some(n.port) == receiver.sender_port
+                    && receiver
+                        .sender_host
+                        .as_deref()
+                        .is_none_or(|h| h == &*n.host))
+                    || self.status(n.id).is_some_and(|s| {
+                        s.in_recovery && s.downstream.iter().any(|d| *d.application_name == *name)
+                    }))
         });
         let timeout = self.receiver_timeout(primary, status);
         !from_other_node
@@ -829,7 +836,7 @@ impl Failover {
                 && status.in_recovery
             {
                 fresh.push(node);
-                if self.receives_from_primary(status, primary) {
+                if self.receives_from_primary(node, status, primary) {
                     receiving.push(node);
                 }
             }
@@ -1450,7 +1457,10 @@ impl Failover {
             .iter()
             .find(|n| {
                 Some(n.port) == receiver.sender_port
-                    && receiver.sender_host.as_deref().is_none_or(|h| h == &*n.host)
+                    && receiver
+                        .sender_host
+                        .as_deref()
+                        .is_none_or(|h| h == &*n.host)
             })
             .map(|n| n.id)
     }
@@ -2122,6 +2132,46 @@ mod tests {
             }
         );
         assert!(m.state().suspect_since.is_some());
+    }
+
+    #[test]
+    fn a_cascade_streaming_through_an_unknown_address_does_not_prove_the_primary_alive() {
+        // n2 streams from n1 through a relay on port 7000, which is no node's address: only
+        // n1's list of the replicas it feeds says where n2's WAL comes from.
+        let mut m = steady();
+        let feeding_n2 = NodeStatus {
+            downstream: primary_status(100, &[("n2", "async")]).downstream,
+            ..replica_status(100, None, Duration::ZERO)
+        };
+        for at in [1000, 1200, 1400] {
+            m.handle(Timestamp(at), failed(0, at, ProbeError::Refused));
+            m.handle(Timestamp(at), ok(1, at, feeding_n2.clone()));
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(100, Some(7000), Duration::ZERO)),
+            );
+        }
+        assert!(
+            m.state().running.is_some(),
+            "the dead primary was not failed over: {:?}",
+            m.state()
+        );
+
+        // Without n1's word, a live stream from an unknown address may be the primary's.
+        let mut m = steady();
+        for at in [1000, 1200, 1400, 1600] {
+            m.handle(Timestamp(at), failed(0, at, ProbeError::Refused));
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(100, Some(7000), Duration::ZERO)),
+            );
+        }
+        assert_eq!(m.state().running, None, "{:?}", m.state());
+        assert_eq!(m.published().primary, Some(NodeId(0)));
     }
 
     #[test]

@@ -429,7 +429,10 @@ fn synchronous_replication_across_regions_survives_the_primary_then_its_whole_re
     assert!(second.lsn >= second.old_acknowledged);
     // n4 stays; n3 (n2's cascade) now streams from the primary itself and takes n2's place.
     sim.run_until(140_000);
-    assert_eq!(sim.node(2).synchronous_standby_names, "ANY 2 (\"n4\", \"n3\")");
+    assert_eq!(
+        sim.node(2).synchronous_standby_names,
+        "ANY 2 (\"n4\", \"n3\")"
+    );
     assert_safe(&sim);
 }
 
