@@ -353,6 +353,17 @@ impl Executor {
             "host={} port={} user={} dbname={}",
             upstream.host, upstream.port, self.credentials.user, self.credentials.database
         );
+        // A replica that crashed (killed with its region, say) must finish crash recovery
+        // before pg_rewind can compare it: pg_rewind runs it in single-user mode for that,
+        // which refuses a standby ("standby mode is not supported by single-user servers").
+        // So the signal file goes while pg_rewind runs, and is put back should it fail, so
+        // that a restart never brings the node up writable on its old timeline.
+        let signal = data_dir.join("standby.signal");
+        let was_standby = signal.exists();
+        if was_standby {
+            std::fs::remove_file(&signal)
+                .map_err(|e| format!("cannot remove {}: {e}", signal.display()))?;
+        }
         let mut rewind = owner.command(bin.join("pg_rewind"));
         rewind
             .arg("--target-pgdata")
@@ -362,13 +373,26 @@ impl Executor {
         if let Some(password) = &self.credentials.password {
             rewind.env("PGPASSWORD", password);
         }
-        let output = rewind
-            .output()
-            .await
-            .map_err(|e| format!("cannot run pg_rewind: {e}"))?;
+        let output = rewind.output().await;
+        let restore_signal = || -> Result<(), String> {
+            if was_standby {
+                std::fs::write(&signal, b"")
+                    .map_err(|e| format!("cannot write {}: {e}", signal.display()))?;
+                owner.give(&signal)?;
+            }
+            Ok(())
+        };
+        let output = match output {
+            Ok(output) => output,
+            Err(e) => {
+                restore_signal()?;
+                return Err(format!("cannot run pg_rewind: {e}"));
+            }
+        };
         // pg_rewind reports on stderr, failure or not.
         let report = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
+            restore_signal()?;
             return Err(format!(
                 "pg_rewind of {} from {} failed: {}",
                 node.name,
@@ -387,7 +411,6 @@ impl Executor {
         }
         set_auto_conf(data_dir, "primary_conninfo", &conninfo)?;
         set_auto_conf(data_dir, "primary_slot_name", &slot)?;
-        let signal = data_dir.join("standby.signal");
         std::fs::write(&signal, b"")
             .map_err(|e| format!("cannot write {}: {e}", signal.display()))?;
         owner.give(&signal)?;

@@ -736,6 +736,40 @@ async fn a_restarted_old_primary_gets_no_traffic_until_rejoined_as_a_replica() {
 }
 
 #[tokio::test]
+async fn a_replica_killed_with_its_primary_rejoins_the_new_one() {
+    logs();
+    let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
+    let monitor = monitor_of(&cluster).await;
+    table_t_everywhere(&cluster).await;
+    // main-3 first, so that main-2 is the only candidate.
+    cluster.node("main-3").kill();
+    cluster.primary().kill();
+    let failover = wait_finished_run(&monitor).await;
+    assert_eq!(failover.outcome, "completed", "{}", describe(&monitor));
+    assert_eq!(failover.new_primary.as_deref(), Some("main-2"));
+    cluster
+        .node("main-2")
+        .execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+
+    // A crashed replica: pg_rewind must complete its crash recovery, which a standby cannot
+    // do in single-user mode; Meridian takes its standby.signal away meanwhile.
+    let run = monitor
+        .command(Command::Rejoin { node: NodeId(2) })
+        .await
+        .expect("rejoin accepted")
+        .expect("a run started");
+    let record = monitor.wait_run(run, TIMEOUT).await.unwrap();
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    cluster.node("main-3").adopt().unwrap();
+    assert!(cluster.node("main-3").is_in_recovery().await.unwrap());
+    wait_streams_from(&cluster, "main-3", "main-2").await;
+    wait_row(&cluster, "main-3", 2).await;
+    assert_eq!(writable(&cluster).await, ["main-2"]);
+}
+
+#[tokio::test]
 async fn a_synchronous_primary_killed_under_write_load_loses_no_acknowledged_write() {
     logs();
     let cluster = TestCluster::builder()
