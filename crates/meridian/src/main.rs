@@ -2,6 +2,7 @@
 
 mod analyze;
 mod cli;
+mod demo;
 mod operator;
 mod performance;
 mod run;
@@ -22,6 +23,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local three-region PostgreSQL cluster with Meridian in front of it, run a
+    /// workload, kill the primary, then its whole region, and show what the clients saw.
+    ///
+    /// Needs the PostgreSQL server binaries (apt-get install -y postgresql); finds them with
+    /// pg_config or MERIDIAN_PG_BIN. Exit code 0 when no acknowledged write was lost and every
+    /// failover completed.
+    Demo(demo::DemoArgs),
     /// Run the proxy in front of the configured cluster.
     ///
     /// Configuration comes from the file given with -c and the environment (MERIDIAN_*
@@ -134,6 +142,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run::main(config.as_deref()),
+        Command::Demo(args) => demo::main(args),
         Command::Switchover { to, api } => cli::switchover(&api, to.as_deref()),
         Command::Failover { region, api } => cli::failover(&api, &region),
         Command::Rejoin { node, api } => cli::rejoin(&api, &node),

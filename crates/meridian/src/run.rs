@@ -1,5 +1,6 @@
 //! `meridian run`: the proxy in front of the configured cluster, until SIGINT or SIGTERM.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,10 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use meridian_config::{Config, Environment};
 use meridian_control::credentials::Credentials;
-use meridian_control::monitor::{self, MonitorSettings};
+use meridian_control::monitor::{self, MonitorHandle, MonitorSettings};
 use meridian_control::store::{self, Retention, SqliteStore, Store};
 use meridian_proxy::{Proxy, ProxySettings};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use crate::operator::Operator;
 use crate::performance::Throughput;
@@ -51,6 +53,40 @@ pub fn main(config_path: Option<&Path>) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit();
+    let running = start(config).await?;
+    shutdown_signal().await;
+    running.stop().await
+}
+
+/// Meridian running in this process: the monitor and failover machine, the proxy on its own
+/// thread, the admin listener. `meridian run` starts one and waits for a signal; `meridian
+/// demo` starts one in front of the cluster it builds.
+pub struct Running {
+    /// The monitor, for its status, failover history and operator commands.
+    pub monitor: MonitorHandle,
+    /// Where clients connect (the bound address: port 0 in the configuration is resolved).
+    pub listen: SocketAddr,
+    /// Where the admin API, metrics and dashboard are served.
+    pub admin_listen: SocketAddr,
+    store: Arc<dyn Store>,
+    stop_data_plane: oneshot::Sender<()>,
+    data_plane: std::thread::JoinHandle<()>,
+    stop_admin: oneshot::Sender<()>,
+    admin_server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts Meridian for `config` on the current runtime (the data plane gets a thread of its
+/// own) and returns once every node has been probed once and both listeners accept.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     let settings = ProxySettings::from_config(&config).context("cannot prepare the proxy")?;
     let credentials = Credentials::from_config(&config).context(
         "no credentials for the monitor: set [monitor] user (and password), or add a [[users]] entry",
@@ -84,9 +120,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
+    let admin_listen = admin.local_addr()?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
+    let listen = listener.local_addr()?;
     let classifier = Arc::new(
         meridian_proxy::classifier(&config.routing).context("cannot prepare the classifier")?,
     );
@@ -108,9 +146,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         throughput: Throughput::spawn(proxy.clone()),
         classifier,
-        config: Arc::new(config.clone()),
+        config: Arc::new(config),
     };
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
     let admin_server = tokio::spawn(meridian_admin::serve(
         admin,
         meridian_admin::router(Arc::new(operator), auth),
@@ -118,21 +156,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = admin_stopped.await;
         },
     ));
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "accepting clients");
+    tracing::info!(listen = %listen, admin = %admin_listen, "accepting clients");
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_data_plane, stopped) = oneshot::channel::<()>();
     let data_plane = run_data_plane(proxy, listener, stopped)?;
-    shutdown_signal().await;
-    let _ = stop.send(());
-    // The data plane finishes its graceful shutdown (bounded by proxy.shutdown_timeout).
-    tokio::task::spawn_blocking(move || data_plane.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the data plane thread panicked"))?;
-    let _ = stop_admin.send(());
-    let _ = admin_server.await;
-    store.flush();
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Running {
+        monitor,
+        listen,
+        admin_listen,
+        store,
+        stop_data_plane,
+        data_plane,
+        stop_admin,
+        admin_server,
+    })
+}
+
+impl Running {
+    /// Stops accepting clients, lets open transactions finish (bounded by
+    /// `proxy.shutdown_timeout`), stops the admin listener and flushes the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_data_plane.send(());
+        let data_plane = self.data_plane;
+        tokio::task::spawn_blocking(move || data_plane.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the data plane thread panicked"))?;
+        let _ = self.stop_admin.send(());
+        let _ = self.admin_server.await;
+        self.store.flush();
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 /// Runs the proxy on a thread of its own with a single-threaded runtime.
@@ -144,7 +198,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 fn run_data_plane(
     proxy: Proxy,
     listener: std::net::TcpListener,
-    stopped: tokio::sync::oneshot::Receiver<()>,
+    stopped: oneshot::Receiver<()>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -169,7 +223,7 @@ fn run_data_plane(
 }
 
 /// Completes at the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

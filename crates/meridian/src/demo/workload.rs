@@ -1,0 +1,204 @@
+//! The demo's clients, connected to Meridian like any application: writers that insert rows
+//! numbered per writer (so that every acknowledged row can be looked for at the end) and
+//! readers that ask which server answered them (so that reads can be counted per region).
+//!
+//! Each client keeps one connection, paced by a timer; after an error it notes the failure and
+//! opens a new connection for its next statement. Nothing is retried: a write that failed is
+//! not written again, and the log says exactly what the clients were told.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+use crate::demo::report::{Outcome, Read, Write};
+
+/// The table the writers fill.
+pub const TABLE: &str = "CREATE TABLE demo_writes (\
+     writer int NOT NULL, seq bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now(), \
+     PRIMARY KEY (writer, seq))";
+
+/// Every statement the clients sent, with its outcome.
+#[derive(Debug, Default)]
+pub struct Log {
+    pub writes: Vec<Write>,
+    pub reads: Vec<Read>,
+}
+
+/// The running clients.
+#[derive(Debug)]
+pub struct Workload {
+    log: Arc<Mutex<Log>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How many clients, how often.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub writers: u32,
+    pub readers: u32,
+    pub write_every: Duration,
+    pub read_every: Duration,
+}
+
+impl Workload {
+    /// Starts the clients against the proxy at `conninfo` (libpq key-value form).
+    pub fn start(conninfo: &str, shape: Shape) -> Workload {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for writer in 1..=shape.writers {
+            tasks.push(tokio::spawn(write_loop(
+                format!("{conninfo} application_name=demo-writer-{writer}"),
+                writer,
+                shape.write_every,
+                log.clone(),
+                stopped.clone(),
+            )));
+        }
+        for reader in 1..=shape.readers {
+            tasks.push(tokio::spawn(read_loop(
+                format!("{conninfo} application_name=demo-reader-{reader}"),
+                // Each reader follows one writer's rows.
+                (reader - 1) % shape.writers.max(1) + 1,
+                shape.read_every,
+                log.clone(),
+                stopped.clone(),
+            )));
+        }
+        Workload { log, stop, tasks }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> MutexGuard<'_, Log> {
+        lock(&self.log)
+    }
+
+    /// The log, shared, for a reader that outlives this borrow (the live display).
+    pub fn log_handle(&self) -> Arc<Mutex<Log>> {
+        self.log.clone()
+    }
+
+    /// Stops every client after its statement in flight and returns the whole log.
+    pub async fn stop(self) -> Log {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        std::mem::take(&mut *lock(&self.log))
+    }
+}
+
+pub fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens a session through the proxy; its connection task runs on the current runtime.
+pub async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The SQLSTATE of an error, if the server or the proxy sent one.
+fn code(error: &tokio_postgres::Error) -> Option<String> {
+    error.code().map(|c| c.code().to_owned())
+}
+
+async fn write_loop(
+    conninfo: String,
+    writer: u32,
+    every: Duration,
+    log: Arc<Mutex<Log>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut client: Option<Client> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0_i64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        seq += 1;
+        let sent = Instant::now();
+        let result = match client.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => connect(&conninfo).await,
+        };
+        let result = match result {
+            Ok(c) => {
+                let inserted = c
+                    .execute(
+                        "INSERT INTO demo_writes (writer, seq) VALUES ($1, $2)",
+                        &[&(writer as i32), &seq],
+                    )
+                    .await;
+                if inserted.is_ok() {
+                    client = Some(c);
+                }
+                inserted.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
+            Ok(()) => Outcome::Acknowledged(Instant::now()),
+            Err(e) => Outcome::Failed {
+                at: Instant::now(),
+                code: code(&e),
+            },
+        };
+        lock(&log).writes.push(Write {
+            writer,
+            seq,
+            sent,
+            outcome,
+        });
+    }
+}
+
+async fn read_loop(
+    conninfo: String,
+    writer: u32,
+    every: Duration,
+    log: Arc<Mutex<Log>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut client: Option<Client> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let sent = Instant::now();
+        let result = match client.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => connect(&conninfo).await,
+        };
+        let outcome = match result {
+            Ok(c) => {
+                let row = c
+                    .query_one(
+                        "SELECT inet_server_port(), max(seq) FROM demo_writes WHERE writer = $1",
+                        &[&(writer as i32)],
+                    )
+                    .await;
+                match row.and_then(|row| row.try_get::<_, i32>(0)) {
+                    Ok(port) => {
+                        client = Some(c);
+                        Ok(port as u16)
+                    }
+                    Err(e) => Err(code(&e).unwrap_or_else(|| e.to_string())),
+                }
+            }
+            Err(e) => Err(code(&e).unwrap_or_else(|| e.to_string())),
+        };
+        lock(&log).reads.push(Read { sent, outcome });
+    }
+}
