@@ -10,11 +10,13 @@
 //! The primary is *suspect* after one failed probe (or a fast signal from the proxy): from then
 //! on every node is probed every `confirm_interval` instead of every probe interval. It has
 //! *failed* once it missed `failure_threshold` consecutive probes **and** the replicas, probed
-//! after the suspicion began, confirm that none still receives WAL from it: a replica whose WAL
-//! receiver streams from the primary and heard from it within `receiver_timeout` proves the
-//! primary alive, however unreachable it is from here (a partition between the monitor and the
-//! primary), and then there is no failover, an alert instead. A killed primary is confirmed in
-//! about `failure_threshold × confirm_interval`: its replicas' streams break at once.
+//! after the suspicion began and still answering, confirm that none still receives WAL from it:
+//! a replica whose WAL receiver streams from the primary (not from another replica: a cascade)
+//! and heard from it within `receiver_timeout` proves the primary alive, however unreachable it
+//! is from here (a partition between the monitor and the primary), and then there is no
+//! failover, an alert instead. A replica that died since it answered (with its region) is no
+//! witness. A killed primary is confirmed in about `failure_threshold × confirm_interval`: its
+//! replicas' streams break at once.
 //!
 //! # Safety
 //!
@@ -831,8 +833,12 @@ impl Failover {
         let mut fresh = Vec::new();
         let mut receiving = Vec::new();
         for node in self.nodes.iter().map(|n| n.id).filter(|&n| n != primary) {
-            if let Some((at, status)) = &self.tracked[usize::from(node.0)].last_ok
+            // A witness answered since the suspicion began and still answers: a replica that
+            // heard from the primary and then died with it (a lost region) proves nothing.
+            let tracked = &self.tracked[usize::from(node.0)];
+            if let Some((at, status)) = &tracked.last_ok
                 && *at >= suspicion.since
+                && tracked.consecutive_failures == 0
                 && status.in_recovery
             {
                 fresh.push(node);
@@ -2172,6 +2178,31 @@ mod tests {
         }
         assert_eq!(m.state().running, None, "{:?}", m.state());
         assert_eq!(m.published().primary, Some(NodeId(0)));
+    }
+
+    #[test]
+    fn a_replica_that_heard_the_primary_and_then_died_with_it_proves_nothing() {
+        // n1 answers once after the suspicion began, still streaming from n0, then dies too
+        // (the whole region is lost); n2 answers and hears nothing.
+        let mut m = steady();
+        m.handle(Timestamp(1000), failed(0, 1000, ProbeError::Refused));
+        m.handle(
+            Timestamp(1010),
+            ok(1, 1010, replica_status(100, Some(5000), Duration::ZERO)),
+        );
+        for at in [1200, 1400] {
+            m.handle(Timestamp(at), failed(0, at, ProbeError::Refused));
+            m.handle(Timestamp(at), failed(1, at, ProbeError::Refused));
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(100, None, Duration::ZERO)),
+            );
+        }
+        assert!(
+            m.state().running.is_some(),
+            "the dead primary was not failed over: {:?}",
+            m.state()
+        );
     }
 
     #[test]
