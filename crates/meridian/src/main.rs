@@ -29,6 +29,7 @@ enum Command {
     /// Needs the PostgreSQL server binaries (apt-get install -y postgresql); finds them with
     /// pg_config or MERIDIAN_PG_BIN. Exit code 0 when no acknowledged write was lost and every
     /// failover completed.
+    #[command(args_override_self = true)]
     Demo(demo::DemoArgs),
     /// Run the proxy in front of the configured cluster.
     ///

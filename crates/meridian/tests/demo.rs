@@ -1,0 +1,243 @@
+//! `meridian demo`, run as a newcomer runs it: as a process, judged by its exit code, its
+//! summary (`summary.json` and the text) and what it leaves behind.
+//!
+//! The full run (`--quick`: the same steps, shorter pauses) builds six real servers, kills the
+//! primary, then its region, and rejoins the killed servers; Ctrl-C in the middle must leave no
+//! server running; and the demo refuses, without touching anything, what it cannot do.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_testkit::{Check, wait_until};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A safety bound far above the demo's usual 30–40 s (debug build, loaded 2-core machine).
+const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A running `meridian demo`, its standard output and error collected line by line.
+struct Demo {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Demo {
+    /// `meridian demo --quick --dir DIR --port 0 --admin-port 0 EXTRA...` with a clean
+    /// environment.
+    fn spawn(dir: &Path, extra: &[&str]) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args([
+                "demo",
+                "--quick",
+                "--port",
+                "0",
+                "--admin-port",
+                "0",
+                "--dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let streams: [Box<dyn tokio::io::AsyncRead + Unpin + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        let readers = streams
+            .into_iter()
+            .map(|stream| {
+                let output = output.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stream).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let mut output = output.lock().unwrap();
+                        output.push_str(&line);
+                        output.push('\n');
+                    }
+                })
+            })
+            .collect();
+        Demo {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    /// What it printed so far.
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits for it to exit (within the safety bound) and for its output to be read to the
+    /// end; returns its exit code and everything it printed.
+    async fn finish(mut self) -> (Option<i32>, String) {
+        let status = match tokio::time::timeout(DEMO_TIMEOUT, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the demo did not end within {DEMO_TIMEOUT:?}:\n{}",
+                self.output()
+            ),
+        };
+        for reader in self.readers.drain(..) {
+            reader.await.unwrap();
+        }
+        (status.code(), self.output())
+    }
+}
+
+/// Live `postgres` postmasters whose data directory lies under `dir`.
+fn servers_under(dir: &Path) -> Vec<(u32, String)> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat[stat.rfind(')')? + 1..].trim_start().chars().next()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let data = args.windows(2).find(|w| w[0] == "-D")?[1].clone();
+            let under = Path::new(&data)
+                .canonicalize()
+                .is_ok_and(|d| d.starts_with(&dir));
+            (state != 'Z' && args[0].ends_with("postgres") && under).then(|| (pid, args.join(" ")))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_quick_demo_fails_over_twice_rejoins_and_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = Demo::spawn(dir.path(), &[]).finish().await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("PASS: every failover completed"), "{text}");
+
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["passed"], true, "{summary:#}");
+    assert_eq!(summary["lost"], Value::Array(vec![]), "{summary:#}");
+    assert!(
+        summary["acknowledged"].as_u64().unwrap() > 100,
+        "{summary:#}"
+    );
+    assert_eq!(summary["final_primary"], "eu-west-1");
+
+    let failovers = summary["failovers"].as_array().unwrap();
+    assert_eq!(failovers.len(), 2, "{summary:#}");
+    // The primary alone: the synchronous replica of its own region takes over.
+    assert_eq!(failovers[0]["old_primary"], "us-east-1");
+    assert_eq!(failovers[0]["new_primary"], "us-east-2");
+    // The whole region: the next region by priority, through its synchronous leader.
+    assert_eq!(failovers[1]["old_primary"], "us-east-2");
+    assert_eq!(failovers[1]["new_primary"], "eu-west-1");
+    assert_eq!(
+        failovers[1]["killed"],
+        serde_json::json!(["us-east-2", "us-east-3"])
+    );
+    for failover in failovers {
+        assert_eq!(failover["outcome"], "completed", "{failover:#}");
+        assert_eq!(failover["passed"], true, "{failover:#}");
+        assert_eq!(failover["lost"], 0, "{failover:#}");
+        assert!(failover["acknowledged_before"].as_u64().unwrap() > 0);
+        // Writes came back, within the proxy's hold (failover_buffer_timeout, 15 s).
+        let gap = failover["write_unavailable_seconds"].as_f64().unwrap();
+        assert!(gap > 0.0 && gap < 15.0, "{failover:#}");
+        let phases: Vec<&str> = failover["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        for phase in ["detection", "promote", "publish", "repoint"] {
+            assert!(phases.contains(&phase), "{phase} missing: {failover:#}");
+        }
+    }
+
+    let rejoins = summary["rejoins"].as_array().unwrap();
+    let rejoined: Vec<&str> = rejoins
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(rejoined, ["us-east-1", "us-east-2", "us-east-3"]);
+    assert!(rejoins.iter().all(|r| r["ok"] == true), "{summary:#}");
+
+    // Reads were answered in the primary's region first, and in eu-west once it was lost.
+    assert!(summary["reads_by_region"]["us-east"].as_u64().unwrap() > 0);
+    assert!(summary["reads_by_region"]["eu-west"].as_u64().unwrap() > 0);
+
+    assert_eq!(servers_under(dir.path()), vec![], "servers left running");
+}
+
+#[tokio::test]
+async fn ctrl_c_in_the_middle_stops_every_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::spawn(dir.path(), &[]);
+    // In the middle: the workload runs against the whole cluster and the first kill is under
+    // way.
+    wait_until(DEMO_TIMEOUT, "the demo to kill the primary", || async {
+        let text = demo.output();
+        Check::when(text.contains("1. The primary dies"), (), text)
+    })
+    .await
+    .unwrap();
+    let running = servers_under(dir.path());
+    assert!(running.len() >= 5, "{running:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (code, text) = demo.finish().await;
+    assert_eq!(code, Some(130), "{text}");
+    assert!(text.contains("interrupted: every server stopped"), "{text}");
+    assert_eq!(servers_under(dir.path()), vec![], "{text}");
+}
+
+#[tokio::test]
+async fn the_demo_refuses_a_directory_it_did_not_make_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    for extra in [&[][..], &["--fresh"][..]] {
+        let (code, text) = Demo::spawn(dir.path(), extra).finish().await;
+        assert_eq!(code, Some(2), "{text}");
+        assert!(text.contains("was not made by `meridian demo`"), "{text}");
+        assert!(text.contains("--dir"), "{text}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_names_a_taken_port_and_the_flag_that_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, text) = Demo::spawn(&dir.path().join("demo"), &["--port", &port])
+        .finish()
+        .await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains(&format!("port {port}")), "{text}");
+    assert!(text.contains("--port"), "{text}");
+    assert!(!dir.path().join("demo").exists(), "nothing is created");
+}
