@@ -116,14 +116,15 @@ impl Executor {
             Work::Repoint { node, upstream } => self.repoint(node, upstream).await,
             Work::SetSynchronous { node, value } => {
                 let client = self.connect(node).await?;
-                execute(
-                    &client,
-                    &format!(
+                let sql = if value.is_empty() {
+                    "ALTER SYSTEM RESET synchronous_standby_names".to_owned()
+                } else {
+                    format!(
                         "ALTER SYSTEM SET synchronous_standby_names = {}",
                         literal(&value)
-                    ),
-                )
-                .await?;
+                    )
+                };
+                execute(&client, &sql).await?;
                 execute(&client, "SELECT pg_reload_conf()").await?;
                 Ok(StepOutput::Done)
             }
@@ -246,10 +247,9 @@ impl Executor {
         {
             return Err("still in recovery after pg_promote".into());
         }
-        // Settings a fenced past or an inherited configuration may have left: the new primary
-        // takes writes, and replicates asynchronously until told otherwise.
+        // A fence from its past may have made it read-only: the new primary takes writes. Its
+        // synchronous replicas were set by the step before this one.
         execute(&client, "ALTER SYSTEM RESET default_transaction_read_only").await?;
-        execute(&client, "ALTER SYSTEM RESET synchronous_standby_names").await?;
         execute(&client, "SELECT pg_reload_conf()").await?;
         let timeline = value(&client, "SELECT pg_walfile_name(pg_current_wal_lsn())")
             .await?

@@ -363,7 +363,14 @@ async fn a_killed_primary_is_replaced_and_the_other_replica_follows_the_new_one(
     let phases: Vec<&str> = run.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         phases,
-        ["detection", "fence", "promote", "publish", "repoint"],
+        [
+            "detection",
+            "fence",
+            "synchronous",
+            "promote",
+            "publish",
+            "repoint"
+        ],
         "{run:?}"
     );
     assert!(run.ranking.contains("main-2") && run.ranking.contains("main-3"));
@@ -421,7 +428,15 @@ async fn a_switchover_loses_nothing_and_the_old_primary_becomes_a_replica() {
     let phases: Vec<&str> = record.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         phases,
-        ["fence", "replay", "promote", "publish", "repoint", "demote"],
+        [
+            "fence",
+            "replay",
+            "synchronous",
+            "promote",
+            "publish",
+            "repoint",
+            "demote"
+        ],
         "{record:?}"
     );
     assert_eq!(writable(&cluster).await, ["main-3"]);
@@ -456,7 +471,14 @@ async fn a_hung_primary_is_replaced_once_its_replicas_stop_hearing_from_it() {
     let phases: Vec<&str> = run.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         phases,
-        ["detection", "fence", "promote", "publish", "repoint"],
+        [
+            "detection",
+            "fence",
+            "synchronous",
+            "promote",
+            "publish",
+            "repoint"
+        ],
         "{run:?}"
     );
     // A hung server accepts TCP connections but answers nothing: the fence was tried (a timeout
@@ -853,4 +875,34 @@ async fn a_synchronous_primary_killed_under_write_load_loses_no_acknowledged_wri
     let later = monitor.probe_now(None).await;
     assert_eq!(later.generation, 2);
     assert_eq!(monitor.recent_runs().len(), 1);
+    // The new primary named its synchronous replica before it was promoted, so that no
+    // commit of it was ever acknowledged from one copy; that replica confirms its commits.
+    let phases: Vec<&str> = runs[0].phases.iter().map(|p| p.name.as_str()).collect();
+    let synchronous = phases.iter().position(|p| *p == "synchronous");
+    let promote = phases.iter().position(|p| *p == "promote");
+    assert!(synchronous.is_some() && synchronous < promote, "{phases:?}");
+    assert_eq!(
+        cluster
+            .node(&new_name)
+            .query_one("SHOW synchronous_standby_names")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(format!("ANY 1 (\"{other}\")").as_str()),
+        "{:?}",
+        runs[0].phases
+    );
+    let quorum = "SELECT sync_state FROM pg_stat_replication";
+    wait_until(TIMEOUT, "the other replica to confirm commits", || async {
+        match cluster.node(&new_name).query_one(quorum).await {
+            Ok(state) => Check::when(
+                matches!(state.as_deref(), Some("sync" | "quorum")),
+                (),
+                state,
+            ),
+            Err(e) => Check::NotYet(format!("{e:#}")),
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -34,10 +34,12 @@
 //! # Runs
 //!
 //! Failover: publish a paused view (the proxies hold new transactions), fence the old primary
-//! unless it is known dead, promote the best candidate ([`crate::candidates`]), publish the new
+//! unless it is known dead, give the best candidate ([`crate::candidates`]) the synchronous
+//! replicas it must wait for (those of the old primary that survive, the gaps filled with
+//! replicas that will stream from it; none if the old primary was asynchronous) *before*
+//! promoting it, so that its first commit already waits for them; promote it, publish the new
 //! view (generation + 1), repoint the other replicas (region leaders to the new primary, the
-//! other members of their region to their leader), restore synchronous replication if the old
-//! primary had it. Switchover: pause, fence the primary (its last WAL position comes back),
+//! other members of their region to their leader). Switchover: pause, fence the primary (its last WAL position comes back),
 //! wait until the target replayed that position, then promote as above and turn the old
 //! primary into a replica (rejoin). Every phase is timed in the run's record.
 
@@ -148,11 +150,12 @@ pub enum Work {
         /// Its new upstream.
         upstream: NodeId,
     },
-    /// Set the primary's `synchronous_standby_names`.
+    /// Set a node's `synchronous_standby_names` (the primary's, or a candidate's just before
+    /// its promotion).
     SetSynchronous {
-        /// The primary.
+        /// The node.
         node: NodeId,
-        /// The setting.
+        /// The setting; empty: reset (asynchronous).
         value: String,
     },
     /// Turn a node (an old primary) into a replica of `upstream`.
@@ -395,6 +398,8 @@ struct Suspicion {
 enum Stage {
     Fencing,
     WaitingReplay,
+    /// Setting the candidate's synchronous replicas before it is promoted.
+    Securing,
     Promoting,
     Repointing,
     Demoting,
@@ -413,6 +418,8 @@ struct Run {
     pending: Vec<(StepId, Work, Timestamp)>,
     /// Synchronous names of the old primary, to restore on the new one.
     synchronous: Option<String>,
+    /// The names the candidate got before its promotion (then nothing is left to set after).
+    secured: bool,
     /// The old primary was fenced (to undo if a switchover aborts).
     fenced: bool,
 }
@@ -1110,6 +1117,7 @@ impl Failover {
             stage_started: now,
             pending: Vec::new(),
             synchronous,
+            secured: false,
             fenced: false,
         };
         let old_error = self.tracked[usize::from(old.0)].last_error.clone();
@@ -1165,12 +1173,24 @@ impl Failover {
         }
     }
 
+    /// Promotes the candidate, after giving it the synchronous replicas it must wait for as a
+    /// primary (`ALTER SYSTEM` works on a replica): when the old primary replicated
+    /// synchronously, the new one's very first commit already waits for its replicas, so no
+    /// commit is acknowledged from a single copy between the promotion and the repoint; when
+    /// it did not, or no replica is left to wait for, the setting is cleared, so that one the
+    /// candidate inherited (a base backup of a synchronous primary) cannot block its commits.
     fn promote(&mut self, now: Timestamp, out: &mut Vec<Action>) {
-        let Some(new) = self.run.as_ref().map(|r| r.new) else {
+        let Some((new, synchronous)) = self.run.as_ref().map(|r| (r.new, r.synchronous.clone()))
+        else {
             return;
         };
-        self.set_stage(Stage::Promoting, now);
-        self.execute(now, Work::Promote { node: new }, out);
+        let value = synchronous
+            .and_then(|names| {
+                new_synchronous(&names, &self.name(new), &self.synchronous_candidates(new))
+            })
+            .unwrap_or_default();
+        self.set_stage(Stage::Securing, now);
+        self.execute(now, Work::SetSynchronous { node: new, value }, out);
     }
 
     fn outcome(
@@ -1237,6 +1257,55 @@ impl Failover {
             (Stage::WaitingReplay, Work::WaitReplay { .. }, Err(error)) => {
                 self.phase("replay", now, error.clone());
                 self.abort(now, format!("the target did not catch up: {error}"), out);
+            }
+            (Stage::Securing, Work::SetSynchronous { node, value }, result) => {
+                let (node, value) = (*node, value.clone());
+                match result {
+                    Ok(_) => {
+                        let outcome = if value.is_empty() {
+                            "none: asynchronous".to_owned()
+                        } else {
+                            value
+                        };
+                        self.phase("synchronous", now, outcome);
+                        if let Some(run) = &mut self.run {
+                            run.secured = true;
+                        }
+                    }
+                    Err(error) => {
+                        // Better a primary than none: promote anyway, and set the names again
+                        // once it is one.
+                        self.phase("synchronous", now, error.clone());
+                        out.push(Action::Log(
+                            Level::Warn,
+                            format!(
+                                "could not set {}'s synchronous replicas before promoting it ({error}): its first commits may be acknowledged before a replica has them",
+                                self.name(node)
+                            ),
+                        ));
+                    }
+                }
+                // The old primary may have come back meanwhile: unless it was fenced,
+                // promoting now would make two writable primaries. It stays the primary.
+                let (old, started, fenced) = self
+                    .run
+                    .as_ref()
+                    .map(|r| (r.old, r.record.started_at, r.fenced))
+                    .expect("run");
+                if !fenced && self.answers_writable_since(old, started) {
+                    self.abort(
+                        now,
+                        format!(
+                            "primary {} answers again, unfenced: not promoting {}",
+                            self.name(old),
+                            self.name(node)
+                        ),
+                        out,
+                    );
+                    return;
+                }
+                self.set_stage(Stage::Promoting, now);
+                self.execute(now, Work::Promote { node }, out);
             }
             (Stage::Promoting, Work::Promote { node }, Ok(_)) => {
                 let node = *node;
@@ -1357,7 +1426,7 @@ impl Failover {
         self.paused = false;
         self.suspicion = None;
         self.needs_rejoin.insert(old);
-        let synchronous = run.synchronous.clone();
+        let synchronous = run.synchronous.clone().filter(|_| !run.secured);
         self.publish(out);
         self.phase("publish", now, format!("generation {}", self.generation));
         out.push(Action::Log(
@@ -1661,6 +1730,7 @@ impl Failover {
                     stage_started: now,
                     pending: Vec::new(),
                     synchronous: None,
+                    secured: false,
                     fenced: false,
                 });
                 self.execute(
@@ -1856,6 +1926,26 @@ mod tests {
             .collect()
     }
 
+    /// `started` holds a decision to promote: its first step sets the candidate's synchronous
+    /// replicas (none here: the primary was asynchronous). Completes that step; returns the
+    /// actions that follow, the promotion among them.
+    fn secured(m: &mut Failover, at: u64, started: &[Action]) -> Vec<Action> {
+        let [(step, Work::SetSynchronous { value, .. })] = &work(started)[..] else {
+            panic!("the candidate's synchronous setting comes first: {started:?}");
+        };
+        assert_eq!(
+            value, "",
+            "an asynchronous primary's successor starts asynchronous"
+        );
+        m.handle(
+            Timestamp(at),
+            Input::Outcome {
+                step: *step,
+                result: Ok(StepOutput::Done),
+            },
+        )
+    }
+
     /// Three nodes in one region, observed once: n0 primary.
     fn steady() -> Failover {
         let mut machine = Failover::new(
@@ -1921,7 +2011,7 @@ mod tests {
                 paused: true
             }]
         );
-        let steps = work(&started);
+        let steps = work(&secured(&mut m, 1450, &started));
         assert_eq!(
             steps.len(),
             1,
@@ -1976,7 +2066,14 @@ mod tests {
         let phases: Vec<&str> = record.phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             phases,
-            ["detection", "fence", "promote", "publish", "repoint"]
+            [
+                "detection",
+                "fence",
+                "synchronous",
+                "promote",
+                "publish",
+                "repoint"
+            ]
         );
         assert!(
             done.iter()
@@ -2000,6 +2097,7 @@ mod tests {
             );
             started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
         }
+        let started = secured(m, 1450, &started);
         let [(promote, Work::Promote { node: NodeId(1) })] = &work(&started)[..] else {
             panic!("n1 is promoted at once: {started:?}");
         };
@@ -2089,7 +2187,7 @@ mod tests {
             .map(|p| (p.name.as_str(), p.started_at.0, p.finished_at.0))
             .collect();
         assert_eq!(
-            &phases[3..],
+            &phases[4..],
             [
                 ("publish", 1600, 1600),
                 ("repoint", 1600, 1700),
@@ -2324,7 +2422,7 @@ mod tests {
         );
         m.handle(Timestamp(1100), failed(0, 1100, ProbeError::Refused));
         let started = m.handle(Timestamp(1200), failed(0, 1200, ProbeError::Refused));
-        let step = work(&started)[0].0;
+        let step = work(&secured(&mut m, 1250, &started))[0].0;
         let failed_out = m.handle(
             Timestamp(1300),
             Input::Outcome {

@@ -133,10 +133,15 @@ fn a_killed_primary_is_replaced_within_the_detection_bound() {
             },
         ]
     );
-    // A dead primary is not fenced (nothing listens); n2 follows the new primary.
+    // A dead primary is not fenced (nothing listens); the candidate is told it replicates
+    // asynchronously, as its predecessor did, then promoted; n2 follows the new primary.
     assert_eq!(
         sim.works_since(killed),
         vec![
+            Work::SetSynchronous {
+                node: N1,
+                value: String::new()
+            },
             Work::Promote { node: N1 },
             Work::Repoint {
                 node: N2,
@@ -152,7 +157,14 @@ fn a_killed_primary_is_replaced_within_the_detection_bound() {
     let phases: Vec<&str> = run.record.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         phases,
-        ["detection", "fence", "promote", "publish", "repoint"]
+        [
+            "detection",
+            "fence",
+            "synchronous",
+            "promote",
+            "publish",
+            "repoint"
+        ]
     );
     assert_eq!(sim.machine.state().needs_rejoin, vec![N0]);
     assert_eq!(sim.raised_of(AlertKind::FailoverTriggered).len(), 1);
@@ -195,7 +207,7 @@ fn a_hung_primary_is_replaced_once_its_replicas_stop_hearing_from_it() {
     );
     let works = sim.works_since(hung);
     assert_eq!(works[0], Work::Fence { node: N0 }, "{works:?}");
-    assert_eq!(works[1], Work::Promote { node: N1 }, "{works:?}");
+    assert_eq!(works[2], Work::Promote { node: N1 }, "{works:?}");
     assert_safe(&sim);
 }
 
@@ -254,15 +266,17 @@ fn in_synchronous_mode_only_a_synchronous_replica_is_promoted_and_nothing_acknow
     assert_eq!(promotion.node, N2);
     assert_eq!(promotion.lost_acknowledged, 0);
     assert!(promotion.lsn >= promotion.old_acknowledged);
-    // The surviving replica becomes the new primary's synchronous replica.
+    // The surviving replica becomes the new primary's synchronous replica, before the
+    // promotion: its first commit as primary already waits for it.
     let works = sim.works_since(10_000);
-    assert!(
-        works.contains(&Work::SetSynchronous {
+    let set = works.iter().position(|w| {
+        *w == Work::SetSynchronous {
             node: N2,
-            value: "FIRST 1 (\"n1\")".into()
-        }),
-        "{works:?}"
-    );
+            value: "FIRST 1 (\"n1\")".into(),
+        }
+    });
+    let promoted = works.iter().position(|w| *w == Work::Promote { node: N2 });
+    assert!(set.is_some() && set < promoted, "{works:?}");
     assert_eq!(sim.node(2).synchronous_standby_names, "FIRST 1 (\"n1\")");
     assert_safe(&sim);
 }
@@ -470,6 +484,10 @@ fn a_switchover_fences_waits_for_replay_then_promotes_and_loses_nothing() {
                 node: N1,
                 lsn: fenced
             },
+            &Work::SetSynchronous {
+                node: N1,
+                value: String::new()
+            },
             &Work::Promote { node: N1 },
             &Work::Repoint {
                 node: N2,
@@ -625,6 +643,7 @@ fn an_operator_failover_with_a_live_primary_fences_it_first() {
             [
                 Work::Fence { node: N0 },
                 Work::WaitReplay { node: N2, .. },
+                Work::SetSynchronous { node: N2, .. },
                 Work::Promote { node: N2 },
                 ..
             ]
@@ -664,11 +683,21 @@ fn automatic_failovers_are_at_least_min_interval_apart() {
 #[test]
 fn a_failed_promotion_halts_automatic_failover() {
     let mut sim = started(three_nodes());
-    // The primary is dead, so the first step is the promotion.
-    sim.fail_step(1, StepFault::Fail);
+    // The primary is dead, so the second step is the promotion (the first sets the
+    // candidate's synchronous replicas).
+    sim.fail_step(2, StepFault::Fail);
     sim.fault(10_000, Fault::Kill(0));
     sim.run_until(60_000);
-    assert_eq!(sim.works_since(10_000), vec![Work::Promote { node: N1 }]);
+    assert_eq!(
+        sim.works_since(10_000),
+        vec![
+            Work::SetSynchronous {
+                node: N1,
+                value: String::new()
+            },
+            Work::Promote { node: N1 }
+        ]
+    );
     let failed = sim.raised_of(AlertKind::FailoverFailed);
     assert_eq!(failed.len(), 1, "{}", sim.report(60));
     assert_eq!(failed[0].1.severity, Severity::Critical);
@@ -687,7 +716,7 @@ fn a_failed_promotion_halts_automatic_failover() {
 #[test]
 fn after_a_failed_promotion_an_operator_failover_promotes_a_replica() {
     let mut sim = started(three_nodes());
-    sim.fail_step(1, StepFault::Fail);
+    sim.fail_step(2, StepFault::Fail);
     sim.fault(10_000, Fault::Kill(0));
     sim.run_until(30_000);
     assert!(sim.machine.state().halted.is_some());
@@ -750,7 +779,7 @@ fn an_old_primary_is_not_adopted_again_after_its_successor_was() {
     // timeline n1 left behind. It must not become the primary again: everything written on
     // n1's timeline would be lost to the clients.
     let mut sim = started(three_nodes());
-    sim.fail_step(1, StepFault::LostReply);
+    sim.fail_step(2, StepFault::LostReply);
     sim.fault(10_000, Fault::Kill(0));
     sim.command(15_000, Command::ResumeAutomatic);
     sim.run_until(20_000);
@@ -764,14 +793,21 @@ fn an_old_primary_is_not_adopted_again_after_its_successor_was() {
         "{}",
         sim.report(80)
     );
-    // Fence n1 (times out: it hangs), then promote n2: fails.
-    sim.fail_step(3, StepFault::Fail);
+    // Fence n1 (times out: it hangs), set n2's synchronous replicas, then promote n2: fails.
+    sim.fail_step(5, StepFault::Fail);
     sim.fault(20_000, Fault::Hang(1));
     sim.command(40_000, Command::ResumeAutomatic);
     sim.run_until(40_000);
     assert_eq!(
         sim.works_since(20_000),
-        vec![Work::Fence { node: N1 }, Work::Promote { node: N2 }]
+        vec![
+            Work::Fence { node: N1 },
+            Work::SetSynchronous {
+                node: N2,
+                value: String::new()
+            },
+            Work::Promote { node: N2 }
+        ]
     );
     assert_eq!(sim.view().and_then(|v| v.primary), None);
     sim.fault(45_000, Fault::Revive(0));

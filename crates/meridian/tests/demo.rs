@@ -165,7 +165,7 @@ async fn the_quick_demo_fails_over_twice_rejoins_and_loses_no_acknowledged_write
             .iter()
             .map(|p| p["name"].as_str().unwrap())
             .collect();
-        for phase in ["detection", "promote", "publish", "repoint"] {
+        for phase in ["detection", "synchronous", "promote", "publish", "repoint"] {
             assert!(phases.contains(&phase), "{phase} missing: {failover:#}");
         }
     }

@@ -1230,7 +1230,8 @@ impl Sim {
         n.receiver = None;
         n.fenced = false;
         n.acknowledged = lsn;
-        n.synchronous_standby_names.clear();
+        // Promotion keeps the server's settings, `synchronous_standby_names` included (as
+        // PostgreSQL does): what the machine set on the replica applies from the first commit.
         self.promotions.push(Promotion {
             node,
             lsn,
