@@ -29,6 +29,11 @@ impl Demo {
     /// `meridian demo --quick --dir DIR --port 0 --admin-port 0 EXTRA...` with a clean
     /// environment.
     fn spawn(dir: &Path, extra: &[&str]) -> Demo {
+        Demo::spawn_with(dir, extra, &[])
+    }
+
+    /// The same with `env` set.
+    fn spawn_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .args([
                 "demo",
@@ -43,6 +48,7 @@ impl Demo {
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -239,5 +245,19 @@ async fn the_demo_names_a_taken_port_and_the_flag_that_changes_it() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains(&format!("port {port}")), "{text}");
     assert!(text.contains("--port"), "{text}");
+    assert!(!dir.path().join("demo").exists(), "nothing is created");
+}
+
+#[tokio::test]
+async fn without_the_postgresql_binaries_the_demo_says_how_to_install_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let bin = empty.path().to_str().unwrap();
+    let (code, text) = Demo::spawn_with(&dir.path().join("demo"), &[], &[("MERIDIAN_PG_BIN", bin)])
+        .finish()
+        .await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("apt-get install -y postgresql"), "{text}");
+    assert!(text.contains("MERIDIAN_PG_BIN"), "{text}");
     assert!(!dir.path().join("demo").exists(), "nothing is created");
 }
