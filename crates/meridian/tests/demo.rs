@@ -130,8 +130,46 @@ fn servers_under(dir: &Path) -> Vec<(u32, String)> {
 #[tokio::test]
 async fn the_quick_demo_fails_over_twice_rejoins_and_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, text) = Demo::spawn(dir.path(), &[]).finish().await;
-    assert_eq!(code, Some(0), "{text}");
+    // --keep: after its summary the demo keeps the cluster and Meridian running until Ctrl-C.
+    let demo = Demo::spawn(dir.path(), &["--keep"]);
+    let text = wait_until(DEMO_TIMEOUT, "the summary, then --keep", || async {
+        let text = demo.output();
+        Check::when(
+            text.contains("--keep: the cluster and Meridian keep running"),
+            text.clone(),
+            text,
+        )
+    })
+    .await
+    .unwrap();
+    // Meridian still takes writes, on the new primary, through the connection string printed.
+    let conninfo = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("psql \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no psql line: {text}"));
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let port = client
+        .query_one(
+            "INSERT INTO demo_writes (writer, seq) VALUES (99, 1) RETURNING inet_server_port()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0);
+    drop(client);
+    assert!(port > 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (code, text) = demo.finish().await;
+    assert_eq!(code, Some(0), "the verdict, not the interruption: {text}");
+    assert!(text.contains("Every server stopped"), "{text}");
     assert!(text.contains("PASS: every failover completed"), "{text}");
 
     let summary: Value =

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -111,6 +112,16 @@ const STEP_DEADLINE: Duration = Duration::from_secs(90);
 const COULD_NOT_RUN: u8 = 2;
 const INTERRUPTED: u8 = 130;
 
+/// With `--keep`, the scenario waits after its summary until Ctrl-C, which then ends it with
+/// its verdict rather than interrupting the demo.
+#[derive(Debug, Default)]
+struct Keep {
+    /// The summary is out and the scenario waits.
+    waiting: AtomicBool,
+    /// Ctrl-C came while it waited (a permit is kept if it came before the wait began).
+    stop: tokio::sync::Notify,
+}
+
 /// The servers, reachable by `main` whatever happens to the scenario, so that they are stopped
 /// on every way out.
 type Servers = Arc<Mutex<Option<Arc<DemoCluster>>>>;
@@ -148,10 +159,19 @@ pub fn main(args: DemoArgs) -> ExitCode {
     };
     let servers: Servers = Arc::default();
     let screen = Screen::new();
+    let keep = Keep::default();
     let result = runtime.block_on(async {
+        let interrupted = async {
+            crate::run::shutdown_signal().await;
+            if keep.waiting.load(Ordering::SeqCst) {
+                // The summary is out: the scenario stops everything and returns its verdict.
+                keep.stop.notify_one();
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            result = scenario(&args, &dir, prepared, &bin, &screen, &servers) => Some(result),
-            _ = crate::run::shutdown_signal() => None,
+            result = scenario(&args, &dir, prepared, &bin, &screen, &servers, &keep) => Some(result),
+            _ = interrupted => None,
         }
     });
     screen.finish();
@@ -170,8 +190,17 @@ pub fn main(args: DemoArgs) -> ExitCode {
             );
             ExitCode::from(INTERRUPTED)
         }
-        Some(Ok(true)) => ExitCode::SUCCESS,
-        Some(Ok(false)) => ExitCode::FAILURE,
+        Some(Ok(passed)) => {
+            println!(
+                "Every server stopped; files kept in {} (a second run reuses it, --fresh empties it).",
+                dir.root.display()
+            );
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Some(Err(e)) => {
             eprintln!(
                 "meridian demo: {e:#}\nMeridian's log: {}; each server's log: {}/<node>/postgres.log",
@@ -242,6 +271,7 @@ async fn scenario(
     bin: &PgBin,
     screen: &Screen,
     servers: &Servers,
+    keep: &Keep,
 ) -> anyhow::Result<bool> {
     let pace = Pace::of(args.quick);
     let begun = Instant::now();
@@ -430,11 +460,12 @@ async fn scenario(
     println!("(also in {})", dir.summary().display());
 
     if args.keep {
+        keep.waiting.store(true, Ordering::SeqCst);
         println!(
             "\n--keep: the cluster and Meridian keep running; Ctrl-C stops everything.\n  \
              psql \"{proxy}\"\n  dashboard  {admin}/   admin token {token}"
         );
-        std::future::pending::<()>().await;
+        keep.stop.notified().await;
     }
     running.stop().await?;
     Ok(passed)
