@@ -22,9 +22,10 @@ pub mod cluster;
 mod directory;
 mod display;
 pub mod report;
+mod summary;
 mod workload;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,16 +37,16 @@ use anyhow::{Context, bail};
 use clap::Args;
 use meridian_config::{Config, Environment};
 use meridian_control::monitor::MonitorHandle;
-use meridian_control::store::FailoverRecord;
 use meridian_core::failover::Command;
 use meridian_core::topology::{Health, Role};
 use meridian_testkit::{Kit, PgBin, RunAs};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::demo::cluster::{DemoCluster, REGIONS, SYNCHRONOUS, Settings};
 use crate::demo::directory::{DemoDir, Prepared};
 use crate::demo::display::{Ports, Screen};
-use crate::demo::report::{Figures, Kill};
+use crate::demo::report::Kill;
+use crate::demo::summary::{Rejoin, Results, Watched};
 use crate::demo::workload::{Shape, Workload};
 
 /// `meridian demo`'s options.
@@ -127,8 +128,8 @@ struct Keep {
 type Servers = Arc<Mutex<Option<Arc<DemoCluster>>>>;
 
 pub fn main(args: DemoArgs) -> ExitCode {
-    let bin = match preflight(&args) {
-        Ok(bin) => bin,
+    let (bin, run_as) = match preflight(&args) {
+        Ok(found) => found,
         Err(e) => {
             eprintln!("meridian demo: {e:#}");
             return ExitCode::from(COULD_NOT_RUN);
@@ -141,7 +142,7 @@ pub fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::from(COULD_NOT_RUN);
         }
     };
-    if let Err(e) = init_logging(&dir) {
+    if let Err(e) = check_reachable(&run_as, &dir).and_then(|()| init_logging(&dir)) {
         eprintln!("meridian demo: {e:#}");
         return ExitCode::from(COULD_NOT_RUN);
     }
@@ -214,9 +215,9 @@ pub fn main(args: DemoArgs) -> ExitCode {
 
 /// What must hold before anything is touched: the server binaries, a user to run them as, and
 /// free ports.
-fn preflight(args: &DemoArgs) -> anyhow::Result<PgBin> {
+fn preflight(args: &DemoArgs) -> anyhow::Result<(PgBin, RunAs)> {
     let bin = PgBin::locate().context("the demo runs real PostgreSQL servers")?;
-    RunAs::resolve().context("the demo runs real PostgreSQL servers")?;
+    let run_as = RunAs::resolve().context("the demo runs real PostgreSQL servers")?;
     for (port, flag) in [(args.port, "--port"), (args.admin_port, "--admin-port")] {
         if port != 0 && std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!(
@@ -225,7 +226,7 @@ fn preflight(args: &DemoArgs) -> anyhow::Result<PgBin> {
             );
         }
     }
-    Ok(bin)
+    Ok((bin, run_as))
 }
 
 /// Meridian's own log goes to a file: the terminal is the demo's.
@@ -244,23 +245,6 @@ fn init_logging(dir: &DemoDir) -> anyhow::Result<()> {
         .with_target(false)
         .init();
     Ok(())
-}
-
-/// One failover as the demo caused and watched it.
-#[derive(Debug)]
-struct Watched {
-    label: String,
-    killed: Vec<String>,
-    kill: Kill,
-    record: Option<FailoverRecord>,
-}
-
-impl Watched {
-    fn completed(&self) -> bool {
-        self.record
-            .as_ref()
-            .is_some_and(|r| r.outcome == "completed")
-    }
 }
 
 /// The whole demo; `Ok(passed)` once the summary is printed.
@@ -290,7 +274,6 @@ async fn scenario(
 
     let root = dir.root.clone();
     let kit = tokio::task::spawn_blocking(move || Kit::at(root)).await??;
-    check_reachable(&kit, dir)?;
     let built = Instant::now();
     let cluster = Arc::new(DemoCluster::build(kit.clone(), &dir.cluster()).await?);
     *servers.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
@@ -399,65 +382,15 @@ async fn scenario(
     let primary = primary_name(monitor).context("no primary at the end")?;
     let present = read_back(&cluster, &primary).await?;
 
-    let kills: Vec<Kill> = watched.iter().map(|w| w.kill).collect();
-    let figures: Vec<Figures> = (0..watched.len())
-        .map(|i| report::figures(&log.writes, &log.reads, &kills, i, ended, &present))
-        .collect();
-    let lost = report::lost(&log.writes, &present);
-    let acknowledged = log
-        .writes
-        .iter()
-        .filter(|w| w.acknowledged().is_some())
-        .count();
-    let mut reads_by_region: BTreeMap<&str, usize> = BTreeMap::new();
-    for read in &log.reads {
-        if let Ok(port) = read.outcome
-            && let Some((_, region)) = ports.get(&port)
-        {
-            *reads_by_region.entry(region).or_default() += 1;
-        }
-    }
-    let verdicts: Vec<bool> = watched
-        .iter()
-        .zip(&figures)
-        .map(|(w, f)| report::passed(w.completed(), f))
-        .collect();
-    let rejoined = rejoins.iter().all(|r| r.1.is_ok());
-    let passed = verdicts.iter().all(|v| *v) && lost.is_empty() && rejoined;
-
-    println!(
-        "{}",
-        summary_text(
-            &watched,
-            &figures,
-            &verdicts,
-            &rejoins,
-            acknowledged,
-            &lost,
-            &primary,
-            &reads_by_region,
-            passed
-        )
-    );
-    let summary = json!({
-        "passed": passed,
-        "seconds": begun.elapsed().as_secs_f64(),
-        "workload_seconds": ended.duration_since(started).as_secs_f64(),
-        "acknowledged": acknowledged,
-        "lost": lost.iter().map(|(w, s)| json!([w, s])).collect::<Vec<_>>(),
-        "final_primary": primary,
-        "reads_by_region": reads_by_region,
-        "failovers": watched.iter().zip(&figures).zip(&verdicts).map(|((w, f), passed)| failover_json(w, f, *passed)).collect::<Vec<_>>(),
-        "rejoins": rejoins.iter().map(|(node, result)| json!({
-            "node": node,
-            "ok": result.is_ok(),
-            "seconds": result.as_ref().ok().map(Duration::as_secs_f64),
-            "error": result.as_ref().err(),
-        })).collect::<Vec<_>>(),
-    });
+    let results = Results::new(watched, &log, ended, &present, rejoins, primary, &ports);
+    println!("{}", results.text());
+    let mut summary = results.json();
+    summary["seconds"] = json!(begun.elapsed().as_secs_f64());
+    summary["workload_seconds"] = json!(ended.duration_since(started).as_secs_f64());
     std::fs::write(dir.summary(), format!("{summary:#}\n"))
         .with_context(|| format!("cannot write {}", dir.summary().display()))?;
     println!("(also in {})", dir.summary().display());
+    let passed = results.passed();
 
     if args.keep {
         keep.waiting.store(true, Ordering::SeqCst);
@@ -482,9 +415,8 @@ fn version(bin: &PgBin) -> String {
 
 /// As root, the servers run as an unprivileged user, which must be able to enter the demo's
 /// directory (a clone under `/root` is out of its reach); the kit gives it what is inside.
-fn check_reachable(kit: &Kit, dir: &DemoDir) -> anyhow::Result<()> {
-    let reachable = kit
-        .run_as()
+fn check_reachable(run_as: &RunAs, dir: &DemoDir) -> anyhow::Result<()> {
+    let reachable = run_as
         .command("sh")
         .args(["-c", "cd \"$1\"", "sh"])
         .arg(&dir.root)
@@ -494,7 +426,7 @@ fn check_reachable(kit: &Kit, dir: &DemoDir) -> anyhow::Result<()> {
         bail!(
             "PostgreSQL refuses to run as root, so its servers run as the user {}, which cannot \
              enter {}: choose a directory it can reach, e.g. --dir /tmp/meridian-demo",
-            kit.run_as().name(),
+            run_as.name(),
             dir.root.display()
         );
     }
@@ -800,7 +732,7 @@ async fn rejoin_all(
     monitor: &MonitorHandle,
     cluster: &DemoCluster,
     watched: &[Watched],
-) -> Vec<(String, Result<Duration, String>)> {
+) -> Vec<Rejoin> {
     let primary = primary_name(monitor).unwrap_or_else(|| "?".into());
     let mut killed: Vec<String> = watched.iter().flat_map(|w| w.killed.clone()).collect();
     killed.sort();
@@ -885,140 +817,4 @@ async fn read_back(cluster: &DemoCluster, primary: &str) -> anyhow::Result<HashS
             Ok((field(0).parse()?, field(1).parse()?))
         })
         .collect()
-}
-
-fn failover_json(watched: &Watched, figures: &Figures, passed: bool) -> Value {
-    let record = watched.record.as_ref();
-    json!({
-        "label": watched.label,
-        "killed": watched.killed,
-        "outcome": record.map(|r| r.outcome.as_str()).unwrap_or("not started"),
-        "old_primary": record.and_then(|r| r.old_primary.clone()),
-        "new_primary": record.and_then(|r| r.new_primary.clone()),
-        "generation": record.map(|r| r.generation),
-        "phases": record.map(|r| r.phases.iter().map(|p| json!({
-            "name": p.name,
-            "outcome": p.outcome,
-            "ms": p.finished_at_ms.saturating_sub(p.started_at_ms),
-        })).collect::<Vec<_>>()),
-        "write_unavailable_seconds": figures.write_gap.map(|d| d.as_secs_f64()),
-        "slowest_write_seconds": figures.slowest_write.map(|d| d.as_secs_f64()),
-        "reads": figures.reads,
-        "reads_failed": figures.reads_failed,
-        "writes_failed": figures.writes_failed,
-        "acknowledged_before": figures.acknowledged,
-        "lost": figures.lost,
-        "passed": passed,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn summary_text(
-    watched: &[Watched],
-    figures: &[Figures],
-    verdicts: &[bool],
-    rejoins: &[(String, Result<Duration, String>)],
-    acknowledged: usize,
-    lost: &[(u32, i64)],
-    primary: &str,
-    reads_by_region: &BTreeMap<&str, usize>,
-    passed: bool,
-) -> String {
-    let mut out = String::from("\nSummary\n");
-    let _ = writeln!(
-        out,
-        "  {:<22} {:<24} {:>11} {:>13} {:>13} {:>13} {:>13} {:>5}  verdict",
-        "failover",
-        "primary",
-        "writes back",
-        "slowest write",
-        "reads failed",
-        "writes failed",
-        "acked before",
-        "lost",
-    );
-    for (i, ((w, f), ok)) in watched.iter().zip(figures).zip(verdicts).enumerate() {
-        let primaries = w
-            .record
-            .as_ref()
-            .map(|r| {
-                format!(
-                    "{} → {}",
-                    r.old_primary.as_deref().unwrap_or("?"),
-                    r.new_primary.as_deref().unwrap_or("?")
-                )
-            })
-            .unwrap_or_else(|| "no failover".into());
-        let seconds = |d: Option<Duration>| {
-            d.map(|d| format!("{:.2} s", d.as_secs_f64()))
-                .unwrap_or_else(|| "never".into())
-        };
-        let _ = writeln!(
-            out,
-            "  {:<22} {:<24} {:>11} {:>13} {:>13} {:>13} {:>13} {:>5}  {}",
-            format!("{}. {}", i + 1, w.label),
-            primaries,
-            seconds(f.write_gap),
-            seconds(f.slowest_write),
-            format!("{} of {}", f.reads_failed, f.reads),
-            f.writes_failed,
-            f.acknowledged,
-            f.lost,
-            if *ok { "PASS" } else { "FAIL" }
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n  writes back: from the kill to the first write sent after it that committed (held by \
-         Meridian meanwhile, not failed); slowest write: the longest any write sent after the \
-         kill waited.\n  writes failed: statements in flight when their server died (08007: \
-         the client is told the outcome is unknown, never silently dropped); acked before: the \
-         writes acknowledged before this kill that it could have lost."
-    );
-    for (node, result) in rejoins {
-        let _ = match result {
-            Ok(took) => writeln!(
-                out,
-                "  rejoined {node} as a replica of {primary} in {:.1} s",
-                took.as_secs_f64()
-            ),
-            Err(e) => writeln!(out, "  rejoin of {node} FAILED: {e}"),
-        };
-    }
-    let _ = writeln!(
-        out,
-        "  reads answered by region: {}",
-        reads_by_region
-            .iter()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let _ = writeln!(
-        out,
-        "  {acknowledged} acknowledged writes, every row looked for on {primary}: {} missing{}",
-        lost.len(),
-        if lost.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({})",
-                lost.iter()
-                    .take(10)
-                    .map(|(w, s)| format!("writer {w} row {s}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    );
-    let _ = write!(
-        out,
-        "\n{}",
-        if passed {
-            "PASS: every failover completed, writes came back, no acknowledged write was lost."
-        } else {
-            "FAIL: see the rows above."
-        }
-    );
-    out
 }
