@@ -108,45 +108,76 @@ fn code(error: &tokio_postgres::Error) -> Option<String> {
     error.code().map(|c| c.code().to_owned())
 }
 
+/// One client's rhythm and connection: a statement every `every` until stopped, on one
+/// connection, reopened for the next statement after an error.
+struct Paced {
+    conninfo: String,
+    client: Option<Client>,
+    tick: tokio::time::Interval,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Paced {
+    fn new(conninfo: String, every: Duration, stopped: watch::Receiver<bool>) -> Paced {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Paced {
+            conninfo,
+            client: None,
+            tick,
+            stopped,
+        }
+    }
+
+    /// Waits for the next statement's turn; `false` once the workload stops.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = self.stopped.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Runs `statement` on the connection (opening one if needed); after an error the
+    /// connection is dropped.
+    async fn run<T>(
+        &mut self,
+        statement: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.conninfo).await?,
+        };
+        let result = statement(&client).await;
+        if result.is_ok() {
+            self.client = Some(client);
+        }
+        result
+    }
+}
+
 async fn write_loop(
     conninfo: String,
     writer: u32,
     every: Duration,
     log: Arc<Mutex<Log>>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
-    let mut client: Option<Client> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client = Paced::new(conninfo, every, stopped);
     let mut seq = 0_i64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+    while client.next().await {
         seq += 1;
         let sent = Instant::now();
-        let result = match client.take() {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => connect(&conninfo).await,
-        };
-        let result = match result {
-            Ok(c) => {
-                let inserted = c
-                    .execute(
-                        "INSERT INTO demo_writes (writer, seq) VALUES ($1, $2)",
-                        &[&(writer as i32), &seq],
-                    )
-                    .await;
-                if inserted.is_ok() {
-                    client = Some(c);
-                }
-                inserted.map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
+        let result = client
+            .run(async |c| {
+                c.execute(
+                    "INSERT INTO demo_writes (writer, seq) VALUES ($1, $2)",
+                    &[&(writer as i32), &seq],
+                )
+                .await
+            })
+            .await;
         let outcome = match result {
-            Ok(()) => Outcome::Acknowledged(Instant::now()),
+            Ok(_) => Outcome::Acknowledged(Instant::now()),
             Err(e) => Outcome::Failed {
                 at: Instant::now(),
                 code: code(&e),
@@ -166,39 +197,25 @@ async fn read_loop(
     writer: u32,
     every: Duration,
     log: Arc<Mutex<Log>>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
-    let mut client: Option<Client> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+    let mut client = Paced::new(conninfo, every, stopped);
+    while client.next().await {
         let sent = Instant::now();
-        let result = match client.take() {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => connect(&conninfo).await,
-        };
-        let outcome = match result {
-            Ok(c) => {
+        let result = client
+            .run(async |c| {
                 let row = c
                     .query_one(
                         "SELECT inet_server_port(), max(seq) FROM demo_writes WHERE writer = $1",
                         &[&(writer as i32)],
                     )
-                    .await;
-                match row.and_then(|row| row.try_get::<_, i32>(0)) {
-                    Ok(port) => {
-                        client = Some(c);
-                        Ok(port as u16)
-                    }
-                    Err(e) => Err(code(&e).unwrap_or_else(|| e.to_string())),
-                }
-            }
-            Err(e) => Err(code(&e).unwrap_or_else(|| e.to_string())),
-        };
+                    .await?;
+                row.try_get::<_, i32>(0)
+            })
+            .await;
+        let outcome = result
+            .map(|port| port as u16)
+            .map_err(|e| code(&e).unwrap_or_else(|| e.to_string()));
         lock(&log).reads.push(Read { sent, outcome });
     }
 }
