@@ -223,7 +223,7 @@ fn run_data_plane(
 }
 
 /// Completes at the first SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
+async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

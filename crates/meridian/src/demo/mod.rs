@@ -16,7 +16,7 @@
 //!
 //! Exit codes: 0 every failover passed; 1 a failover failed or an acknowledged write was lost
 //! (or the demo itself failed); 2 the demo cannot run here (the message says why); 130
-//! interrupted. Ctrl-C or SIGTERM at any point stops every server the demo started.
+//! interrupted. Ctrl-C, SIGTERM or SIGHUP at any point stops every server the demo started.
 
 pub mod cluster;
 mod directory;
@@ -163,7 +163,7 @@ pub fn main(args: DemoArgs) -> ExitCode {
     let keep = Keep::default();
     let result = runtime.block_on(async {
         let interrupted = async {
-            crate::run::shutdown_signal().await;
+            stop_signal().await;
             if keep.waiting.load(Ordering::SeqCst) {
                 // The summary is out: the scenario stops everything and returns its verdict.
                 keep.stop.notify_one();
@@ -210,6 +210,26 @@ pub fn main(args: DemoArgs) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Completes at Ctrl-C (SIGINT), SIGTERM, or SIGHUP (its terminal closed): each stops
+/// everything the demo started.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // Without handlers the signals keep their default action; the test kit's watchdog
+        // still stops the servers.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+        _ = hangup.recv() => {}
     }
 }
 
