@@ -164,6 +164,8 @@ pub struct NodeStatus {
     pub lag_seconds: Option<f64>,
     /// Round trip of the last successful probe.
     pub latency_ms: Option<f64>,
+    /// How long the last opening of the probe's connection took (TCP, TLS, authentication).
+    pub connect_latency_ms: Option<f64>,
     /// Insert position (primary) or replay position (replica).
     pub lsn: Option<String>,
     /// Timeline.
@@ -366,8 +368,11 @@ pub struct ProbeSample {
     pub at_ms: u64,
     /// It succeeded.
     pub ok: bool,
-    /// Its round trip.
+    /// Its query's round trip.
     pub latency_ms: Option<f64>,
+    /// How long opening its connection took, when it opened one (otherwise it used the
+    /// connection the monitor keeps).
+    pub connect_ms: Option<f64>,
     /// The role it observed.
     pub role: Option<String>,
     /// The health judged after it.

@@ -151,6 +151,7 @@ impl Control for Fixed {
             at_ms: 3_000,
             ok: true,
             latency_ms: Some(1.5),
+            connect_ms: Some(4.0),
             role: Some("primary".into()),
             health: "healthy".into(),
             lag_bytes: None,

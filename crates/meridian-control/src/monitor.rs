@@ -922,6 +922,10 @@ impl Judge {
         match &observation.outcome {
             Ok(status) => {
                 state.latency = Some(status.latency);
+                // Kept from the last probe that opened a connection.
+                if status.connect_latency.is_some() {
+                    state.connect_latency = status.connect_latency;
+                }
                 state.timeline = status.timeline;
                 state.lsn = status.current_lsn.or(status.replay_lsn);
                 state.receive_lsn = status.receive_lsn;
@@ -977,6 +981,12 @@ impl Judge {
                 .as_ref()
                 .ok()
                 .map(|s| s.latency.as_secs_f64() * 1000.0),
+            connect_ms: observation
+                .outcome
+                .as_ref()
+                .ok()
+                .and_then(|s| s.connect_latency)
+                .map(|l| l.as_secs_f64() * 1000.0),
             role: match after.role {
                 Role::Primary => Some("primary".into()),
                 Role::Replica => Some("replica".into()),
@@ -1065,6 +1075,7 @@ fn initial_status(settings: &MonitorSettings) -> ClusterStatus {
                 role: Role::Unknown,
                 health: Health::Unknown,
                 latency: None,
+                connect_latency: None,
                 lag: None,
                 timeline: None,
                 lsn: None,

@@ -110,13 +110,16 @@ impl Prober {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
+        let mut connect_latency = None;
         if self.client.is_none() {
             let due = self.next_attempt.is_none_or(|at| Instant::now() >= at);
             if !due && !force {
                 return Err(self.last_error.clone().unwrap_or(ProbeError::Refused));
             }
+            let connecting = Instant::now();
             match tokio::time::timeout(self.timeout, self.connect()).await {
                 Ok(Ok(client)) => {
+                    connect_latency = Some(connecting.elapsed());
                     self.client = Some(client);
                     self.attempt = 0;
                     self.next_attempt = None;
@@ -131,9 +134,12 @@ impl Prober {
         let result = tokio::time::timeout(self.timeout, client.simple_query(PROBE_SQL)).await;
         let latency = started.elapsed();
         match result {
-            Ok(Ok(messages)) => {
-                parse(&messages, latency).map_err(|problem| self.failed(ProbeError::Other(problem)))
-            }
+            Ok(Ok(messages)) => parse(&messages, latency)
+                .map(|status| NodeStatus {
+                    connect_latency,
+                    ..status
+                })
+                .map_err(|problem| self.failed(ProbeError::Other(problem))),
             Ok(Err(error)) => {
                 let error = classify(&error);
                 // A query error on a healthy connection (e.g. the server is shutting down) leaves
@@ -290,6 +296,7 @@ fn parse(messages: &[SimpleQueryMessage], latency: Duration) -> Result<NodeStatu
         .collect();
     Ok(NodeStatus {
         latency,
+        connect_latency: None,
         in_recovery,
         timeline,
         current_lsn: lsn(1)?,

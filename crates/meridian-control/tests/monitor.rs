@@ -482,3 +482,60 @@ async fn a_forced_probe_reports_a_recovered_node_at_once() {
     );
     assert_eq!(status.nodes[1].role, Role::Replica);
 }
+
+#[tokio::test]
+async fn opening_the_probe_connection_is_timed_apart_from_the_probe_query() {
+    let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
+    // The replica is 100 ms away each way: opening a session (startup, authentication, the
+    // server's parameters) takes at least one round trip, and so does each probe query.
+    let link = FaultLink::start(cluster.node("main-2").addr()).unwrap();
+    link.latency(Duration::from_millis(100));
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let link_port = link.port();
+    let monitor = monitor::spawn(
+        settings(
+            &cluster,
+            |i| {
+                if i == 1 {
+                    link_port
+                } else {
+                    cluster.nodes()[i].port()
+                }
+            },
+            AlertPolicy::default(),
+        ),
+        store.clone(),
+    );
+    let round_trip = Duration::from_millis(200);
+    let status = wait_status(&monitor, "three probes of the replica", |s| {
+        s.nodes[1].probes >= 3 && s.nodes[1].consecutive_failures == 0
+    })
+    .await;
+    let replica = &status.nodes[1];
+    let connect = replica.connect_latency.expect("the first probe connected");
+    assert!(connect >= round_trip, "{connect:?}");
+    assert!(replica.latency.unwrap() >= round_trip, "{replica:?}");
+    assert!(status.nodes[0].connect_latency.is_some());
+
+    // The store has it on the probe that connected, and not on those that reused the
+    // connection the monitor keeps.
+    store.flush();
+    let samples = store.probe_history(Some("main-2"), 100).unwrap();
+    let connected: Vec<Option<f64>> = samples.iter().map(|s| s.connect_ms).collect();
+    let opened = connected.iter().filter(|c| c.is_some()).count();
+    assert_eq!(opened, 1, "{connected:?}");
+    assert!(
+        connected.iter().flatten().all(|ms| *ms >= 200.0),
+        "{connected:?}"
+    );
+
+    // A rebuilt connection is timed again.
+    monitor.reconnect(&[NodeId(1)]).await;
+    store.flush();
+    let samples = store.probe_history(Some("main-2"), 100).unwrap();
+    assert!(
+        samples[0].connect_ms.is_some_and(|ms| ms >= 200.0),
+        "{samples:?}"
+    );
+}

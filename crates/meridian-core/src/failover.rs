@@ -1846,6 +1846,7 @@ mod tests {
     fn primary_status(lsn: u64, downstream: &[(&str, &str)]) -> NodeStatus {
         NodeStatus {
             latency: Duration::from_millis(2),
+            connect_latency: None,
             in_recovery: false,
             timeline: Some(1),
             current_lsn: Some(Lsn(lsn)),

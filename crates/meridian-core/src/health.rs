@@ -353,6 +353,7 @@ pub(crate) mod tests {
     pub(crate) fn success(latency_ms: u64) -> Result<NodeStatus, ProbeError> {
         Ok(NodeStatus {
             latency: Duration::from_millis(latency_ms),
+            connect_latency: None,
             in_recovery: false,
             timeline: Some(1),
             current_lsn: None,

@@ -103,6 +103,9 @@ pub struct Downstream {
 pub struct NodeStatus {
     /// Round trip of the probe query (not counting the connection).
     pub latency: Duration,
+    /// How long opening the probe's connection took (TCP, TLS, authentication), when this
+    /// probe opened one; `None` when it used the connection it keeps.
+    pub connect_latency: Option<Duration>,
     /// `pg_is_in_recovery()`.
     pub in_recovery: bool,
     /// The timeline the node writes (primary) or receives/replays (replica).

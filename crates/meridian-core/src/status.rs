@@ -36,6 +36,8 @@ pub struct NodeState {
     pub health: Health,
     /// Latency of the last successful probe.
     pub latency: Option<Duration>,
+    /// How long the last opening of the probe's connection took (TCP, TLS, authentication).
+    pub connect_latency: Option<Duration>,
     /// Replication lag (replicas, once the primary has been observed).
     pub lag: Option<Lag>,
     /// Timeline written or replayed.

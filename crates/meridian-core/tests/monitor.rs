@@ -22,6 +22,7 @@ const REPLICA: NodeId = NodeId(1);
 fn success(latency: Duration) -> Result<NodeStatus, ProbeError> {
     Ok(NodeStatus {
         latency,
+        connect_latency: None,
         in_recovery: false,
         timeline: Some(1),
         current_lsn: None,

@@ -303,6 +303,7 @@ fn probe_of(sample: store::ProbeSample) -> ProbeSample {
         at_ms: sample.at_ms,
         ok: sample.ok,
         latency_ms: sample.latency_ms,
+        connect_ms: sample.connect_ms,
         role: sample.role,
         health: sample.health,
         lag_bytes: sample.lag_bytes,

@@ -153,6 +153,20 @@ impl Collector for Telemetry {
         )?;
         gauge(
             &mut encoder,
+            "meridian_node_connect_latency_seconds",
+            "How long the last opening of the probe's connection took (TCP, TLS, authentication).",
+            &nodes
+                .iter()
+                .filter_map(|n| {
+                    Some((
+                        node_labels(&n.name, &n.region),
+                        n.connect_latency?.as_secs_f64(),
+                    ))
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauge(
+            &mut encoder,
             "meridian_node_connections",
             "Client backends on the node, as its last probe saw.",
             &nodes

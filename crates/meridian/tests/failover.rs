@@ -679,6 +679,8 @@ async fn an_old_primary_back_on_its_timeline_gets_no_writes_until_rejoined_from_
                 "meridian_node_role{node=\"main-1\",region=\"main\",role=\"primary\"} 1".into(),
                 "meridian_node_needs_rejoin{node=\"main-1\",region=\"main\"} 1".into(),
                 "meridian_cluster_primary{node=\"main-2\",region=\"main\"} 1".into(),
+                // Timed when the probe opened its new connection (the value varies).
+                "meridian_node_connect_latency_seconds{node=\"main-1\",region=\"main\"} ".into(),
             ],
         )
         .await;

@@ -28,6 +28,7 @@ pub(crate) fn sample(node: &str, at_ms: u64) -> ProbeSample {
         at_ms,
         ok: true,
         latency_ms: Some(0.75),
+        connect_ms: Some(3.5),
         role: Some("replica".to_owned()),
         health: "healthy".to_owned(),
         lag_bytes: Some(4096),
@@ -250,6 +251,7 @@ fn probe_history_is_newest_first_and_by_node(store: &dyn Store) {
     let failed = ProbeSample {
         ok: false,
         latency_ms: None,
+        connect_ms: None,
         role: None,
         health: "down".to_owned(),
         lag_bytes: None,

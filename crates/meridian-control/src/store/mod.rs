@@ -156,8 +156,10 @@ pub struct ProbeSample {
     pub at_ms: u64,
     /// Whether the probe succeeded.
     pub ok: bool,
-    /// Round-trip time of a successful probe.
+    /// Round-trip time of a successful probe's query.
     pub latency_ms: Option<f64>,
+    /// How long opening the probe's connection took, when the probe opened one.
+    pub connect_ms: Option<f64>,
     /// The observed role, `"primary"` or `"replica"`.
     pub role: Option<String>,
     /// The health judgement after this probe.

@@ -69,7 +69,7 @@ const SHUTDOWN_ATTEMPTS: u32 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; entry `i` takes the schema from version `i` to version `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE alerts (
@@ -137,6 +137,9 @@ CREATE TABLE id_high_water (
 INSERT INTO id_high_water (name, value) VALUES ('alert', 0), ('failover', 0);
 ";
 
+/// Version 2: how long a probe took to open its connection, when it opened one.
+const SCHEMA_V2: &str = "ALTER TABLE probe_samples ADD COLUMN connect_ms REAL;";
+
 const ALERT_COLUMNS: &str = "id, kind, node, region, severity, value, threshold, message, \
                              raised_at_ms, updated_at_ms, resolved_at_ms";
 const ALERT_INSERT: &str = "INSERT INTO alerts (id, kind, node, region, severity, value, \
@@ -157,7 +160,7 @@ const ON_RESOLVED: &str = " ON CONFLICT (id) DO UPDATE SET \
                            updated_at_ms = excluded.updated_at_ms";
 
 const SAMPLE_COLUMNS: &str =
-    "node, region, at_ms, ok, latency_ms, role, health, lag_bytes, lag_seconds, error";
+    "node, region, at_ms, ok, latency_ms, role, health, lag_bytes, lag_seconds, error, connect_ms";
 const FAILOVER_COLUMNS: &str = "id, kind, reason, old_primary, new_primary, generation, \
                                 started_at_ms, finished_at_ms, outcome, ranking";
 
@@ -826,7 +829,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
     if !batch.samples.is_empty() {
         let mut insert = tx.prepare_cached(&format!(
             "INSERT INTO probe_samples ({SAMPLE_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ))?;
         for sample in &batch.samples {
             insert.execute(params![
@@ -840,6 +843,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 sample.lag_bytes.map(signed),
                 sample.lag_seconds,
                 sample.error,
+                sample.connect_ms,
             ])?;
         }
     }
@@ -923,6 +927,7 @@ fn sample_from_row(row: &Row<'_>) -> rusqlite::Result<ProbeSample> {
         lag_bytes: row.get::<_, Option<i64>>(7)?.map(unsigned),
         lag_seconds: row.get(8)?,
         error: row.get(9)?,
+        connect_ms: row.get(10)?,
     })
 }
 

@@ -1007,6 +1007,7 @@ impl Sim {
             .collect();
         let base = NodeStatus {
             latency: n.config.latency,
+            connect_latency: None,
             in_recovery: false,
             timeline: Some(n.timeline),
             current_lsn: None,

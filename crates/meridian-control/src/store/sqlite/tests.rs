@@ -35,7 +35,7 @@ fn count(path: &Path, table: &str) -> i64 {
 }
 
 #[test]
-fn opening_creates_the_directory_in_wal_mode_at_schema_version_1() {
+fn opening_creates_the_directory_in_wal_mode_at_the_newest_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let (path, store) = store_in(&dir);
     assert_eq!(store.path(), path);
@@ -48,7 +48,7 @@ fn opening_creates_the_directory_in_wal_mode_at_schema_version_1() {
     let version: i64 = side
         .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, MIGRATIONS.len() as i64);
     drop(store);
     // Reopening an up-to-date file migrates nothing.
     let _store = SqliteStore::open(&path, Retention::default()).unwrap();
@@ -314,6 +314,37 @@ fn a_failed_write_keeps_alerts_for_a_retry() {
 }
 
 #[test]
+fn a_file_of_the_first_version_is_migrated_keeping_its_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DEFAULT_FILE_NAME);
+    // A file as the first release left it: version 1, one recent sample without connect_ms.
+    let now = unix_now_ms();
+    let old = Connection::open(&path).unwrap();
+    old.execute_batch(SCHEMA_V1).unwrap();
+    old.execute_batch(&format!(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
+         INSERT INTO schema_version (version) VALUES (1);
+         INSERT INTO probe_samples (node, region, at_ms, ok, latency_ms, health)
+         VALUES ('a', 'eu', {}, 1, 0.5, 'healthy');",
+        now - 2_000
+    ))
+    .unwrap();
+    drop(old);
+    let store = SqliteStore::open(&path, Retention::default()).unwrap();
+    let version: i64 = side(&path)
+        .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    store.record_probe(sample("a", now - 1_000));
+    store.flush();
+    let history = store.probe_history(Some("a"), 10).unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].connect_ms, Some(3.5));
+    assert_eq!(history[1].at_ms, now - 2_000);
+    assert_eq!(history[1].connect_ms, None);
+}
+
+#[test]
 fn a_file_from_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (path, store) = store_in(&dir);
@@ -327,7 +358,7 @@ fn a_file_from_a_newer_build_is_refused() {
             error,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
