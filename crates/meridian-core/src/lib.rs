@@ -14,6 +14,7 @@ pub mod health;
 pub mod lag;
 pub mod lsn;
 pub mod observation;
+pub mod retry;
 pub mod routing;
 pub mod status;
 pub mod topology;
