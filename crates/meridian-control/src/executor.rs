@@ -373,33 +373,23 @@ impl Executor {
         if let Some(password) = &self.credentials.password {
             rewind.env("PGPASSWORD", password);
         }
-        let output = rewind.output().await;
-        let restore_signal = || -> Result<(), String> {
-            if was_standby {
-                std::fs::write(&signal, b"")
-                    .map_err(|e| format!("cannot write {}: {e}", signal.display()))?;
-                owner.give(&signal)?;
-            }
-            Ok(())
-        };
-        let output = match output {
-            Ok(output) => output,
-            Err(e) => {
-                restore_signal()?;
-                return Err(format!("cannot run pg_rewind: {e}"));
-            }
-        };
         // pg_rewind reports on stderr, failure or not.
-        let report = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
-            restore_signal()?;
-            return Err(format!(
+        let rewound = match rewind.output().await {
+            Ok(output) if output.status.success() => {
+                Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+            Ok(output) => Err(format!(
                 "pg_rewind of {} from {} failed: {}",
                 node.name,
                 upstream.name,
-                report.trim()
-            ));
+                String::from_utf8_lossy(&output.stderr).trim()
+            )),
+            Err(e) => Err(format!("cannot run pg_rewind: {e}")),
+        };
+        if rewound.is_err() && was_standby {
+            write_standby_signal(&signal, &owner)?;
         }
+        let report = rewound?;
         tracing::info!(node = %node.name, upstream = %upstream.name, "pg_rewind: {}", report.trim());
         let slot = slot_name(&node.name);
         let mut conninfo = format!(
@@ -411,9 +401,7 @@ impl Executor {
         }
         set_auto_conf(data_dir, "primary_conninfo", &conninfo)?;
         set_auto_conf(data_dir, "primary_slot_name", &slot)?;
-        std::fs::write(&signal, b"")
-            .map_err(|e| format!("cannot write {}: {e}", signal.display()))?;
-        owner.give(&signal)?;
+        write_standby_signal(&signal, &owner)?;
         ensure_slot(&upstream_client, &slot).await?;
         // Inside the data directory: its owner may write there, whoever owns the parent.
         let log = data_dir.join("meridian-rejoin.log");
@@ -475,6 +463,12 @@ impl Owner {
         }
         Ok(())
     }
+}
+
+/// Writes `standby.signal` (empty) for the data directory's owner.
+fn write_standby_signal(signal: &Path, owner: &Owner) -> Result<(), String> {
+    std::fs::write(signal, b"").map_err(|e| format!("cannot write {}: {e}", signal.display()))?;
+    owner.give(signal)
 }
 
 async fn pg_bindir() -> Result<PathBuf, String> {
