@@ -35,34 +35,29 @@ impl Kit {
             let base = std::env::var_os(BASE_DIR_ENV)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"));
-            Kit::set_up(base)
-                .map(Arc::new)
+            PgBin::locate()
+                .and_then(|bin| Kit::at(base, bin, RunAs::resolve()?))
                 .map_err(|e| format!("{e:#}"))
         })
         .clone()
         .map_err(|e| anyhow::anyhow!("cannot set up the PostgreSQL test kit: {e}"))
     }
 
-    /// A kit of its own based in `base` (its template is kept there), for a program that
-    /// chooses where its clusters live (`meridian demo`). Slow the first time: it may create
-    /// the server user and run `initdb`.
-    pub fn at(base: impl Into<PathBuf>) -> anyhow::Result<Arc<Kit>> {
-        Kit::set_up(base.into()).map(Arc::new)
-    }
-
-    fn set_up(base: PathBuf) -> anyhow::Result<Kit> {
+    /// A kit based in `base` (its template is kept there) with binaries and a server user
+    /// already found, for a program that chooses where its clusters live (`meridian demo`).
+    /// Slow the first time: it runs `initdb`.
+    pub fn at(base: impl Into<PathBuf>, bin: PgBin, run_as: RunAs) -> anyhow::Result<Arc<Kit>> {
+        let base = base.into();
         process::adopt_orphans();
-        let bin = PgBin::locate()?;
-        let run_as = RunAs::resolve()?;
         std::fs::create_dir_all(&base)
             .with_context(|| format!("cannot create {}", base.display()))?;
         let template = template::ensure(&bin, &run_as, &base)?;
-        Ok(Kit {
+        Ok(Arc::new(Kit {
             bin,
             run_as,
             base,
             template,
-        })
+        }))
     }
 
     /// The PostgreSQL binaries.

@@ -31,18 +31,9 @@ pub fn adopt_orphans() {
 /// Every descendant of `root`, parents before children, from one reading of `/proc`.
 pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = parent_of(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
+    for pid in processes() {
+        if let Some(ppid) = parent_of(pid) {
+            children.entry(ppid).or_default().push(pid);
         }
     }
     let mut found = Vec::new();
@@ -64,38 +55,27 @@ pub(crate) fn postmasters_in(dir: &Path) -> Vec<Pid> {
     let Ok(dir) = fs::canonicalize(dir) else {
         return Vec::new();
     };
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-            .map(Pid::from_raw)
-        else {
-            continue;
-        };
-        if !is_postgres(pid) {
-            continue;
-        }
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let data_dir = args
-            .windows(2)
-            .find(|pair| pair[0] == b"-D")
-            .map(|pair| Path::new(std::ffi::OsStr::from_bytes(pair[1])));
-        if data_dir
-            .and_then(|d| fs::canonicalize(d).ok())
-            .is_some_and(|d| d.starts_with(&dir))
-        {
-            found.push(pid);
-        }
-    }
-    found
+    processes()
+        .map(Pid::from_raw)
+        .filter(|&pid| is_postgres(pid))
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.windows(2)
+                .find(|pair| pair[0] == b"-D")
+                .and_then(|pair| fs::canonicalize(std::ffi::OsStr::from_bytes(pair[1])).ok())
+                .is_some_and(|data_dir| data_dir.starts_with(&dir))
+        })
+        .collect()
+}
+
+/// The PIDs of every process, from one reading of `/proc`.
+fn processes() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// The parent PID from `/proc/PID/stat` (`pid (comm) state ppid ...`; comm may hold spaces).
