@@ -125,27 +125,26 @@ struct Keep {
 
 /// The servers, reachable by `main` whatever happens to the scenario, so that they are stopped
 /// on every way out.
-type Servers = Arc<Mutex<Option<Arc<DemoCluster>>>>;
+type Servers = Mutex<Option<Arc<DemoCluster>>>;
+
+/// What the checks before anything runs found.
+#[derive(Debug)]
+struct Ready {
+    bin: PgBin,
+    run_as: RunAs,
+    dir: DemoDir,
+    prepared: Prepared,
+}
 
 pub fn main(args: DemoArgs) -> ExitCode {
-    let (bin, run_as) = match preflight(&args) {
-        Ok(found) => found,
+    let ready = match prepare(&args) {
+        Ok(ready) => ready,
         Err(e) => {
             eprintln!("meridian demo: {e:#}");
             return ExitCode::from(COULD_NOT_RUN);
         }
     };
-    let (dir, prepared) = match directory::prepare(&args.dir, args.fresh) {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            eprintln!("meridian demo: {e:#}");
-            return ExitCode::from(COULD_NOT_RUN);
-        }
-    };
-    if let Err(e) = check_reachable(&run_as, &dir).and_then(|()| init_logging(&dir)) {
-        eprintln!("meridian demo: {e:#}");
-        return ExitCode::from(COULD_NOT_RUN);
-    }
+    let dir = &ready.dir;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("meridian-demo")
@@ -158,7 +157,7 @@ pub fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let servers: Servers = Arc::default();
+    let servers = Servers::default();
     let screen = Screen::new();
     let keep = Keep::default();
     let result = runtime.block_on(async {
@@ -171,7 +170,7 @@ pub fn main(args: DemoArgs) -> ExitCode {
             }
         };
         tokio::select! {
-            result = scenario(&args, &dir, prepared, &bin, &screen, &servers, &keep) => Some(result),
+            result = scenario(&args, &ready, &screen, &servers, &keep) => Some(result),
             _ = interrupted => None,
         }
     });
@@ -233,9 +232,9 @@ async fn stop_signal() {
     }
 }
 
-/// What must hold before anything is touched: the server binaries, a user to run them as, and
-/// free ports.
-fn preflight(args: &DemoArgs) -> anyhow::Result<(PgBin, RunAs)> {
+/// What must hold before anything runs: the server binaries, a user to run them as, free
+/// ports, and a directory that user can enter; then Meridian's log goes to that directory.
+fn prepare(args: &DemoArgs) -> anyhow::Result<Ready> {
     let bin = PgBin::locate().context("the demo runs real PostgreSQL servers")?;
     let run_as = RunAs::resolve().context("the demo runs real PostgreSQL servers")?;
     for (port, flag) in [(args.port, "--port"), (args.admin_port, "--admin-port")] {
@@ -246,7 +245,15 @@ fn preflight(args: &DemoArgs) -> anyhow::Result<(PgBin, RunAs)> {
             );
         }
     }
-    Ok((bin, run_as))
+    let (dir, prepared) = directory::prepare(&args.dir, args.fresh)?;
+    check_reachable(&run_as, &dir)?;
+    init_logging(&dir)?;
+    Ok(Ready {
+        bin,
+        run_as,
+        dir,
+        prepared,
+    })
 }
 
 /// Meridian's own log goes to a file: the terminal is the demo's.
@@ -256,10 +263,8 @@ fn init_logging(dir: &DemoDir) -> anyhow::Result<()> {
         .append(true)
         .open(dir.log())
         .with_context(|| format!("cannot open {}", dir.log().display()))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(crate::run::log_filter())
         .with_writer(Mutex::new(file))
         .with_ansi(false)
         .with_target(false)
@@ -270,20 +275,24 @@ fn init_logging(dir: &DemoDir) -> anyhow::Result<()> {
 /// The whole demo; `Ok(passed)` once the summary is printed.
 async fn scenario(
     args: &DemoArgs,
-    dir: &DemoDir,
-    prepared: Prepared,
-    bin: &PgBin,
+    ready: &Ready,
     screen: &Screen,
     servers: &Servers,
     keep: &Keep,
 ) -> anyhow::Result<bool> {
+    let Ready {
+        bin,
+        run_as,
+        dir,
+        prepared,
+    } = ready;
     let pace = Pace::of(args.quick);
     let begun = Instant::now();
     screen.say(format!(
         "Meridian demo: three regions of real PostgreSQL {} servers on this machine, Meridian in front of them.",
         version(bin)
     ));
-    screen.say(match prepared {
+    screen.say(match *prepared {
         Prepared::New => format!("Working in {} (new).", dir.root.display()),
         Prepared::Reused => format!(
             "Working in {} (reused: the template and the failover history stay; --fresh empties it).",
@@ -292,8 +301,8 @@ async fn scenario(
         Prepared::Emptied => format!("Working in {} (emptied by --fresh).", dir.root.display()),
     });
 
-    let root = dir.root.clone();
-    let kit = tokio::task::spawn_blocking(move || Kit::at(root)).await??;
+    let (root, bin, run_as) = (dir.root.clone(), bin.clone(), run_as.clone());
+    let kit = tokio::task::spawn_blocking(move || Kit::at(root, bin, run_as)).await??;
     let built = Instant::now();
     let cluster = Arc::new(DemoCluster::build(kit.clone(), &dir.cluster()).await?);
     *servers.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
@@ -622,8 +631,9 @@ async fn kill_and_watch(
     victims: &[String],
 ) -> Watched {
     let before = monitor.recent_runs().first().map(|r| r.id);
-    // Taken before the kill, which takes a few milliseconds: a write sent meanwhile counts
-    // as sent after it.
+    // Killing takes a few milliseconds: its start is the origin of every offset, and only
+    // writes sent once it is done count as sent after it (one sent meanwhile may still have
+    // committed on the dying server).
     let killed_at = Instant::now();
     let killed_ms = epoch_ms(SystemTime::now()) as i64;
     for victim in victims {
@@ -651,7 +661,7 @@ async fn kill_and_watch(
         for node in status
             .nodes
             .iter()
-            .filter(|n| victims.contains(&n.name.to_string()))
+            .filter(|n| victims.iter().any(|v| **v == *n.name))
         {
             if node.consecutive_failures > 0 && said_failed.insert(node.name.to_string()) {
                 screen.say(format!(
@@ -702,13 +712,7 @@ async fn kill_and_watch(
             said_phases = run.phases.len();
         }
         if !said_resumed {
-            let first = workload
-                .log()
-                .writes
-                .iter()
-                .filter(|w| w.sent >= kill.done)
-                .filter_map(report::Write::acknowledged)
-                .min();
+            let first = report::first_acknowledged_after(&workload.log().writes, kill.done);
             if let Some(at) = first {
                 said_resumed = true;
                 screen.say(format!(

@@ -98,12 +98,8 @@ pub fn figures(
     let kill = kills[index].started;
     let until = kills.get(index + 1).map(|k| k.started).unwrap_or(end);
     let since = index.checked_sub(1).map(|i| kills[i].started);
-    let write_gap = writes
-        .iter()
-        .filter(|w| w.sent >= kills[index].done)
-        .filter_map(Write::acknowledged)
-        .min()
-        .map(|at| at.duration_since(kill));
+    let write_gap =
+        first_acknowledged_after(writes, kills[index].done).map(|at| at.duration_since(kill));
     let in_span = |at: Instant| at >= kill && at < until;
     let slowest_write = writes
         .iter()
@@ -134,6 +130,15 @@ pub fn figures(
             .filter(|w| !present.contains(&(w.writer, w.seq)))
             .count(),
     }
+}
+
+/// When the first write sent at or after `since` was acknowledged, if one was.
+pub fn first_acknowledged_after(writes: &[Write], since: Instant) -> Option<Instant> {
+    writes
+        .iter()
+        .filter(|w| w.sent >= since)
+        .filter_map(Write::acknowledged)
+        .min()
 }
 
 /// Every acknowledged write missing from `present`, as `(writer, seq)`, in order.
