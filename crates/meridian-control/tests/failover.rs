@@ -199,6 +199,22 @@ async fn wait_finished_run(monitor: &MonitorHandle) -> FailoverRecord {
     monitor.recent_runs()[0].clone()
 }
 
+/// Has the monitor rejoin `name` and waits until the run completed; Meridian restarted the
+/// server with `pg_ctl`, so the kit takes it over. Returns the run's record.
+async fn rejoin(monitor: &MonitorHandle, cluster: &TestCluster, name: &str) -> FailoverRecord {
+    let run = monitor
+        .command(Command::Rejoin {
+            node: id_of(cluster, name),
+        })
+        .await
+        .expect("rejoin accepted")
+        .expect("a run started");
+    let record = monitor.wait_run(run, TIMEOUT).await.unwrap();
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    cluster.node(name).adopt().unwrap();
+    record
+}
+
 /// Waits until row `id` of table `t` has reached `name`.
 async fn wait_row(cluster: &TestCluster, name: &str, id: i64) {
     let node = cluster.node(name);
@@ -722,16 +738,8 @@ async fn a_restarted_old_primary_gets_no_traffic_until_rejoined_as_a_replica() {
         assert!(status.nodes[0].needs_rejoin);
     }
 
-    let run = monitor
-        .command(Command::Rejoin { node: NodeId(0) })
-        .await
-        .expect("rejoin accepted")
-        .expect("a run started");
-    let record = monitor.wait_run(run, TIMEOUT).await.unwrap();
-    assert_eq!(record.outcome, "completed", "{record:?}");
+    let record = rejoin(&monitor, &cluster, "main-1").await;
     assert_eq!(record.kind, "rejoin");
-    // Rewound and restarted by Meridian with pg_ctl: the kit takes it over.
-    cluster.node("main-1").adopt().unwrap();
     wait_streams_from(&cluster, "main-1", &new_name).await;
     let status = wait_status(&monitor, "main-1 reported as a replica", |s| {
         !s.nodes[0].needs_rejoin && s.nodes[0].role == Role::Replica
@@ -777,14 +785,7 @@ async fn a_replica_killed_with_its_primary_rejoins_the_new_one() {
 
     // A crashed replica: pg_rewind must complete its crash recovery, which a standby cannot
     // do in single-user mode; Meridian takes its standby.signal away meanwhile.
-    let run = monitor
-        .command(Command::Rejoin { node: NodeId(2) })
-        .await
-        .expect("rejoin accepted")
-        .expect("a run started");
-    let record = monitor.wait_run(run, TIMEOUT).await.unwrap();
-    assert_eq!(record.outcome, "completed", "{record:?}");
-    cluster.node("main-3").adopt().unwrap();
+    rejoin(&monitor, &cluster, "main-3").await;
     assert!(cluster.node("main-3").is_in_recovery().await.unwrap());
     wait_streams_from(&cluster, "main-3", "main-2").await;
     wait_row(&cluster, "main-3", 2).await;

@@ -39,6 +39,13 @@ fn settings(
     }
 }
 
+/// Node ports for [`settings`] where the probes of node 1 (the replica) go through `link`.
+fn replica_through(cluster: &TestCluster, link: &FaultLink) -> impl Fn(usize) -> u16 {
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let link_port = link.port();
+    move |i| if i == 1 { link_port } else { ports[i] }
+}
+
 fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(&dir.path().join("meridian.db"), Retention::default()).unwrap())
 }
@@ -306,19 +313,8 @@ async fn a_hung_node_is_slow_then_down_as_thresholds_say() {
         },
         ..AlertPolicy::default()
     };
-    let link_port = link.port();
     let monitor = monitor::spawn(
-        settings(
-            &cluster,
-            |i| {
-                if i == 1 {
-                    link_port
-                } else {
-                    cluster.nodes()[i].port()
-                }
-            },
-            policy,
-        ),
+        settings(&cluster, replica_through(&cluster, &link), policy),
         store(&dir),
     );
     wait_status(&monitor, "both healthy", |s| {
@@ -492,17 +488,10 @@ async fn opening_the_probe_connection_is_timed_apart_from_the_probe_query() {
     link.latency(Duration::from_millis(100));
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
-    let link_port = link.port();
     let monitor = monitor::spawn(
         settings(
             &cluster,
-            |i| {
-                if i == 1 {
-                    link_port
-                } else {
-                    cluster.nodes()[i].port()
-                }
-            },
+            replica_through(&cluster, &link),
             AlertPolicy::default(),
         ),
         store.clone(),
