@@ -81,6 +81,15 @@ impl Demo {
         }
     }
 
+    /// Ctrl-C.
+    fn interrupt(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+    }
+
     /// What it printed so far.
     fn output(&self) -> String {
         self.output.lock().unwrap().clone()
@@ -172,11 +181,7 @@ async fn the_quick_demo_fails_over_twice_rejoins_and_loses_no_acknowledged_write
         .parse()
         .unwrap();
     assert_eq!(port, eu_west_1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    demo.interrupt();
     let (code, text) = demo.finish().await;
     assert_eq!(code, Some(0), "the verdict, not the interruption: {text}");
     assert!(text.contains("Every server stopped"), "{text}");
@@ -253,11 +258,7 @@ async fn ctrl_c_in_the_middle_stops_every_server() {
     .unwrap();
     let running = servers_under(dir.path());
     assert!(running.len() >= 5, "{running:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    demo.interrupt();
     let (code, text) = demo.finish().await;
     assert_eq!(code, Some(130), "{text}");
     assert!(text.contains("interrupted: every server stopped"), "{text}");
