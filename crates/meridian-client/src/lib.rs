@@ -18,6 +18,11 @@
 //! read-only and serializable modes and serialization-failure retries, and
 //! [`PoolManager::health`] / [`PoolManager::stats`] for `/health` and `/metrics`.
 //!
+//! Closures given to the helpers take the connection (or transaction) and return a boxed
+//! future, `|conn| Box::pin(async move { ... })`, as sqlx's own `Connection::transaction`
+//! does: a boxed `Send` future keeps the helpers usable from spawned tasks and web handlers,
+//! which async closures borrowing their argument cannot promise today.
+//!
 //! The decisions (which node, whether to retry, the breaker's state) are pure functions in
 //! `meridian-core` (`balance`, `retry`, `breaker`), shared with Meridian's proxy.
 //!
@@ -27,18 +32,22 @@
 //!
 //! let db = PoolManager::from_env().await?; // DATABASE_URL, DATABASE_REPLICA_URL(S)
 //! let written = db
-//!     .write(TxOptions::new(), async |tx| {
-//!         Ok(sqlx::query_scalar::<_, i64>("INSERT INTO notes (body) VALUES ('hi') RETURNING id")
-//!             .fetch_one(&mut **tx)
-//!             .await?)
+//!     .write(TxOptions::new(), |tx| {
+//!         Box::pin(async move {
+//!             Ok(sqlx::query_scalar::<_, i64>("INSERT INTO notes (body) VALUES ('hi') RETURNING id")
+//!                 .fetch_one(&mut **tx)
+//!                 .await?)
+//!         })
 //!     })
 //!     .await?;
 //! let body: String = db
-//!     .retry(QueryIntent::ReadAfter(written.token), async |conn| {
-//!         Ok(sqlx::query_scalar("SELECT body FROM notes WHERE id = $1")
-//!             .bind(written.value)
-//!             .fetch_one(conn)
-//!             .await?)
+//!     .retry(QueryIntent::ReadAfter(written.token), |conn| {
+//!         Box::pin(async move {
+//!             Ok(sqlx::query_scalar("SELECT body FROM notes WHERE id = $1")
+//!                 .bind(written.value)
+//!                 .fetch_one(conn)
+//!                 .await?)
+//!         })
 //!     })
 //!     .await?;
 //! # Ok(()) }
@@ -54,6 +63,8 @@ mod options;
 mod transaction;
 
 pub use error::{Error, Result};
+/// The future the helpers' closures return: boxed and `Send`.
+pub use futures::future::BoxFuture;
 pub use health::{Health, NodeHealth, NodeStats, PoolStats, Stats};
 pub use intent::{QueryIntent, WalToken};
 pub use manager::{PoolManager, Written};

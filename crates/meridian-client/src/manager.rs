@@ -13,6 +13,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, PgTransaction};
 use tokio::sync::{Notify, watch};
 
+use crate::BoxFuture;
 use crate::error::{Error, Result};
 use crate::intent::{QueryIntent, WalToken};
 use crate::monitor;
@@ -313,10 +314,12 @@ impl PoolManager {
     /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
     /// use meridian_client::QueryIntent;
     /// let name: String = db
-    ///     .run(QueryIntent::Read, async |conn| {
-    ///         Ok(sqlx::query_scalar("SELECT name FROM users WHERE id = 1")
-    ///             .fetch_one(conn)
-    ///             .await?)
+    ///     .run(QueryIntent::Read, |conn| {
+    ///         Box::pin(async move {
+    ///             Ok(sqlx::query_scalar("SELECT name FROM users WHERE id = 1")
+    ///                 .fetch_one(conn)
+    ///                 .await?)
+    ///         })
     ///     })
     ///     .await?;
     /// # Ok(()) }
@@ -324,7 +327,7 @@ impl PoolManager {
     pub async fn run<T>(
         &self,
         intent: QueryIntent,
-        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
+        f: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T>>,
     ) -> Result<T> {
         let (index, admission) = self.route(intent)?;
         let node = &self.shared.nodes[index];
@@ -350,10 +353,12 @@ impl PoolManager {
     /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
     /// use meridian_client::QueryIntent;
     /// let total: i64 = db
-    ///     .retry(QueryIntent::Read, async |conn| {
-    ///         Ok(sqlx::query_scalar("SELECT sum(amount)::bigint FROM transactions")
-    ///             .fetch_one(conn)
-    ///             .await?)
+    ///     .retry(QueryIntent::Read, |conn| {
+    ///         Box::pin(async move {
+    ///             Ok(sqlx::query_scalar("SELECT sum(amount)::bigint FROM transactions")
+    ///                 .fetch_one(conn)
+    ///                 .await?)
+    ///         })
     ///     })
     ///     .await?;
     /// # Ok(()) }
@@ -361,7 +366,7 @@ impl PoolManager {
     pub async fn retry<T>(
         &self,
         intent: QueryIntent,
-        f: impl AsyncFnMut(&mut PgConnection) -> Result<T>,
+        f: impl for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T>>,
     ) -> Result<T> {
         self.retrying(intent, false, f).await
     }
@@ -371,7 +376,7 @@ impl PoolManager {
     pub async fn retry_idempotent<T>(
         &self,
         intent: QueryIntent,
-        f: impl AsyncFnMut(&mut PgConnection) -> Result<T>,
+        f: impl for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T>>,
     ) -> Result<T> {
         self.retrying(intent, true, f).await
     }
@@ -380,7 +385,7 @@ impl PoolManager {
         &self,
         intent: QueryIntent,
         idempotent: bool,
-        mut f: impl AsyncFnMut(&mut PgConnection) -> Result<T>,
+        mut f: impl for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T>>,
     ) -> Result<T> {
         let operation = match intent {
             QueryIntent::Write => Operation::Write { idempotent },
@@ -388,7 +393,7 @@ impl PoolManager {
         };
         let mut attempt = 0;
         loop {
-            let result = self.run(intent, async |conn| f(conn).await).await;
+            let result = self.run(intent, |conn| f(conn)).await;
             match self.after_failure(&result, operation, attempt) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => return result,
@@ -434,14 +439,16 @@ impl PoolManager {
     /// ```no_run
     /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
     /// use meridian_client::TxOptions;
-    /// db.transaction(TxOptions::new().serializable().retry(), async |tx| {
-    ///     sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
-    ///         .execute(&mut **tx)
-    ///         .await?;
-    ///     sqlx::query("UPDATE accounts SET balance = balance + 10 WHERE id = 2")
-    ///         .execute(&mut **tx)
-    ///         .await?;
-    ///     Ok(())
+    /// db.transaction(TxOptions::new().serializable().retry(), |tx| {
+    ///     Box::pin(async move {
+    ///         sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+    ///             .execute(&mut **tx)
+    ///             .await?;
+    ///         sqlx::query("UPDATE accounts SET balance = balance + 10 WHERE id = 2")
+    ///             .execute(&mut **tx)
+    ///             .await?;
+    ///         Ok(())
+    ///     })
     /// })
     /// .await?;
     /// # Ok(()) }
@@ -449,7 +456,7 @@ impl PoolManager {
     pub async fn transaction<T>(
         &self,
         options: TxOptions,
-        f: impl AsyncFnMut(&mut PgTransaction<'static>) -> Result<T>,
+        f: impl for<'t> FnMut(&'t mut PgTransaction<'static>) -> BoxFuture<'t, Result<T>>,
     ) -> Result<T> {
         self.transaction_on(options, f)
             .await
@@ -464,18 +471,22 @@ impl PoolManager {
     /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
     /// use meridian_client::{QueryIntent, TxOptions};
     /// let written = db
-    ///     .write(TxOptions::new(), async |tx| {
-    ///         Ok(sqlx::query_scalar::<_, i64>("INSERT INTO notes (body) VALUES ('hi') RETURNING id")
-    ///             .fetch_one(&mut **tx)
-    ///             .await?)
+    ///     .write(TxOptions::new(), |tx| {
+    ///         Box::pin(async move {
+    ///             Ok(sqlx::query_scalar::<_, i64>("INSERT INTO notes (body) VALUES ('hi') RETURNING id")
+    ///                 .fetch_one(&mut **tx)
+    ///                 .await?)
+    ///         })
     ///     })
     ///     .await?;
     /// let body: String = db
-    ///     .run(QueryIntent::ReadAfter(written.token), async |conn| {
-    ///         Ok(sqlx::query_scalar("SELECT body FROM notes WHERE id = $1")
-    ///             .bind(written.value)
-    ///             .fetch_one(conn)
-    ///             .await?)
+    ///     .run(QueryIntent::ReadAfter(written.token), |conn| {
+    ///         Box::pin(async move {
+    ///             Ok(sqlx::query_scalar("SELECT body FROM notes WHERE id = $1")
+    ///                 .bind(written.value)
+    ///                 .fetch_one(conn)
+    ///                 .await?)
+    ///         })
     ///     })
     ///     .await?;
     /// # Ok(()) }
@@ -483,7 +494,7 @@ impl PoolManager {
     pub async fn write<T>(
         &self,
         options: TxOptions,
-        f: impl AsyncFnMut(&mut PgTransaction<'static>) -> Result<T>,
+        f: impl for<'t> FnMut(&'t mut PgTransaction<'static>) -> BoxFuture<'t, Result<T>>,
     ) -> Result<Written<T>> {
         let (value, index) = self.transaction_on(options.writable(), f).await?;
         // After the commit returned, the insert position is past the commit record. Should the
@@ -501,7 +512,7 @@ impl PoolManager {
     async fn transaction_on<T>(
         &self,
         options: TxOptions,
-        mut f: impl AsyncFnMut(&mut PgTransaction<'static>) -> Result<T>,
+        mut f: impl for<'t> FnMut(&'t mut PgTransaction<'static>) -> BoxFuture<'t, Result<T>>,
     ) -> Result<(T, usize)> {
         let intent = options.intent();
         let operation = Operation::Write { idempotent: false };
@@ -531,7 +542,7 @@ impl PoolManager {
         &self,
         index: usize,
         options: TxOptions,
-        f: &mut impl AsyncFnMut(&mut PgTransaction<'static>) -> Result<T>,
+        f: &mut impl for<'t> FnMut(&'t mut PgTransaction<'static>) -> BoxFuture<'t, Result<T>>,
     ) -> Result<T> {
         let node = &self.shared.nodes[index];
         let mut tx = node

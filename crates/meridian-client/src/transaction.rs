@@ -2,6 +2,7 @@
 
 use sqlx::{Acquire, PgTransaction};
 
+use crate::BoxFuture;
 use crate::error::Result;
 use crate::intent::QueryIntent;
 
@@ -101,22 +102,28 @@ impl TxOptions {
 /// ```no_run
 /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
 /// use meridian_client::{TxOptions, savepoint};
-/// db.transaction(TxOptions::new(), async |tx| {
-///     sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut **tx).await?;
-///     // A failed optional step does not lose the order.
-///     let _ = savepoint(tx, async |sp| {
-///         sqlx::query("INSERT INTO coupons (order_id) VALUES (1)").execute(&mut **sp).await?;
+/// db.transaction(TxOptions::new(), |tx| {
+///     Box::pin(async move {
+///         sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut **tx).await?;
+///         // A failed optional step does not lose the order.
+///         let _ = savepoint(tx, |sp| {
+///             Box::pin(async move {
+///                 sqlx::query("INSERT INTO coupons (order_id) VALUES (1)")
+///                     .execute(&mut **sp)
+///                     .await?;
+///                 Ok(())
+///             })
+///         })
+///         .await;
 ///         Ok(())
 ///     })
-///     .await;
-///     Ok(())
 /// })
 /// .await?;
 /// # Ok(()) }
 /// ```
 pub async fn savepoint<T>(
     tx: &mut PgTransaction<'_>,
-    f: impl AsyncFnOnce(&mut PgTransaction<'_>) -> Result<T>,
+    f: impl for<'s, 'x> FnOnce(&'s mut PgTransaction<'x>) -> BoxFuture<'s, Result<T>>,
 ) -> Result<T> {
     let mut inner = tx.begin().await?;
     match f(&mut inner).await {

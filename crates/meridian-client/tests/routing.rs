@@ -41,10 +41,12 @@ async fn writes_run_on_the_primary_and_reads_share_the_replicas() {
     assert_eq!(port, i32::from(primary));
     assert_eq!(db.replicas().len(), 2);
     let in_recovery = db
-        .transaction(TxOptions::new().read_only(), async |tx| {
-            Ok(sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-                .fetch_one(&mut **tx)
-                .await?)
+        .transaction(TxOptions::new().read_only(), |tx| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut **tx)
+                    .await?)
+            })
         })
         .await
         .unwrap();
@@ -57,7 +59,10 @@ async fn writes_run_on_the_primary_and_reads_share_the_replicas() {
     );
     assert_eq!(health.http_status(), 200);
     let shown = format!("{db:?}");
-    assert!(shown.contains(&format!("127.0.0.1:{primary}/postgres")), "{shown}");
+    assert!(
+        shown.contains(&format!("127.0.0.1:{primary}/postgres")),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -93,7 +98,10 @@ async fn reads_leave_a_dead_replica_and_fall_back_to_the_primary_when_none_is_le
     assert_eq!((health.status, health.http_status()), ("degraded", 200));
     // Once detected, no read fails and none reaches the dead one.
     for _ in 0..10 {
-        assert_eq!(served_by(&db, QueryIntent::Read).await.unwrap(), second.port());
+        assert_eq!(
+            served_by(&db, QueryIntent::Read).await.unwrap(),
+            second.port()
+        );
     }
 
     second.kill();
@@ -114,7 +122,10 @@ async fn reads_leave_a_dead_replica_and_fall_back_to_the_primary_when_none_is_le
     assert_eq!(json["db_primary"], "connected");
     assert!(db.stats().read_fallbacks >= 10);
     let metrics = db.stats().prometheus();
-    assert!(metrics.contains("meridian_client_read_fallbacks_total"), "{metrics}");
+    assert!(
+        metrics.contains("meridian_client_read_fallbacks_total"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(&format!(
             "meridian_client_up{{node=\"127.0.0.1:{}/postgres\",role=\"replica\"}} 0",
@@ -129,11 +140,13 @@ async fn after_a_promotion_writes_resume_on_the_new_primary_without_a_restart() 
     let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
     let db = manager(&cluster).await;
     let (old, new) = (cluster.primary(), &cluster.replicas()[0]);
-    db.run(QueryIntent::Write, async |conn| {
-        sqlx::query("CREATE TABLE t (id int PRIMARY KEY)")
-            .execute(conn)
-            .await?;
-        Ok(())
+    db.run(QueryIntent::Write, |conn| {
+        Box::pin(async move {
+            sqlx::query("CREATE TABLE t (id int PRIMARY KEY)")
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
     })
     .await
     .unwrap();
@@ -144,12 +157,16 @@ async fn after_a_promotion_writes_resume_on_the_new_primary_without_a_restart() 
     // Writes fail only while the change is unseen; `retry` rides over that window (a write
     // refused for want of a primary, or whose connection could not open, never ran).
     let landed_on = db
-        .retry(QueryIntent::Write, async |conn| {
-            sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *conn).await?;
-            let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
-                .fetch_one(conn)
-                .await?;
-            Ok(port)
+        .retry(QueryIntent::Write, |conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO t VALUES (1)")
+                    .execute(&mut *conn)
+                    .await?;
+                let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+                    .fetch_one(conn)
+                    .await?;
+                Ok(port)
+            })
         })
         .await;
     let landed_on = match landed_on {
@@ -164,9 +181,13 @@ async fn after_a_promotion_writes_resume_on_the_new_primary_without_a_restart() 
             })
             .await
             .unwrap();
-            db.run(QueryIntent::Write, async |conn| {
-                sqlx::query("INSERT INTO t VALUES (1)").execute(conn).await?;
-                Ok(())
+            db.run(QueryIntent::Write, |conn| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO t VALUES (1)")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
             })
             .await
             .unwrap();
@@ -174,9 +195,15 @@ async fn after_a_promotion_writes_resume_on_the_new_primary_without_a_restart() 
         }
     };
     assert_eq!(landed_on, i32::from(new.port()));
-    assert_eq!(served_by(&db, QueryIntent::Write).await.unwrap(), new.port());
     assert_eq!(
-        new.query_one("SELECT count(*) FROM t").await.unwrap().as_deref(),
+        served_by(&db, QueryIntent::Write).await.unwrap(),
+        new.port()
+    );
+    assert_eq!(
+        new.query_one("SELECT count(*) FROM t")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("1")
     );
     // With the old primary gone and the new one the only node, reads use it too.
@@ -197,7 +224,10 @@ async fn writes_without_a_primary_fail_fast_with_a_retryable_error() {
     let error = served_by(&db, QueryIntent::Write).await.unwrap_err();
     assert!(matches!(error, Error::Unavailable { .. }), "{error}");
     assert!(error.is_retryable());
-    assert!(error.to_string().contains("no reachable primary"), "{error}");
+    assert!(
+        error.to_string().contains("no reachable primary"),
+        "{error}"
+    );
     // Reads go on on the replica.
     assert_eq!(
         served_by(&db, QueryIntent::Read).await.unwrap(),

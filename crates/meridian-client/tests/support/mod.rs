@@ -46,11 +46,13 @@ pub async fn manager(cluster: &TestCluster) -> PoolManager {
 
 /// The port of the server that ran a query for `intent` (as the server reports it).
 pub async fn served_by(db: &PoolManager, intent: QueryIntent) -> meridian_client::Result<u16> {
-    db.run(intent, async |conn| {
-        let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
-            .fetch_one(conn)
-            .await?;
-        Ok(u16::try_from(port).expect("a port"))
+    db.run(intent, |conn| {
+        Box::pin(async move {
+            let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+                .fetch_one(conn)
+                .await?;
+            Ok(u16::try_from(port).expect("a port"))
+        })
     })
     .await
 }
