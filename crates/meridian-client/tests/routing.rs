@@ -235,3 +235,29 @@ async fn writes_without_a_primary_fail_fast_with_a_retryable_error() {
     );
     assert_eq!(db.health().http_status(), 503);
 }
+
+#[tokio::test]
+async fn a_replica_that_comes_back_is_reconnected_and_serves_reads_again() {
+    let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
+    let db = manager(&cluster).await;
+    let (primary, replica) = (cluster.primary().port(), &cluster.replicas()[0]);
+    assert_eq!(served_by(&db, QueryIntent::Read).await.unwrap(), replica.port());
+
+    replica.kill();
+    wait_until(TIMEOUT, "reads to leave the dead replica", || async {
+        let port = served_by(&db, QueryIntent::Read).await;
+        Check::when(matches!(port, Ok(p) if p == primary), (), port)
+    })
+    .await
+    .unwrap();
+    // The monitor keeps trying on its backoff; the pool's dead connections are replaced.
+    replica.start().await.unwrap();
+    wait_until(TIMEOUT, "reads back on the restarted replica", || async {
+        let port = served_by(&db, QueryIntent::Read).await;
+        Check::when(matches!(port, Ok(p) if p == replica.port()), (), port)
+    })
+    .await
+    .unwrap();
+    let health = db.health();
+    assert_eq!(health.status, "healthy", "{health:?}");
+}
