@@ -29,6 +29,9 @@ pub struct Health {
     pub db_primary: &'static str,
     /// `connected`, `disconnected`, or `null` without replicas.
     pub db_replica: Option<&'static str>,
+    /// Where the roles come from: `checks` (the client's own) or `control_plane` (a Meridian
+    /// control plane's view, while it answers).
+    pub roles_from: &'static str,
     /// Every node.
     pub nodes: Vec<NodeHealth>,
 }
@@ -275,6 +278,11 @@ impl PoolManager {
                 "disconnected"
             },
             db_replica,
+            roles_from: if shared.control_plane_fresh() {
+                "control_plane"
+            } else {
+                "checks"
+            },
             nodes,
         }
     }

@@ -241,7 +241,10 @@ async fn a_replica_that_comes_back_is_reconnected_and_serves_reads_again() {
     let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
     let db = manager(&cluster).await;
     let (primary, replica) = (cluster.primary().port(), &cluster.replicas()[0]);
-    assert_eq!(served_by(&db, QueryIntent::Read).await.unwrap(), replica.port());
+    assert_eq!(
+        served_by(&db, QueryIntent::Read).await.unwrap(),
+        replica.port()
+    );
 
     replica.kill();
     wait_until(TIMEOUT, "reads to leave the dead replica", || async {
