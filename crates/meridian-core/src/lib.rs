@@ -10,6 +10,7 @@ pub mod balance;
 pub mod breaker;
 pub mod candidates;
 pub mod classify;
+pub mod coordination;
 pub mod failover;
 pub mod health;
 pub mod lag;
