@@ -24,6 +24,9 @@ use crate::node::Node;
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() \
      THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text";
 
+/// Least time between two checks of a node that queries asked for.
+const MIN_SPACING: Duration = Duration::from_millis(20);
+
 /// What one check found.
 #[derive(Debug)]
 struct Found {
@@ -87,6 +90,9 @@ fn apply(shared: &Shared, node: &Node, found: Result<Found, String>) {
             observed.reachable = false;
             observed.failures += 1;
             observed.last_error = Some(error);
+            drop(observed);
+            // Acquisitions waiting on it give up now rather than at their timeout.
+            node.down.notify_waiters();
         }
     }
 }
@@ -131,9 +137,13 @@ pub(crate) async fn watch_node(
             0 => shared.options.check_interval,
             n => shared.options.reconnect.delay(n - 1, rand::random::<f64>()),
         };
+        let checked = tokio::time::Instant::now();
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = node.check_now.notified() => {}
+            () = node.check_now.notified() => {
+                // Queries failing in a burst ask for many checks: one per MIN_SPACING will do.
+                tokio::time::sleep_until(checked + MIN_SPACING).await;
+            }
             _ = stop.changed() => return,
         }
         let found = check(&shared, node, &mut conn).await;

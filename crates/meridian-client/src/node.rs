@@ -54,6 +54,8 @@ pub(crate) struct Node {
     pub(crate) breaker: Mutex<Breaker>,
     /// Wakes the monitor for an immediate check (a query just failed on this node).
     pub(crate) check_now: Notify,
+    /// Notified (to every waiter) when a check finds the node unreachable.
+    pub(crate) down: Notify,
     /// Queries routed here.
     pub(crate) routed: AtomicU64,
     /// Queries that failed because of the node (connection lost, refused, shutting down).

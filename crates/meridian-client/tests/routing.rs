@@ -264,3 +264,44 @@ async fn a_replica_that_comes_back_is_reconnected_and_serves_reads_again() {
     let health = db.health();
     assert_eq!(health.status, "healthy", "{health:?}");
 }
+
+#[tokio::test]
+async fn a_read_sent_to_a_replica_that_just_died_moves_on_without_waiting_for_the_pool() {
+    let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
+    // A pool that would wait 60 s for a connection: only the monitor can cut that short.
+    let mut options = meridian_client::Options::default();
+    options.acquire_timeout = std::time::Duration::from_secs(60);
+    let db = support::fast(
+        meridian_client::PoolManager::builder()
+            .options(options)
+            .primary(cluster.primary().url())
+            .replica(cluster.replicas()[0].url()),
+    )
+    .build()
+    .await
+    .unwrap();
+    assert_eq!(
+        served_by(&db, QueryIntent::Read).await.unwrap(),
+        cluster.replicas()[0].port()
+    );
+    cluster.replicas()[0].kill();
+    let started = std::time::Instant::now();
+    let port = db
+        .retry(QueryIntent::Read, |conn| {
+            Box::pin(async move {
+                let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+                    .fetch_one(conn)
+                    .await?;
+                Ok(port)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(port, i32::from(cluster.primary().port()));
+    // A generous bound, far below the pool's 60 s: the read did not wait for sqlx.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
