@@ -186,7 +186,11 @@ mod tests {
         let mut f = Fence::new(ttl, Duration::from_millis(250));
         assert_eq!(f.routing(Timestamp(0)), Routing::Fenced, "no lease yet");
         f.renewed(Timestamp(1000));
-        assert_eq!(f.routing(Timestamp(1001)), Routing::Fenced, "view not read yet");
+        assert_eq!(
+            f.routing(Timestamp(1001)),
+            Routing::Fenced,
+            "view not read yet"
+        );
         f.view_read();
         assert_eq!(f.routing(Timestamp(1001)), Routing::All);
         // Renewals keep it going; an older answer arriving late changes nothing.
