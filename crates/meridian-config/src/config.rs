@@ -57,6 +57,35 @@ pub struct Config {
     /// `admin_token` too; the load-balancer checks (`/health`, `/primary`, `/replica`,
     /// `/liveness`, `/readiness`) stay open. Only `true` with an `admin_token`.
     pub admin_protect_reads: bool,
+    /// Coordination of several Meridian instances through etcd; `None` = one instance on its
+    /// embedded store.
+    pub coordination: Option<CoordinationConfig>,
+}
+
+/// `[coordination]`: several Meridian instances, one etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoordinationConfig {
+    /// etcd client endpoints, `http://host:port` or `https://host:port`; never empty.
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd (one per cluster), without a trailing `/`.
+    pub prefix: String,
+    /// This instance's id among the cluster's instances; `None` = `<host name>:<listen port>`,
+    /// resolved at start.
+    pub instance: Option<String>,
+    /// TTL of this instance's etcd lease: how long a dead leader goes unnoticed, and how long
+    /// a proxy cut off from etcd keeps routing writes.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// etcd user, when etcd has authentication on.
+    pub user: Option<String>,
+    /// Its password.
+    pub password: Option<Secret>,
+    /// CA certificate to verify `https://` endpoints with.
+    #[serde(serialize_with = "optional_path")]
+    pub ca_cert: Option<PathBuf>,
+    /// A proxy fenced off from etcd keeps routing reads (to replicas); `false` = it routes
+    /// nothing until its session is back.
+    pub reads_when_fenced: bool,
 }
 
 /// `[failover]`: detection, promotion and rejoin.

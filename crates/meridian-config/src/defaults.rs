@@ -50,3 +50,8 @@ pub(crate) const RECEIVER_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) const MAX_LAG_ON_FAILOVER: i64 = 16 * 1024 * 1024;
 pub(crate) const MIN_FAILOVER_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `coordination.prefix`.
+pub(crate) const ETCD_PREFIX: &str = "/meridian/default";
+/// `coordination.lease_ttl`.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(5);

@@ -350,6 +350,57 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
             Ok(())
         },
     },
+    EnvOverride {
+        variable: "MERIDIAN_ETCD",
+        field: "coordination.etcd",
+        description: "etcd endpoints, comma-separated (turns coordination of several instances on)",
+        apply: |raw, value| {
+            raw.coordination.get_or_insert_default().etcd = value
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_ETCD_PREFIX",
+        field: "coordination.prefix",
+        description: "this cluster's key prefix in etcd (default /meridian/default)",
+        apply: |raw, value| {
+            raw.coordination.get_or_insert_default().prefix = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_INSTANCE",
+        field: "coordination.instance",
+        description: "this instance's id among the cluster's (default <host name>:<listen port>)",
+        apply: |raw, value| {
+            raw.coordination.get_or_insert_default().instance = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_ETCD_USER",
+        field: "coordination.user",
+        description: "etcd user, when etcd has authentication on",
+        apply: |raw, value| {
+            raw.coordination.get_or_insert_default().user = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_ETCD_PASSWORD",
+        field: "coordination.password",
+        description: "password of coordination.user",
+        apply: |raw, value| {
+            raw.coordination.get_or_insert_default().password =
+                Some(crate::secret::Secret::new(value));
+            Ok(())
+        },
+    },
 ];
 
 /// Applies every set override to `raw`, recording in `origins` which fields they set.
@@ -429,6 +480,8 @@ mod tests {
                 "routing.local_region" => "eu-west",
                 "routing.max_replica_lag_seconds" => "7s",
                 "routing.max_replica_lag_bytes" => "7",
+                "coordination.etcd" => "http://10.0.0.1:2379, http://10.0.0.2:2379",
+                "coordination.prefix" => "/meridian/orders",
                 f if f.ends_with("timeout") || f.ends_with("lifetime") => "7s",
                 f if f.ends_with("size") || f.ends_with("connections") => "7",
                 _ => "some/path",
@@ -476,6 +529,13 @@ mod tests {
                 }
                 "tls.cert" => raw.tls.is_some_and(|tls| tls.cert.is_some()),
                 "tls.key" => raw.tls.is_some_and(|tls| tls.key.is_some()),
+                "coordination.etcd" => raw.coordination.is_some_and(|c| c.etcd.len() == 2),
+                "coordination.prefix" => raw
+                    .coordination
+                    .is_some_and(|c| c.prefix.as_deref() == Some("/meridian/orders")),
+                "coordination.instance" => raw.coordination.is_some_and(|c| c.instance.is_some()),
+                "coordination.user" => raw.coordination.is_some_and(|c| c.user.is_some()),
+                "coordination.password" => raw.coordination.is_some_and(|c| c.password.is_some()),
                 other => panic!("untested override field {other}"),
             };
             assert!(set, "{} did not set {}", entry.variable, entry.field);

@@ -40,6 +40,23 @@ pub(crate) struct RawConfig {
     #[serde(default, deserialize_with = "secret")]
     pub(crate) admin_token: Option<Secret>,
     pub(crate) admin_protect_reads: Option<bool>,
+    pub(crate) coordination: Option<RawCoordination>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCoordination {
+    #[serde(default)]
+    pub(crate) etcd: Vec<String>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) instance: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) lease_ttl: Option<Duration>,
+    pub(crate) user: Option<String>,
+    #[serde(default, deserialize_with = "secret")]
+    pub(crate) password: Option<Secret>,
+    pub(crate) ca_cert: Option<PathBuf>,
+    pub(crate) reads_when_fenced: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -233,6 +250,9 @@ impl RawConfig {
         }
         self.server_tls.root_cert.iter_mut().for_each(resolve);
         self.failover.pg_bin.iter_mut().for_each(resolve);
+        if let Some(coordination) = &mut self.coordination {
+            coordination.ca_cert.iter_mut().for_each(resolve);
+        }
         for region in &mut self.regions {
             for node in &mut region.nodes {
                 node.data_dir.iter_mut().for_each(resolve);

@@ -11,14 +11,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    AuthMethod, Config, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig, PoolMode,
-    PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig, RoutingConfig, ServerTlsConfig,
-    ServerTlsMode, TlsConfig, UserConfig,
+    AuthMethod, Config, CoordinationConfig, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig,
+    PoolMode, PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig, RoutingConfig,
+    ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
 };
 use crate::defaults;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::file::{
-    RawConfig, RawFailover, RawMonitor, RawNode, RawPool, RawProxy, RawRegion, RawRouting, RawUser,
+    RawConfig, RawCoordination, RawFailover, RawMonitor, RawNode, RawPool, RawProxy, RawRegion,
+    RawRouting, RawUser,
 };
 use crate::origin::Origins;
 use crate::secret::PasswordSpec;
@@ -73,10 +74,12 @@ pub(crate) fn validate(
              admin_protect_reads off",
         );
     }
+    let coordination = raw.coordination.map(|raw| check.coordination(raw));
     if !check.errors.is_empty() {
         return Err(ConfigErrors(check.errors));
     }
     Ok(Config {
+        coordination,
         listen: listen.unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
         admin_listen: admin_listen
             .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("valid default")),
@@ -296,6 +299,89 @@ impl Checker<'_> {
             error_rate_warning,
             error_rate_critical,
             history_retention,
+        }
+    }
+
+    fn coordination(&mut self, raw: RawCoordination) -> CoordinationConfig {
+        if raw.etcd.is_empty() {
+            self.fail(
+                "coordination.etcd",
+                Some("[]".to_owned()),
+                "needs at least one etcd endpoint, e.g. [\"http://10.0.0.5:2379\"]; remove \
+                 [coordination] to run a single instance on its embedded store",
+            );
+        }
+        for endpoint in &raw.etcd {
+            let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+            let host = endpoint
+                .split_once("://")
+                .map(|(_, rest)| rest)
+                .unwrap_or("");
+            if !scheme_ok || host.is_empty() || host.contains('/') || host.contains('@') {
+                self.fail(
+                    "coordination.etcd",
+                    // An endpoint written with credentials must not echo them.
+                    Some(if endpoint.contains('@') {
+                        format!("{:?}", crate::redact_url(endpoint))
+                    } else {
+                        format!("{endpoint:?}")
+                    }),
+                    "each endpoint must be http://host:port or https://host:port, with no path \
+                     and no credentials (set coordination.user and coordination.password)",
+                );
+            }
+        }
+        let prefix = raw
+            .prefix
+            .unwrap_or_else(|| defaults::ETCD_PREFIX.to_owned());
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            self.fail(
+                "coordination.prefix",
+                Some(format!("{prefix:?}")),
+                "must be a key path such as \"/meridian/orders\" (one per cluster)",
+            );
+        }
+        let instance = raw.instance.filter(|i| !i.trim().is_empty());
+        if let Some(instance) = &instance
+            && !instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            self.fail(
+                "coordination.instance",
+                Some(format!("{instance:?}")),
+                "may hold letters, digits and - _ . : only (it becomes part of etcd keys)",
+            );
+        }
+        let lease_ttl = raw.lease_ttl.unwrap_or(defaults::LEASE_TTL);
+        if lease_ttl < std::time::Duration::from_secs(2) {
+            self.fail(
+                "coordination.lease_ttl",
+                Some(format!(
+                    "{:?}",
+                    humantime::format_duration(lease_ttl).to_string()
+                )),
+                "must be at least 2s (etcd grants whole seconds, and a proxy stops writes a \
+                 margin before its lease can expire)",
+            );
+        }
+        if raw.password.is_some() && raw.user.is_none() {
+            self.fail(
+                "coordination.password",
+                None,
+                "needs coordination.user (the etcd user the password belongs to)",
+            );
+        }
+        CoordinationConfig {
+            etcd: raw.etcd,
+            prefix,
+            instance,
+            lease_ttl,
+            user: raw.user,
+            password: raw.password,
+            ca_cert: raw.ca_cert,
+            reads_when_fenced: raw.reads_when_fenced.unwrap_or(true),
         }
     }
 
@@ -1513,6 +1599,60 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors.iter().all(|e| !e.contains("s3cret")), "{errors:?}");
+    }
+
+    #[test]
+    fn coordination_is_off_by_default_and_checked_when_on() {
+        assert_eq!(load(NODE).coordination, None);
+        let config = load(&format!(
+            "[coordination]\netcd = [\"http://10.0.0.1:2379\", \"https://etcd.internal:2379\"]\n{NODE}"
+        ));
+        let c = config.coordination.expect("on");
+        assert_eq!(c.prefix, "/meridian/default");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.instance, None);
+        assert!(c.reads_when_fenced);
+        let c = load_with(
+            NODE,
+            &[
+                ("MERIDIAN_ETCD", "http://a:2379"),
+                ("MERIDIAN_INSTANCE", "edge-1"),
+            ],
+        )
+        .unwrap()
+        .coordination
+        .expect("on from the environment");
+        assert_eq!(
+            (c.etcd, c.instance.as_deref()),
+            (vec!["http://a:2379".to_owned()], Some("edge-1"))
+        );
+
+        let errors = errors_of(&format!(
+            "[coordination]\netcd = [\"http://u:hunter2@h:1\"]\n{NODE}"
+        ));
+        assert!(
+            find(&errors, "coordination.etcd").contains("no credentials"),
+            "{errors:?}"
+        );
+        assert!(errors.iter().all(|e| !e.contains("hunter2")), "{errors:?}");
+        let errors = errors_of(&format!(
+            "[coordination]\netcd = [\"10.0.0.1:2379\"]\n{NODE}"
+        ));
+        assert!(
+            find(&errors, "coordination.etcd").contains("\"10.0.0.1:2379\""),
+            "{errors:?}"
+        );
+        let errors = errors_of(&format!(
+            "[coordination]\netcd = [\"http://h:1\"]\nprefix = \"meridian\"\n\
+             instance = \"a b\"\nlease_ttl = \"1s\"\npassword = \"s3cret\"\n{NODE}"
+        ));
+        assert!(find(&errors, "coordination.prefix").contains("key path"));
+        assert!(find(&errors, "coordination.instance").contains("letters, digits"));
+        assert!(find(&errors, "coordination.lease_ttl").contains("at least 2s"));
+        assert!(find(&errors, "coordination.password").contains("needs coordination.user"));
+        assert!(errors.iter().all(|e| !e.contains("s3cret")), "{errors:?}");
+        let errors = errors_of(&format!("[coordination]\n{NODE}"));
+        assert!(find(&errors, "coordination.etcd").contains("at least one etcd endpoint"));
     }
 
     #[test]

@@ -208,6 +208,11 @@ fn the_override_table_lists_every_variable() {
             "MERIDIAN_SERVER_TLS_MODE",
             "MERIDIAN_TLS_CERT",
             "MERIDIAN_TLS_KEY",
+            "MERIDIAN_ETCD",
+            "MERIDIAN_ETCD_PREFIX",
+            "MERIDIAN_INSTANCE",
+            "MERIDIAN_ETCD_USER",
+            "MERIDIAN_ETCD_PASSWORD",
         ]
     );
     assert!(

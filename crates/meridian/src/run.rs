@@ -87,6 +87,13 @@ impl std::fmt::Debug for Running {
 /// Starts Meridian for `config` on the current runtime (the data plane gets a thread of its
 /// own) and returns once every node has been probed once and both listeners accept.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    if config.coordination.is_some() {
+        // Accepting the section and running alone would be two leaders waiting to happen.
+        anyhow::bail!(
+            "[coordination] (several instances through etcd) is not supported by this build yet; \
+             remove it to run a single instance"
+        );
+    }
     let settings = ProxySettings::from_config(&config).context("cannot prepare the proxy")?;
     let credentials = Credentials::from_config(&config).context(
         "no credentials for the monitor: set [monitor] user (and password), or add a [[users]] entry",
