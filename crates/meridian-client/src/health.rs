@@ -75,12 +75,28 @@ pub struct PoolStats {
 
 impl Health {
     /// 200 when healthy or degraded, 503 when unhealthy: what a `/health` endpoint answers.
+    ///
+    /// ```no_run
+    /// # fn f(db: meridian_client::PoolManager) {
+    /// let health = db.health();
+    /// let body = serde_json::to_string(&health).unwrap();
+    /// let status = health.http_status(); // 200 or 503
+    /// # }
+    /// ```
     pub fn http_status(&self) -> u16 {
         if self.status == "unhealthy" { 503 } else { 200 }
     }
 }
 
 /// Counters and gauges for metrics.
+///
+/// ```no_run
+/// # fn f(db: meridian_client::PoolManager) {
+/// let stats = db.stats();
+/// let text = stats.prometheus(); // serve it at /metrics
+/// let on_replicas: u64 = stats.nodes.iter().filter(|n| n.role == "replica").map(|n| n.routed).sum();
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
@@ -287,7 +303,7 @@ impl PoolManager {
         }
     }
 
-    /// Counters and gauges, for metrics.
+    /// Counters and gauges, for metrics (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let shared = self.shared();
         let now = shared.now();

@@ -136,7 +136,15 @@ pub struct PoolManager {
     _tasks: Arc<Tasks>,
 }
 
-/// A transaction's value and the primary's WAL position after its commit.
+/// A transaction's value and the primary's WAL position after its commit, as returned by
+/// [`PoolManager::write`].
+///
+/// ```
+/// use meridian_client::{QueryIntent, Written};
+/// fn read_back<T>(written: &Written<T>) -> QueryIntent {
+///     QueryIntent::ReadAfter(written.token)
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written<T> {
     /// What the transaction returned.
@@ -260,7 +268,15 @@ impl PoolManager {
         Ok(self.shared.nodes[choice.node].pool.clone())
     }
 
-    /// The current primary's pool.
+    /// The current primary's pool (for migrations, say).
+    ///
+    /// ```no_run
+    /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
+    /// sqlx::raw_sql("CREATE TABLE IF NOT EXISTS notes (id bigint PRIMARY KEY)")
+    ///     .execute(&db.primary()?)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn primary(&self) -> Result<PgPool> {
         let states = self.shared.states(self.shared.now());
         let choice = self.shared.choose(&states, QueryIntent::Write)?;
@@ -268,6 +284,12 @@ impl PoolManager {
     }
 
     /// The pools of the nodes last seen as reachable replicas.
+    ///
+    /// ```no_run
+    /// # fn f(db: meridian_client::PoolManager) {
+    /// let idle: usize = db.replicas().iter().map(|pool| pool.num_idle()).sum();
+    /// # }
+    /// ```
     pub fn replicas(&self) -> Vec<PgPool> {
         let states = self.shared.states(self.shared.now());
         self.shared
@@ -417,6 +439,21 @@ impl PoolManager {
 
     /// Like [`retry`](PoolManager::retry), for a write declared safe to run twice (an upsert,
     /// an update to an absolute value): it is retried even when its commit is in doubt.
+    ///
+    /// ```no_run
+    /// # async fn f(db: meridian_client::PoolManager) -> meridian_client::Result<()> {
+    /// use meridian_client::QueryIntent;
+    /// db.retry_idempotent(QueryIntent::Write, |conn| {
+    ///     Box::pin(async move {
+    ///         sqlx::query("UPDATE settings SET value = 'on' WHERE name = 'feature'")
+    ///             .execute(conn)
+    ///             .await?;
+    ///         Ok(())
+    ///     })
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn retry_idempotent<T>(
         &self,
         intent: QueryIntent,
@@ -611,7 +648,13 @@ impl PoolManager {
         }
     }
 
-    /// Closes every pool and stops the monitor.
+    /// Closes every pool and stops the monitor (a service's shutdown).
+    ///
+    /// ```no_run
+    /// # async fn f(db: meridian_client::PoolManager) {
+    /// db.close().await;
+    /// # }
+    /// ```
     pub async fn close(&self) {
         let _ = self._tasks.stop.send(true);
         for node in &self.shared.nodes {

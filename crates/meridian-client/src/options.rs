@@ -13,6 +13,17 @@ use sqlx::postgres::PgConnectOptions;
 use crate::error::{Error, Result};
 
 /// Settings shared by every node. `Default` gives the original design's values.
+///
+/// ```
+/// use std::time::Duration;
+/// use meridian_client::{Options, Strategy};
+/// let mut options = Options::default();
+/// assert_eq!(options.max_connections, 10);
+/// assert_eq!(options.reconnect.initial, Duration::from_secs(2));
+/// options.strategy = Strategy::LowestLatency;
+/// options.acquire_timeout = Duration::from_secs(2);
+/// let builder = meridian_client::PoolManager::builder().options(options);
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Options {

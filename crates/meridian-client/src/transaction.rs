@@ -7,6 +7,12 @@ use crate::error::Result;
 use crate::intent::QueryIntent;
 
 /// Isolation level of a transaction.
+///
+/// ```
+/// use meridian_client::{Isolation, TxOptions};
+/// let snapshot = TxOptions::new().read_only().isolation(Isolation::RepeatableRead);
+/// assert_eq!(Isolation::default(), Isolation::ReadCommitted);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Isolation {
     /// PostgreSQL's default.
