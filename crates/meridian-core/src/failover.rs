@@ -251,6 +251,18 @@ pub enum Input {
     Command(Command),
     /// Time passes.
     Tick,
+    /// Whether this instance's machine may act (several instances coordinated through etcd:
+    /// only the elected leader's may). An inactive machine observes and publishes but starts
+    /// no failover and refuses commands. Active by default.
+    Leadership(bool),
+    /// The view the previous leader published, to continue from on becoming the leader:
+    /// generations never go back, and the primary it chose stays the primary.
+    Continue {
+        /// Its generation.
+        generation: u64,
+        /// Its primary.
+        primary: Option<NodeId>,
+    },
 }
 
 /// The phase from a run's publication of the new primary to the first write the proxy saw
@@ -445,6 +457,8 @@ pub struct Failover {
     needs_rejoin: BTreeSet<NodeId>,
     next_step: u64,
     next_run: u64,
+    /// This instance leads (or is alone): it may fail over and take commands.
+    active: bool,
 }
 
 /// A summary for operators.
@@ -495,6 +509,7 @@ impl Failover {
             needs_rejoin: BTreeSet::new(),
             next_step: 1,
             next_run: next_run.max(1),
+            active: true,
         }
     }
 
@@ -536,8 +551,61 @@ impl Failover {
             Input::Outcome { step, result } => self.outcome(now, step, result, &mut out),
             Input::Command(command) => self.command(now, command, &mut out),
             Input::Tick => self.tick(now, &mut out),
+            Input::Leadership(active) => {
+                if self.active != active {
+                    self.active = active;
+                    self.suspicion = None;
+                    out.push(Action::Log(
+                        Level::Info,
+                        if active {
+                            "this instance leads: it fails over and takes commands".into()
+                        } else {
+                            "another instance leads: this one only observes".into()
+                        },
+                    ));
+                }
+            }
+            Input::Continue {
+                generation,
+                primary,
+            } => self.continue_from(generation, primary, &mut out),
         }
         out
+    }
+
+    /// Takes over the previous leader's view: its generation (if newer) and its primary.
+    fn continue_from(&mut self, generation: u64, primary: Option<NodeId>, out: &mut Vec<Action>) {
+        if self.run.is_some() {
+            return;
+        }
+        let changed =
+            generation > self.generation || (primary.is_some() && primary != self.primary);
+        self.generation = self.generation.max(generation);
+        if let Some(new) = primary
+            && self.primary != Some(new)
+        {
+            if let Some(old) = self.primary {
+                self.needs_rejoin.insert(old);
+            }
+            self.needs_rejoin.remove(&new);
+            self.primary = Some(new);
+            self.suspicion = None;
+            self.orphaned = None;
+        }
+        self.paused = false;
+        if changed {
+            out.push(Action::Log(
+                Level::Info,
+                format!(
+                    "continuing from the published view: generation {}, primary {}",
+                    self.generation,
+                    self.primary
+                        .map(|p| self.name(p).to_string())
+                        .unwrap_or_else(|| "none".into())
+                ),
+            ));
+        }
+        self.publish(out);
     }
 
     fn spec(&self, node: NodeId) -> &NodeSpec {
@@ -909,6 +977,15 @@ impl Failover {
             "primary {} missed {failures} probes and no replica receives WAL from it",
             self.name(primary)
         );
+        if !self.active {
+            self.report_once(
+                "follower",
+                out,
+                Level::Info,
+                format!("{reason}; the leading instance decides"),
+            );
+            return;
+        }
         if !self.policy.automatic {
             self.report_once(
                 "manual",
@@ -1649,6 +1726,13 @@ impl Failover {
     }
 
     fn command(&mut self, now: Timestamp, command: Command, out: &mut Vec<Action>) {
+        if !self.active {
+            out.push(Action::Log(
+                Level::Warn,
+                format!("{command:?} refused: this instance does not lead; send it to the leader"),
+            ));
+            return;
+        }
         if self.run.is_some() && !matches!(command, Command::ResumeAutomatic) {
             out.push(Action::Log(
                 Level::Warn,
@@ -2448,6 +2532,78 @@ mod tests {
         // More evidence does not start another run.
         let again = m.handle(Timestamp(1400), failed(0, 1400, ProbeError::Refused));
         assert!(work(&again).is_empty());
+    }
+
+    #[test]
+    fn a_follower_starts_no_failover_and_refuses_commands_until_it_leads() {
+        let mut m = steady();
+        m.handle(Timestamp(500), Input::Leadership(false));
+        let mut seen = Vec::new();
+        for at in [1000, 1200, 1400, 1600] {
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            seen.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        assert!(work(&seen).is_empty(), "{seen:?}");
+        assert!(m.state().running.is_none());
+        let refused = m.handle(
+            Timestamp(1700),
+            Input::Command(Command::Switchover { to: None }),
+        );
+        assert!(
+            refused
+                .iter()
+                .any(|a| matches!(a, Action::Log(Level::Warn, t) if t.contains("does not lead"))),
+            "{refused:?}"
+        );
+        // Leading, with the primary still dead, it fails over at the next evidence.
+        m.handle(Timestamp(1800), Input::Leadership(true));
+        let mut started = Vec::new();
+        for at in [2000, 2200, 2400] {
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(90, None, Duration::ZERO)),
+            );
+            started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        assert!(m.state().running.is_some(), "{started:?}");
+    }
+
+    #[test]
+    fn a_new_leader_continues_from_the_published_generation_and_primary() {
+        let mut m = steady();
+        // The previous leader failed over to n1 at generation 4.
+        let out = m.handle(
+            Timestamp(100),
+            Input::Continue {
+                generation: 4,
+                primary: Some(NodeId(1)),
+            },
+        );
+        assert_eq!(
+            published(&out),
+            vec![Published {
+                generation: 4,
+                primary: Some(NodeId(1)),
+                paused: false
+            }]
+        );
+        assert_eq!(m.state().needs_rejoin, vec![NodeId(0)]);
+        // An older generation never winds it back.
+        let out = m.handle(
+            Timestamp(200),
+            Input::Continue {
+                generation: 2,
+                primary: Some(NodeId(1)),
+            },
+        );
+        assert_eq!(published(&out)[0].generation, 4);
     }
 
     #[test]
