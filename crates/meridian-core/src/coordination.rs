@@ -17,11 +17,70 @@
 //! routing writes from then on, until it has a session again and has re-read the current
 //! view. The leader, for its part, only counts a lease as expired when etcd says so — later
 //! than the proxy stopped.
+//!
+//! **The routed view.** Every instance probes the nodes itself, and its proxy routes reads by
+//! those observations; but who takes writes — the primary, the generation, the pause — is
+//! the leader's publication, never a local guess ([`routed_view`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::observation::Timestamp;
+use crate::topology::{ClusterView, Health, Role};
+
+/// Who takes writes, as the leader published it (node by name: ids are per instance's
+/// configuration order, names are what instances share).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Increases with every promotion.
+    pub generation: u64,
+    /// The primary's name.
+    pub primary: Option<Arc<str>>,
+    /// A failover is under way: writes wait.
+    pub paused: bool,
+}
+
+/// The view a proxy routes by: its own monitor's observations (`local`), with the primary,
+/// generation and pause of the leader's `publication`. Writes wait (the view is paused) when
+/// no publication has been read yet, or when the proxy is fenced; a fenced proxy also stops
+/// reads unless `reads_when_fenced`.
+pub fn routed_view(
+    local: &ClusterView,
+    publication: Option<&Publication>,
+    routing: Routing,
+    reads_when_fenced: bool,
+) -> ClusterView {
+    let mut view = local.clone();
+    let fenced = routing == Routing::Fenced;
+    match publication {
+        None => view.paused = true,
+        Some(published) => {
+            view.generation = published.generation;
+            view.primary = published
+                .primary
+                .as_deref()
+                .and_then(|name| view.node_named(name))
+                .map(|n| n.id);
+            view.paused = published.paused || fenced;
+            for node in &mut view.nodes {
+                if Some(node.id) == view.primary {
+                    // The leader saw it writable; this instance's probe may not have yet.
+                    node.role = Role::Primary;
+                } else if node.role == Role::Primary {
+                    // Writable, but not the published primary: never a write, never a read.
+                    node.role = Role::Unknown;
+                }
+            }
+        }
+    }
+    if fenced && !reads_when_fenced {
+        for node in &mut view.nodes {
+            node.health = Health::Down;
+        }
+    }
+    view
+}
 
 /// Where a barrier stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +232,71 @@ mod tests {
         b.acknowledged("late-joiner", 7); // not a member: changes nothing
         b.gone("c");
         assert_eq!(b.state(), BarrierState::Passed);
+    }
+
+    fn local_view() -> ClusterView {
+        use crate::topology::{NodeId, NodeView};
+        let node = |id: u16, name: &str, role: Role| NodeView {
+            id: NodeId(id),
+            name: name.into(),
+            region: "r".into(),
+            host: "h".into(),
+            port: 5432 + id,
+            role,
+            health: Health::Healthy,
+            lag: None,
+            replayed: None,
+            latency: None,
+        };
+        ClusterView {
+            generation: 1,
+            primary: Some(crate::topology::NodeId(0)),
+            paused: false,
+            nodes: vec![
+                node(0, "a", Role::Primary),
+                node(1, "b", Role::Replica),
+                node(2, "c", Role::Replica),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_routed_view_takes_writes_from_the_publication_and_reads_from_local_probes() {
+        use crate::topology::NodeId;
+        let local = local_view();
+        // Nothing read yet: writes wait.
+        let v = routed_view(&local, None, Routing::All, true);
+        assert!(v.paused);
+        // The leader promoted b (generation 3); this instance has not probed b since.
+        let published = Publication {
+            generation: 3,
+            primary: Some("b".into()),
+            paused: false,
+        };
+        let v = routed_view(&local, Some(&published), Routing::All, true);
+        assert_eq!(
+            (v.generation, v.primary, v.paused),
+            (3, Some(NodeId(1)), false)
+        );
+        assert_eq!(v.nodes[1].role, Role::Primary);
+        assert_eq!(
+            v.nodes[0].role,
+            Role::Unknown,
+            "the old primary gets nothing"
+        );
+        assert_eq!(v.nodes[2].role, Role::Replica);
+        // Fenced: writes wait, reads go on, or stop when so configured.
+        let v = routed_view(&local, Some(&published), Routing::Fenced, true);
+        assert!(v.paused);
+        assert_eq!(v.nodes[2].health, Health::Healthy);
+        let v = routed_view(&local, Some(&published), Routing::Fenced, false);
+        assert!(v.nodes.iter().all(|n| n.health == Health::Down));
+        // A paused publication pauses.
+        let paused = Publication {
+            paused: true,
+            ..published
+        };
+        assert!(routed_view(&local, Some(&paused), Routing::All, true).paused);
     }
 
     #[test]
