@@ -40,6 +40,7 @@ use meridian_tls::{ServerTlsSet, TlsSetupError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::coordination::{Gate, Ticket};
 use crate::credentials::Credentials;
 use crate::executor::{ExecNode, Executor};
 use crate::probe::{ProbeTarget, Prober, wall_clock};
@@ -102,6 +103,9 @@ pub struct MonitorSettings {
     pub failover: FailoverPolicy,
     /// Carries out failover steps on the servers.
     pub executor: Executor,
+    /// With several instances: the failover barrier every step waits for after a paused
+    /// view (see [`crate::coordination`]); `None` for a single instance.
+    pub gate: Option<Gate>,
 }
 
 impl MonitorSettings {
@@ -194,6 +198,7 @@ impl MonitorSettings {
                 lag_warning: monitor.lag_warning,
                 lag_critical: monitor.lag_critical,
             },
+            gate: None,
         })
     }
 }
@@ -274,6 +279,7 @@ pub struct MonitorHandle {
     nodes: Vec<mpsc::UnboundedSender<NodeCommand>>,
     fast: mpsc::UnboundedSender<ProxySignal>,
     commands: mpsc::UnboundedSender<CommandRequest>,
+    coordination: mpsc::UnboundedSender<Input>,
 }
 
 impl std::fmt::Debug for NodeCommand {
@@ -292,6 +298,20 @@ impl std::fmt::Debug for NodeCommand {
 }
 
 impl MonitorHandle {
+    /// Whether this instance leads (several instances through etcd): only a leading
+    /// monitor fails over and takes commands. A single instance always leads.
+    pub fn set_leadership(&self, leads: bool) {
+        let _ = self.coordination.send(Input::Leadership(leads));
+    }
+
+    /// Continues from the view the previous leader published (on becoming the leader).
+    pub fn continue_from(&self, generation: u64, primary: Option<NodeId>) {
+        let _ = self.coordination.send(Input::Continue {
+            generation,
+            primary,
+        });
+    }
+
     /// The cluster view for routing.
     pub fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.clone()
@@ -429,11 +449,13 @@ pub fn spawn(settings: MonitorSettings, store: Arc<dyn Store>) -> MonitorHandle 
     let (runs_tx, runs_rx) = watch::channel(Arc::new(judge.runs.clone()));
     let (fast_tx, fast_rx) = mpsc::unbounded_channel::<ProxySignal>();
     let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandRequest>();
+    let (coordination_tx, coordination_rx) = mpsc::unbounded_channel::<Input>();
     tokio::spawn(judge.run(
         Inputs {
             observations: observations_rx,
             fast: fast_rx,
             commands: commands_rx,
+            coordination: coordination_rx,
         },
         Outputs {
             view: view_tx,
@@ -450,6 +472,7 @@ pub fn spawn(settings: MonitorSettings, store: Arc<dyn Store>) -> MonitorHandle 
         nodes: node_senders,
         fast: fast_tx,
         commands: commands_tx,
+        coordination: coordination_tx,
     }
 }
 
@@ -530,6 +553,8 @@ struct Inputs {
     observations: mpsc::UnboundedReceiver<Judged>,
     fast: mpsc::UnboundedReceiver<ProxySignal>,
     commands: mpsc::UnboundedReceiver<CommandRequest>,
+    /// Leadership changes and the view to continue from (coordinated instances).
+    coordination: mpsc::UnboundedReceiver<Input>,
 }
 
 struct Outputs {
@@ -560,6 +585,8 @@ struct Judge {
     ),
     /// Recent run records, newest first.
     runs: Vec<FailoverRecord>,
+    /// The barrier the steps of the current run wait for (coordinated instances only).
+    ticket: Option<Ticket>,
 }
 
 impl Judge {
@@ -622,6 +649,7 @@ impl Judge {
             probes,
             steps: mpsc::unbounded_channel(),
             runs,
+            ticket: None,
         }
     }
 
@@ -656,6 +684,7 @@ impl Judge {
                     let answer = self.command(command);
                     let _ = reply.send(answer);
                 }
+                Some(input) = inputs.coordination.recv() => self.feed(input),
                 Some((step, result)) = self.steps.1.recv() => {
                     self.feed(Input::Outcome { step, result });
                 }
@@ -766,6 +795,11 @@ impl Judge {
                     self.status.generation = published.generation;
                     self.status.primary = published.primary;
                     self.status.paused = published.paused;
+                    // One barrier per pause: the run's later steps wait for the same one.
+                    self.ticket = match (&self.settings.gate, published.paused) {
+                        (Some(gate), true) => self.ticket.take().or_else(|| Some(gate.request())),
+                        _ => None,
+                    };
                     let primary = published
                         .primary
                         .map(|id| self.node_name(id))
@@ -782,7 +816,13 @@ impl Judge {
                     tracing::info!(step = step.0, node = %node, ?work, "failover step started");
                     let executor = self.executor.clone();
                     let outcomes = self.steps.0.clone();
+                    let ticket = self.ticket.clone();
                     tokio::spawn(async move {
+                        if let Some(ticket) = ticket {
+                            // No proxy may still write to the old primary: wait for the
+                            // barrier before touching the servers.
+                            ticket.wait().await;
+                        }
                         let result = executor.run(work).await;
                         match &result {
                             Ok(output) => {

@@ -15,7 +15,10 @@
 //! *sent* each keepalive that was answered. So it treats the lease as alive until that send
 //! time plus the TTL minus a safety margin (for clock-rate drift between machines), and stops
 //! routing writes from then on, until it has a session again and has re-read the current
-//! view. The leader, for its part, only counts a lease as expired when etcd says so — later
+//! view. One exception: while etcd itself is proven unable to take writes from anyone —
+//! every endpoint refuses connections, or answers that it has no leader — no leader can
+//! publish a failover either, so the proxy keeps routing to the primary it knows. A timeout
+//! proves nothing (this proxy may be the one cut off) and fences it. The leader, for its part, only counts a lease as expired when etcd says so — later
 //! than the proxy stopped.
 //!
 //! **The routed view.** Every instance probes the nodes itself, and its proxy routes reads by
@@ -154,6 +157,10 @@ pub struct Fence {
     last_renewal_sent: Option<Timestamp>,
     /// The current view has been read since the last renewal after a loss.
     view_current: bool,
+    /// A view was read at some point: there is a primary to keep routing to.
+    view_known: bool,
+    /// etcd is proven unable to take anyone's writes (see the module notes).
+    etcd_down: bool,
 }
 
 /// What a proxy may route.
@@ -175,6 +182,8 @@ impl Fence {
             margin,
             last_renewal_sent: None,
             view_current: false,
+            view_known: false,
+            etcd_down: false,
         }
     }
 
@@ -195,6 +204,13 @@ impl Fence {
     /// The current view was read (after the session was (re)established).
     pub fn view_read(&mut self) {
         self.view_current = true;
+        self.view_known = true;
+    }
+
+    /// Whether etcd is proven unable to take writes from anyone (every endpoint refused the
+    /// connection, or etcd answered that it has no leader); `false` as soon as it answers.
+    pub fn etcd_down(&mut self, down: bool) {
+        self.etcd_down = down;
     }
 
     /// The moment writes stop if no renewal is answered before it.
@@ -205,6 +221,9 @@ impl Fence {
 
     /// What it may route at `now`.
     pub fn routing(&self, now: Timestamp) -> Routing {
+        if self.etcd_down && self.view_known {
+            return Routing::All;
+        }
         match self.deadline() {
             Some(deadline) if self.view_current && now < deadline => Routing::All,
             _ => Routing::Fenced,
@@ -329,6 +348,18 @@ mod tests {
         assert_eq!(f.routing(Timestamp(9001)), Routing::Fenced);
         f.view_read();
         assert_eq!(f.routing(Timestamp(9001)), Routing::All);
+
+        // etcd down for everyone: no failover can happen, the known primary keeps writes.
+        f.session_lost();
+        f.etcd_down(true);
+        assert_eq!(f.routing(Timestamp(60_000)), Routing::All);
+        // It answers again: fenced until the session and the view are back.
+        f.etcd_down(false);
+        assert_eq!(f.routing(Timestamp(60_001)), Routing::Fenced);
+        // Never having read a view, a down etcd does not open writes.
+        let mut fresh = Fence::new(ttl, Duration::from_millis(250));
+        fresh.etcd_down(true);
+        assert_eq!(fresh.routing(Timestamp(1)), Routing::Fenced);
     }
 
     #[derive(Debug, Clone)]
@@ -398,6 +429,8 @@ mod tests {
             for sent in &renewals {
                 f.renewed(Timestamp(*sent));
             }
+            f.view_read();
+            f.session_lost();
             f.view_read();
             let latest = renewals.iter().max().copied();
             if f.routing(Timestamp(now)) == Routing::All {

@@ -84,5 +84,6 @@ pub fn settings(
             ..FailoverPolicy::default()
         },
         executor,
+        gate: None,
     }
 }
