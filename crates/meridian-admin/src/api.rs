@@ -271,7 +271,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 fn topology(control: &dyn Control) -> Topology {
-    health::topology(&control.status(), &control.pools())
+    let mut topology = health::topology(&control.status(), &control.pools());
+    if let Some((info, published)) = control.coordination() {
+        if let Some(published) = published {
+            topology.generation = published.generation;
+            topology.paused = published.paused;
+            for node in topology.regions.iter_mut().flat_map(|r| r.nodes.iter_mut()) {
+                node.primary = published.primary.as_deref() == Some(node.name.as_str());
+            }
+            topology.primary = published.primary;
+        }
+        topology.coordination = Some(info);
+    }
+    topology
 }
 
 /// `GET /api/database/status`: the topology by region, with pools.

@@ -240,6 +240,7 @@ pub fn topology(status: &ClusterStatus, pools: &[PoolState]) -> Topology {
         paused: status.paused,
         failover_halted: status.failover.halted.clone(),
         regions,
+        coordination: None,
     }
 }
 

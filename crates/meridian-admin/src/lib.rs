@@ -36,7 +36,8 @@ pub use crate::error::ApiError;
 pub use axum::http::StatusCode;
 
 use crate::model::{
-    Alert, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis, Recycled,
+    Alert, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis,
+    Recycled,
 };
 
 /// A command for the failover machine.
@@ -134,6 +135,23 @@ pub trait Control: Send + Sync + 'static {
 
     /// Replaces the pools' connections gracefully: those of `region`'s nodes, or all.
     fn recycle(&self, region: Option<&str>) -> Result<Recycled, ApiError>;
+
+    /// With several instances: this instance's coordination, and the view the leader
+    /// published (generation, primary, paused) that its proxy routes writes by.
+    fn coordination(&self) -> Option<(CoordinationInfo, Option<PublishedView>)> {
+        None
+    }
+}
+
+/// The view the leader published, as a proxy applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedView {
+    /// Generation.
+    pub generation: u64,
+    /// The primary's name.
+    pub primary: Option<String>,
+    /// Writes wait.
+    pub paused: bool,
 }
 
 /// The operator interface's routes: API, metrics, OpenAPI document and dashboard.

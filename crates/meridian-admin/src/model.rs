@@ -132,6 +132,30 @@ pub struct Topology {
     pub failover_halted: Option<String>,
     /// Regions in configuration order.
     pub regions: Vec<Region>,
+    /// With several instances coordinated through etcd: this instance's part; `null` for a
+    /// single instance. `primary`, `generation` and `paused` above are then the view the
+    /// leader published, which every proxy routes writes by.
+    pub coordination: Option<CoordinationInfo>,
+}
+
+/// This instance among several coordinated through etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CoordinationInfo {
+    /// This instance's id.
+    pub instance: String,
+    /// The leading instance, as etcd last said.
+    pub leader: Option<String>,
+    /// This instance leads: it alone fails over and takes commands.
+    pub leading: bool,
+    /// It holds a live etcd session (lease).
+    pub session: bool,
+    /// Its proxy routes no writes: its session is lost and its lease may have expired.
+    pub fenced: bool,
+    /// etcd refuses every connection: no failover can happen; the known primary keeps
+    /// taking writes.
+    pub etcd_down: bool,
+    /// The last etcd error.
+    pub last_error: Option<String>,
 }
 
 /// A region of [`Topology`].

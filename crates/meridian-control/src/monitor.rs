@@ -633,7 +633,11 @@ impl Judge {
                 port: n.port,
             })
             .collect();
-        let machine = Failover::new(settings.failover.clone(), specs, next_run);
+        let mut machine = Failover::new(settings.failover.clone(), specs, next_run);
+        if settings.gate.is_some() {
+            // One of several instances: it follows until etcd elects it.
+            machine.handle(wall_clock(), Input::Leadership(false));
+        }
         let nodes = settings.nodes.len();
         Judge {
             executor: Arc::new(settings.executor.clone()),

@@ -7,10 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_admin::model::{
-    Alert, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis, Recycled, RunPhase,
+    Alert, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis,
+    Recycled, RunPhase,
 };
-use meridian_admin::{AlertFilter, ApiError, Control, ControlFuture, Mutation, StatusCode};
+use meridian_admin::{
+    AlertFilter, ApiError, Control, ControlFuture, Mutation, PublishedView, StatusCode,
+};
 use meridian_config::Config;
+use meridian_control::coordination::Coordination;
 use meridian_control::monitor::MonitorHandle;
 use meridian_control::store::{self, AlertQuery, AlertRecord, FailoverRecord, SEVERITIES, Store};
 use meridian_core::classify::Classifier;
@@ -37,6 +41,8 @@ pub struct Operator {
     /// The proxy's classifier, for query analysis.
     pub classifier: Arc<Classifier>,
     pub throughput: Arc<Throughput>,
+    /// With several instances: the etcd coordination.
+    pub coordination: Option<Coordination>,
 }
 
 impl Operator {
@@ -243,6 +249,33 @@ impl Control for Operator {
             idle: report.idle,
             in_use: report.in_use,
         })
+    }
+
+    fn coordination(&self) -> Option<(CoordinationInfo, Option<PublishedView>)> {
+        let coordination = self.coordination.as_ref()?;
+        let state = coordination.state.borrow().clone();
+        let info = CoordinationInfo {
+            instance: state.instance.clone(),
+            leader: state.leader.clone(),
+            leading: state.leading,
+            session: state.session,
+            fenced: state.fenced,
+            etcd_down: state.etcd_down,
+            last_error: state.last_error.clone(),
+        };
+        // The routed view carries the published generation and primary once one was read.
+        let published = state.generation.map(|_| {
+            let view = coordination.routed.borrow();
+            PublishedView {
+                generation: view.generation,
+                primary: view
+                    .primary
+                    .and_then(|id| view.node(id))
+                    .map(|n| n.name.to_string()),
+                paused: view.paused,
+            }
+        });
+        Some((info, published))
     }
 }
 

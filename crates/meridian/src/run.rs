@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use meridian_config::{Config, Environment};
+use meridian_config::{Config, CoordinationConfig, Environment};
+use meridian_control::coordination::{
+    self as coordinator, CoordinationSettings, Gate, Registration,
+};
 use meridian_control::credentials::Credentials;
 use meridian_control::monitor::{self, MonitorHandle, MonitorSettings};
 use meridian_control::store::{self, Retention, SqliteStore, Store};
@@ -87,13 +90,6 @@ impl std::fmt::Debug for Running {
 /// Starts Meridian for `config` on the current runtime (the data plane gets a thread of its
 /// own) and returns once every node has been probed once and both listeners accept.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    if config.coordination.is_some() {
-        // Accepting the section and running alone would be two leaders waiting to happen.
-        anyhow::bail!(
-            "[coordination] (several instances through etcd) is not supported by this build yet; \
-             remove it to run a single instance"
-        );
-    }
     let settings = ProxySettings::from_config(&config).context("cannot prepare the proxy")?;
     let credentials = Credentials::from_config(&config).context(
         "no credentials for the monitor: set [monitor] user (and password), or add a [[users]] entry",
@@ -109,10 +105,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .with_context(|| format!("cannot open the store {}", store_path.display()))?,
     );
-    let monitor = monitor::spawn(
-        MonitorSettings::from_config(&config, credentials).context("cannot prepare the monitor")?,
-        store.clone(),
-    );
+    let mut monitor_settings =
+        MonitorSettings::from_config(&config, credentials).context("cannot prepare the monitor")?;
+    // With several instances, failover steps wait for the barrier the coordinator runs.
+    let keeper = config.coordination.as_ref().map(|_| {
+        let (gate, keeper) = Gate::new();
+        monitor_settings.gate = Some(gate);
+        keeper
+    });
+    let monitor = monitor::spawn(monitor_settings, store.clone());
     // Route nothing before every node has been looked at once (bounded: a node that does not
     // answer is judged by its failures later).
     let first = tokio::time::timeout(config.monitor.probe_timeout * 3, monitor.first_round()).await;
@@ -135,7 +136,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let classifier = Arc::new(
         meridian_proxy::classifier(&config.routing).context("cannot prepare the classifier")?,
     );
-    let proxy = Proxy::new(settings, monitor.view(), Some(monitor.fast_signal()));
+    // Alone, the proxy routes by this instance's monitor; with several instances, writes go by
+    // the view the leader published in etcd.
+    let coordination = match (&config.coordination, keeper) {
+        (Some(coordination), Some(keeper)) => Some(coordinator::spawn(
+            coordination_settings(coordination, listen, admin_listen),
+            monitor.clone(),
+            keeper,
+        )),
+        _ => None,
+    };
+    let view = match &coordination {
+        Some(coordination) => coordination.routed.clone(),
+        None => monitor.view(),
+    };
+    let proxy = Proxy::new(settings, view, Some(monitor.fast_signal()));
     let auth = AdminAuth::new(
         config
             .admin_token
@@ -154,6 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         throughput: Throughput::spawn(proxy.clone()),
         classifier,
         config: Arc::new(config),
+        coordination,
     };
     let (stop_admin, admin_stopped) = oneshot::channel::<()>();
     let admin_server = tokio::spawn(meridian_admin::serve(
@@ -193,6 +209,45 @@ impl Running {
         self.store.flush();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The coordinator's settings: the configured ones, with this instance's id defaulting to
+/// `<host name>:<listen port>` and its listeners in its registration.
+fn coordination_settings(
+    config: &CoordinationConfig,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+) -> CoordinationSettings {
+    let instance = config.instance.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "meridian".to_owned());
+        format!("{host}:{}", listen.port())
+    });
+    CoordinationSettings {
+        endpoints: config.etcd.clone(),
+        prefix: config.prefix.clone(),
+        registration: Registration {
+            id: instance.clone(),
+            proxy: listen.to_string(),
+            admin: admin_listen.to_string(),
+        },
+        instance,
+        lease_ttl: config.lease_ttl,
+        credentials: config.user.as_ref().map(|user| {
+            (
+                user.clone(),
+                config
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_owned())
+                    .unwrap_or_default(),
+            )
+        }),
+        ca_cert: config.ca_cert.clone(),
+        reads_when_fenced: config.reads_when_fenced,
     }
 }
 

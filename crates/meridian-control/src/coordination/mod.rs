@@ -18,6 +18,8 @@
 //! that loses its session fences its proxy's writes before its lease can have expired
 //! ([`meridian_core::coordination::Fence`]).
 
+pub mod coordinator;
 pub mod gate;
 
+pub use coordinator::{Coordination, CoordinationSettings, CoordinationState, Registration, spawn};
 pub use gate::{Gate, GateKeeper, Ticket};
