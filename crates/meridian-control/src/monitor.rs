@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use meridian_config::Config;
 use meridian_core::alerts::{
-    Alert, AlertBook, AlertEvent, AlertKind, AlertPolicy, Severity, node_conditions,
+    Alert, AlertBook, AlertEvent, AlertKind, AlertPolicy, Condition, Severity, node_conditions,
 };
 use meridian_core::backoff::Backoff;
 use meridian_core::failover::{
@@ -279,7 +279,16 @@ pub struct MonitorHandle {
     nodes: Vec<mpsc::UnboundedSender<NodeCommand>>,
     fast: mpsc::UnboundedSender<ProxySignal>,
     commands: mpsc::UnboundedSender<CommandRequest>,
-    coordination: mpsc::UnboundedSender<Input>,
+    coordination: mpsc::UnboundedSender<Coordinating>,
+}
+
+/// What the coordinator tells the monitor.
+#[derive(Debug)]
+enum Coordinating {
+    /// An input of the failover machine (leadership, continuation).
+    Machine(Input),
+    /// Raise or resolve the `coordination_lost` alert.
+    Alert(Vec<Action>),
 }
 
 impl std::fmt::Debug for NodeCommand {
@@ -301,15 +310,32 @@ impl MonitorHandle {
     /// Whether this instance leads (several instances through etcd): only a leading
     /// monitor fails over and takes commands. A single instance always leads.
     pub fn set_leadership(&self, leads: bool) {
-        let _ = self.coordination.send(Input::Leadership(leads));
+        let _ = self
+            .coordination
+            .send(Coordinating::Machine(Input::Leadership(leads)));
+    }
+
+    /// Raises the `coordination_lost` alert with `why`, or resolves it (`None`).
+    pub fn coordination_lost(&self, why: Option<String>) {
+        let action = match why {
+            Some(why) => {
+                Condition::failover(AlertKind::CoordinationLost, None, 0.0, why).map(Action::Raise)
+            }
+            None => Some(Action::Resolve(AlertKind::CoordinationLost, None)),
+        };
+        let _ = self
+            .coordination
+            .send(Coordinating::Alert(action.into_iter().collect()));
     }
 
     /// Continues from the view the previous leader published (on becoming the leader).
     pub fn continue_from(&self, generation: u64, primary: Option<NodeId>) {
-        let _ = self.coordination.send(Input::Continue {
-            generation,
-            primary,
-        });
+        let _ = self
+            .coordination
+            .send(Coordinating::Machine(Input::Continue {
+                generation,
+                primary,
+            }));
     }
 
     /// The cluster view for routing.
@@ -449,7 +475,7 @@ pub fn spawn(settings: MonitorSettings, store: Arc<dyn Store>) -> MonitorHandle 
     let (runs_tx, runs_rx) = watch::channel(Arc::new(judge.runs.clone()));
     let (fast_tx, fast_rx) = mpsc::unbounded_channel::<ProxySignal>();
     let (commands_tx, commands_rx) = mpsc::unbounded_channel::<CommandRequest>();
-    let (coordination_tx, coordination_rx) = mpsc::unbounded_channel::<Input>();
+    let (coordination_tx, coordination_rx) = mpsc::unbounded_channel::<Coordinating>();
     tokio::spawn(judge.run(
         Inputs {
             observations: observations_rx,
@@ -553,8 +579,8 @@ struct Inputs {
     observations: mpsc::UnboundedReceiver<Judged>,
     fast: mpsc::UnboundedReceiver<ProxySignal>,
     commands: mpsc::UnboundedReceiver<CommandRequest>,
-    /// Leadership changes and the view to continue from (coordinated instances).
-    coordination: mpsc::UnboundedReceiver<Input>,
+    /// Leadership changes, the view to continue from, the coordination alert.
+    coordination: mpsc::UnboundedReceiver<Coordinating>,
 }
 
 struct Outputs {
@@ -688,7 +714,10 @@ impl Judge {
                     let answer = self.command(command);
                     let _ = reply.send(answer);
                 }
-                Some(input) = inputs.coordination.recv() => self.feed(input),
+                Some(event) = inputs.coordination.recv() => match event {
+                    Coordinating::Machine(input) => self.feed(input),
+                    Coordinating::Alert(actions) => self.apply(actions),
+                },
                 Some((step, result)) = self.steps.1.recv() => {
                     self.feed(Input::Outcome { step, result });
                 }

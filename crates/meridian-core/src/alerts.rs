@@ -79,11 +79,15 @@ pub enum AlertKind {
     /// The primary does not answer Meridian but a replica still receives WAL from it: it is
     /// alive, cut off from Meridian only, and not failed over.
     PrimaryUnreachable,
+    /// This instance lost its etcd session (several instances coordinated through etcd):
+    /// no failover can be decided with it, and its proxy's writes are fenced unless etcd is
+    /// down for everyone.
+    CoordinationLost,
 }
 
 impl AlertKind {
     /// Every kind, in order.
-    pub const ALL: [AlertKind; 7] = [
+    pub const ALL: [AlertKind; 8] = [
         AlertKind::EndpointDown,
         AlertKind::EndpointSlow,
         AlertKind::ReplicationLag,
@@ -91,6 +95,7 @@ impl AlertKind {
         AlertKind::FailoverCompleted,
         AlertKind::FailoverFailed,
         AlertKind::PrimaryUnreachable,
+        AlertKind::CoordinationLost,
     ];
 
     /// The stable name used in the API, the store and metrics: `endpoint_down`, ...
@@ -103,6 +108,7 @@ impl AlertKind {
             AlertKind::FailoverCompleted => "failover_completed",
             AlertKind::FailoverFailed => "failover_failed",
             AlertKind::PrimaryUnreachable => "primary_unreachable",
+            AlertKind::CoordinationLost => "coordination_lost",
         }
     }
 
@@ -122,6 +128,7 @@ impl AlertKind {
             AlertKind::FailoverTriggered => Some(Severity::High),
             AlertKind::FailoverCompleted => Some(Severity::Low),
             AlertKind::FailoverFailed | AlertKind::PrimaryUnreachable => Some(Severity::Critical),
+            AlertKind::CoordinationLost => Some(Severity::High),
             AlertKind::EndpointDown | AlertKind::EndpointSlow | AlertKind::ReplicationLag => None,
         }
     }

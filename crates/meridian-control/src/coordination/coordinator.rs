@@ -265,6 +265,15 @@ async fn sessions(shared: Arc<Shared>, keeper: GateKeeper) {
             );
         }
         tracing::warn!(%error, "etcd session ended");
+        shared.monitor.coordination_lost(Some(if down {
+            format!(
+                "etcd refuses every connection ({error}): no failover can happen; writes go on to the known primary"
+            )
+        } else {
+            format!(
+                "no etcd session ({error}): this instance cannot fail over, and its proxy stops writes once its lease may have expired"
+            )
+        }));
         shared.state(|s| {
             s.session = false;
             s.leading = false;
@@ -369,6 +378,7 @@ async fn session(shared: &Arc<Shared>, mut client: Client, keeper: &Arc<GateKeep
         return e;
     }
     tracing::info!(lease, instance = %shared.settings.instance, "etcd session started");
+    shared.monitor.coordination_lost(None);
     shared.state(|s| {
         s.session = true;
         s.etcd_down = false;
