@@ -26,6 +26,9 @@
 //! - [`ClusterBuilder::tls`] turns on TLS with a self-signed certificate for the loopback.
 //! - [`FaultLink`] relays TCP with latency, blackholes and resets switched at run time.
 //! - [`wait_until`] polls a condition with a deadline and reports what it last saw.
+//! - [`EtcdCluster`] starts a real etcd of 1 or 3 members on loopback (for coordination
+//!   tests), from `MERIDIAN_ETCD_BIN` or `etcd` on `PATH`, with member kill, stop, restart and
+//!   pause, and [`EtcdCluster::links`] to cut one client off from etcd.
 //!
 //! Start time of one primary and two streaming replicas, measured on the project's 2-core
 //! machines with PostgreSQL 15.18 (`cargo run --release -p meridian-testkit --example
@@ -33,6 +36,7 @@
 //! (`initdb`), once per machine and server version, adds 1.5 s to the first start.
 
 mod cluster;
+mod etcd;
 mod fault_link;
 mod guardian;
 mod kit;
@@ -45,6 +49,7 @@ mod tls;
 mod wait;
 
 pub use cluster::{ClusterBuilder, KEEP_ENV, TestCluster, slot_name};
+pub use etcd::{ETCD_BIN_ENV, EtcdBin, EtcdCluster, EtcdLinks, EtcdMember};
 pub use fault_link::{Direction, Fault, FaultLink};
 pub use kit::{BASE_DIR_ENV, Kit};
 pub use node::{Node, rows_as_text};

@@ -1,0 +1,337 @@
+//! `EtcdCluster` against the real etcd: it starts, stores keys, keeps a quorum without a
+//! member, takes the member back, can be cut off from a client, and leaves nothing behind.
+//!
+//! Keys are written and read with `etcdctl` (API v3) as a subprocess. Every wait polls with a
+//! deadline; the deadlines are generous for a busy 2-core machine, never part of the check.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meridian_testkit::{Check, EtcdCluster, EtcdMember, KEEP_ENV, wait_until};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const REPORT_ENV: &str = "MERIDIAN_TESTKIT_ETCD_PROBE_REPORT";
+const MODE_ENV: &str = "MERIDIAN_TESTKIT_ETCD_PROBE_MODE";
+
+/// A serializable read from this member alone: what it has applied, without asking the leader.
+async fn local_value(member: &EtcdMember, key: &str) -> anyhow::Result<String> {
+    let out = member
+        .etcdctl(&["get", key, "--print-value-only", "--consistency=s"])
+        .await?;
+    Ok(out.trim().to_owned())
+}
+
+#[tokio::test]
+async fn sizes_other_than_one_or_three_are_refused() {
+    for members in [0, 2, 4] {
+        let err = EtcdCluster::start(members).await.unwrap_err();
+        assert!(
+            format!("{err}").contains("1 or 3 members"),
+            "{members}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_one_member_cluster_stores_and_returns_a_key() {
+    let etcd = EtcdCluster::start(1).await.unwrap();
+    let member = etcd.member(0);
+    assert_eq!(
+        etcd.endpoints(),
+        vec![format!("http://127.0.0.1:{}", member.client_port())]
+    );
+    assert!(member.is_running());
+    member.health().await.unwrap();
+    assert!(member.is_leader().await.unwrap());
+
+    let put = etcd
+        .etcdctl(&["put", "meridian/key", "value"])
+        .await
+        .unwrap();
+    assert_eq!(put.trim(), "OK");
+    let got = member
+        .etcdctl(&["get", "meridian/key", "--print-value-only"])
+        .await
+        .unwrap();
+    assert_eq!(got.trim(), "value");
+    assert!(
+        !member.log_tail(5).is_empty(),
+        "the member logs to its file"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_member_starts_again_on_its_data() {
+    let etcd = EtcdCluster::start(1).await.unwrap();
+    let member = etcd.member(0);
+    etcd.etcdctl(&["put", "kept", "across a restart"])
+        .await
+        .unwrap();
+
+    member.stop().await.unwrap();
+    assert!(!member.is_running());
+    assert!(member.health().await.is_err(), "nothing listens any more");
+
+    member.start().await.unwrap();
+    assert_eq!(
+        local_value(member, "kept").await.unwrap(),
+        "across a restart"
+    );
+}
+
+#[tokio::test]
+async fn three_members_keep_accepting_writes_without_their_leader_which_then_rejoins() {
+    let etcd = EtcdCluster::start(3).await.unwrap();
+    assert_eq!(etcd.endpoints().len(), 3);
+    etcd.etcdctl(&["put", "before", "1"]).await.unwrap();
+
+    let old_leader = etcd.leader().await.unwrap();
+    old_leader.kill();
+    assert!(!old_leader.is_running());
+
+    // The two others elect a leader among themselves; writes go through again. A write sent
+    // while there is no leader is dropped and waits out its timeout: keep each attempt short.
+    wait_until(TIMEOUT, "a write without the old leader", || async {
+        etcd.etcdctl(&["put", "during", "2", "--command-timeout=1s"])
+            .await
+            .into()
+    })
+    .await
+    .unwrap();
+    let new_leader = etcd.leader().await.unwrap();
+    assert_ne!(new_leader.name(), old_leader.name());
+
+    // Back on its data directory: healthy again, and it catches up on what it missed.
+    old_leader.start().await.unwrap();
+    old_leader.health().await.unwrap();
+    wait_until(
+        TIMEOUT,
+        "the rejoined member to apply the write it missed",
+        || async {
+            match local_value(old_leader, "during").await {
+                Ok(value) => Check::when(value == "2", (), value),
+                Err(e) => Check::NotYet(format!("{e:#}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    for member in etcd.members() {
+        member.health().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_fault_link_cuts_one_client_off_from_etcd_and_heals() {
+    let etcd = EtcdCluster::start(1).await.unwrap();
+    let links = etcd.links().unwrap();
+    let through_link = links.endpoints();
+    assert_ne!(through_link, etcd.endpoints());
+    etcd.etcdctl_at(&through_link, &["put", "k", "v"])
+        .await
+        .unwrap();
+
+    links.blackhole();
+    // Nothing comes back through a blackhole: the request cannot succeed, however fast.
+    let cut = etcd
+        .etcdctl_at(
+            &through_link,
+            &["get", "k", "--dial-timeout=1s", "--command-timeout=1s"],
+        )
+        .await;
+    assert!(cut.is_err(), "read through a blackholed link: {cut:?}");
+    // Only that client is cut off.
+    assert_eq!(local_value(etcd.member(0), "k").await.unwrap(), "v");
+
+    links.pass();
+    let value = wait_until(TIMEOUT, "a read through the healed link", || async {
+        etcd.etcdctl_at(&through_link, &["get", "k", "--print-value-only"])
+            .await
+            .into()
+    })
+    .await
+    .unwrap();
+    assert_eq!(value.trim(), "v");
+}
+
+#[tokio::test]
+async fn a_paused_member_answers_nothing_until_resumed() {
+    let etcd = EtcdCluster::start(1).await.unwrap();
+    let member = etcd.member(0);
+    member.pause();
+    assert!(member.is_running(), "paused, not gone");
+    assert!(member.health().await.is_err(), "a frozen member answers");
+
+    member.resume();
+    wait_until(TIMEOUT, "the resumed member to be healthy", || async {
+        member.health().await.into()
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_cluster_kills_every_member_and_removes_its_directory() {
+    let etcd = EtcdCluster::start(3).await.unwrap();
+    let pids: Vec<u32> = etcd.members().iter().filter_map(|m| m.pid()).collect();
+    let ports: Vec<u16> = etcd
+        .members()
+        .iter()
+        .flat_map(|m| [m.client_port(), m.peer_port()])
+        .collect();
+    let dir = etcd.dir().to_owned();
+    assert_eq!(pids.len(), 3);
+
+    drop(etcd);
+    // Drop kills and reaps synchronously: no waiting needed.
+    for pid in pids {
+        assert_eq!(process_state(pid), None, "etcd {pid} survived the drop");
+    }
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still accepts connections"
+        );
+    }
+    if std::env::var_os(KEEP_ENV).is_none() {
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+}
+
+/// What the probe saw of its cluster before it hung.
+#[derive(Debug, Default)]
+struct Report {
+    dir: PathBuf,
+    pids: Vec<u32>,
+    watchdog: Option<u32>,
+    complete: bool,
+}
+
+fn read_report(path: &Path) -> Report {
+    let mut report = Report::default();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        match line.split_once(' ') {
+            Some(("dir", dir)) => report.dir = dir.into(),
+            Some(("pid", pid)) => report.pids.push(pid.parse().unwrap()),
+            Some(("watchdog", pid)) => report.watchdog = Some(pid.parse().unwrap()),
+            _ if line == "complete" => report.complete = true,
+            _ => {}
+        }
+    }
+    report
+}
+
+/// The state letter of a process (`Z` for a zombie), `None` once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Runs the probe below as a child process with its stderr a pipe whose reading end is
+/// already closed, so that anything it prints fails.
+fn spawn_probe(mode: &str, report: &Path) -> Child {
+    let mut probe = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "probe_starts_an_etcd_cluster_then_fails",
+            "--ignored",
+            // Not captured by the test harness: prints go to the closed pipe.
+            "--nocapture",
+        ])
+        .env(REPORT_ENV, report)
+        .env(MODE_ENV, mode)
+        // These tests check that the directory goes.
+        .env_remove(KEEP_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(probe.stderr.take());
+    probe
+}
+
+/// Waits until every process the probe reported has exited (reaping those orphaned to us)
+/// and its cluster directory is gone.
+async fn assert_nothing_left(report: &Report) {
+    let pids: Vec<u32> = report.pids.iter().copied().chain(report.watchdog).collect();
+    wait_until(TIMEOUT, "every etcd and the watchdog to exit", || async {
+        let alive: Vec<(u32, char)> = pids
+            .iter()
+            .filter_map(|&pid| {
+                if process_state(pid) == Some('Z') {
+                    // An orphan handed to us by the subreaper setting: reap it.
+                    let _ = waitpid(Pid::from_raw(pid as i32), None);
+                }
+                process_state(pid).map(|state| (pid, state))
+            })
+            .collect();
+        Check::when(alive.is_empty(), (), alive)
+    })
+    .await
+    .unwrap();
+    wait_until(TIMEOUT, "the cluster directory to be removed", || async {
+        Check::when(!report.dir.exists(), (), report.dir.display().to_string())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn no_member_survives_a_killed_test_process() {
+    // The probe's members are orphaned when it dies; make them ours to reap.
+    meridian_testkit::adopt_orphans();
+    let scratch = tempfile::tempdir().unwrap();
+    let report_path = scratch.path().join("report");
+    let mut probe = spawn_probe("hang", &report_path);
+    let report = wait_until(Duration::from_secs(120), "the probe's report", || async {
+        let report = read_report(&report_path);
+        Check::when(report.complete, report, "incomplete")
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.pids.len(), 3, "{report:?}");
+
+    probe.kill().unwrap();
+    probe.wait().unwrap();
+    assert_nothing_left(&report).await;
+}
+
+#[tokio::test]
+async fn no_member_survives_a_panicking_test_that_cannot_print() {
+    let scratch = tempfile::tempdir().unwrap();
+    let report_path = scratch.path().join("report");
+    let status = spawn_probe("panic", &report_path).wait().unwrap();
+    assert!(!status.success(), "the probe was meant to fail");
+    let report = read_report(&report_path);
+    assert!(
+        report.complete,
+        "the probe did not start its cluster: {report:?}"
+    );
+    assert_eq!(report.pids.len(), 3, "{report:?}");
+    assert_nothing_left(&report).await;
+}
+
+/// Run only as a child of the tests above, which set its environment.
+#[tokio::test]
+#[ignore = "a probe run as a child process by the teardown tests"]
+async fn probe_starts_an_etcd_cluster_then_fails() {
+    let report_path = std::env::var_os(REPORT_ENV).expect("run by the teardown tests");
+    let mode = std::env::var(MODE_ENV).expect("run by the teardown tests");
+    let etcd = EtcdCluster::start(3).await.unwrap();
+    let mut report = std::fs::File::create(report_path).unwrap();
+    writeln!(report, "dir {}", etcd.dir().display()).unwrap();
+    writeln!(report, "watchdog {}", etcd.watchdog_pid().unwrap()).unwrap();
+    for member in etcd.members() {
+        writeln!(report, "pid {}", member.pid().unwrap()).unwrap();
+    }
+    writeln!(report, "complete").unwrap();
+    drop(report);
+    match mode.as_str() {
+        "panic" => panic!("the probe panics with its cluster running"),
+        _ => std::future::pending::<()>().await,
+    }
+}
