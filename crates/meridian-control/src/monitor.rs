@@ -33,7 +33,7 @@ use meridian_core::failover::{
 };
 use meridian_core::health::{HealthPolicy, NodeHealth};
 use meridian_core::lag::{Lag, LagTracker};
-use meridian_core::observation::{Observation, ProbeError};
+use meridian_core::observation::{Observation, ProbeError, Timestamp};
 use meridian_core::status::{ClusterStatus, NodeState};
 use meridian_core::topology::{ClusterView, Health, NodeId, NodeView, ProxySignal, Role};
 use meridian_tls::{ServerTlsSet, TlsSetupError};
@@ -326,6 +326,14 @@ impl MonitorHandle {
         let _ = self
             .coordination
             .send(Coordinating::Alert(action.into_iter().collect()));
+    }
+
+    /// Another instance reached `node` at `at` (its wall clock): a primary some observer
+    /// still reaches is not failed over.
+    pub fn peer_sighting(&self, node: NodeId, at: Timestamp) {
+        let _ = self
+            .coordination
+            .send(Coordinating::Machine(Input::PeerSighting { node, at }));
     }
 
     /// Continues from the view the previous leader published (on becoming the leader).

@@ -43,7 +43,7 @@
 //! wait until the target replayed that position, then promote as above and turn the old
 //! primary into a replica (rejoin). Every phase is timed in the run's record.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,6 +255,14 @@ pub enum Input {
     /// only the elected leader's may). An inactive machine observes and publishes but starts
     /// no failover and refuses commands. Active by default.
     Leadership(bool),
+    /// Another instance (several coordinated through etcd) reached `node` at `at`: while the
+    /// primary answers some observer, it is not dead, whatever this instance's probes say.
+    PeerSighting {
+        /// The node it reached.
+        node: NodeId,
+        /// When (its wall clock).
+        at: Timestamp,
+    },
     /// The view the previous leader published, to continue from on becoming the leader:
     /// generations never go back, and the primary it chose stays the primary.
     Continue {
@@ -459,6 +467,8 @@ pub struct Failover {
     next_run: u64,
     /// This instance leads (or is alone): it may fail over and take commands.
     active: bool,
+    /// The latest time another instance reached each node.
+    peer_sightings: BTreeMap<NodeId, Timestamp>,
 }
 
 /// A summary for operators.
@@ -510,6 +520,7 @@ impl Failover {
             next_step: 1,
             next_run: next_run.max(1),
             active: true,
+            peer_sightings: BTreeMap::new(),
         }
     }
 
@@ -569,6 +580,10 @@ impl Failover {
                 generation,
                 primary,
             } => self.continue_from(generation, primary, &mut out),
+            Input::PeerSighting { node, at } => {
+                let latest = self.peer_sightings.entry(node).or_insert(at);
+                *latest = (*latest).max(at);
+            }
         }
         out
     }
@@ -921,6 +936,22 @@ impl Failover {
                     receiving.push(node);
                 }
             }
+        }
+        if let Some(&seen) = self.peer_sightings.get(&primary)
+            && seen >= suspicion.since
+            && now.since(seen) < self.policy.receiver_timeout
+        {
+            self.report_once(
+                "peer-sighting",
+                out,
+                Level::Warn,
+                format!(
+                    "primary {} does not answer this instance but another instance reached it {} ms ago: it is alive, no failover",
+                    self.name(primary),
+                    now.since(seen).as_millis()
+                ),
+            );
+            return;
         }
         if !receiving.is_empty() {
             let names: Vec<Arc<str>> = receiving.iter().map(|&n| self.name(n)).collect();
@@ -2562,6 +2593,48 @@ mod tests {
         m.handle(Timestamp(1800), Input::Leadership(true));
         let mut started = Vec::new();
         for at in [2000, 2200, 2400] {
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(90, None, Duration::ZERO)),
+            );
+            started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        assert!(m.state().running.is_some(), "{started:?}");
+    }
+
+    #[test]
+    fn a_primary_another_instance_still_reaches_is_not_failed_over() {
+        let mut m = steady();
+        let mut seen = Vec::new();
+        for at in [1000, 1200, 1400, 1600] {
+            // Another instance reached the primary just now, each time.
+            m.handle(
+                Timestamp(at),
+                Input::PeerSighting {
+                    node: NodeId(0),
+                    at: Timestamp(at),
+                },
+            );
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            seen.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        assert!(work(&seen).is_empty(), "{seen:?}");
+        assert!(
+            seen.iter().any(
+                |a| matches!(a, Action::Log(Level::Warn, t) if t.contains("another instance reached it"))
+            ),
+            "{seen:?}"
+        );
+        // The sightings stop (old ones age out): the failover goes ahead.
+        let mut started = Vec::new();
+        for at in [5000, 5200, 5400] {
             m.handle(
                 Timestamp(at),
                 ok(1, at, replica_status(100, None, Duration::ZERO)),

@@ -140,7 +140,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // the view the leader published in etcd.
     let coordination = match (&config.coordination, keeper) {
         (Some(coordination), Some(keeper)) => Some(coordinator::spawn(
-            coordination_settings(coordination, listen, admin_listen),
+            coordination_settings(
+                coordination,
+                config.routing.local_region.as_deref(),
+                listen,
+                admin_listen,
+            ),
             monitor.clone(),
             keeper,
         )),
@@ -216,6 +221,7 @@ impl Running {
 /// `<host name>:<listen port>` and its listeners in its registration.
 fn coordination_settings(
     config: &CoordinationConfig,
+    region: Option<&str>,
     listen: SocketAddr,
     admin_listen: SocketAddr,
 ) -> CoordinationSettings {
@@ -233,6 +239,8 @@ fn coordination_settings(
             id: instance.clone(),
             proxy: listen.to_string(),
             admin: admin_listen.to_string(),
+            region: region.map(str::to_owned),
+            roles: vec!["proxy".to_owned(), "control".to_owned()],
         },
         instance,
         lease_ttl: config.lease_ttl,

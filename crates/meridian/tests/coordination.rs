@@ -43,6 +43,18 @@ fn settings_with(
     )
 }
 
+/// A one-member etcd and a cluster with `replicas` and the `numbered` table.
+async fn setup(cluster: meridian_testkit::ClusterBuilder) -> (EtcdCluster, TestCluster) {
+    let etcd = EtcdCluster::start(1).await.unwrap();
+    let cluster = cluster.start().await.unwrap();
+    cluster
+        .primary()
+        .execute("CREATE TABLE numbered (value bigint)")
+        .await
+        .unwrap();
+    (etcd, cluster)
+}
+
 /// `/api/database/status` of an instance.
 async fn status(meridian: &RunningMeridian) -> Result<Value, String> {
     match http_json(meridian.admin, "GET", "/api/database/status", None, None).await {
@@ -148,13 +160,7 @@ async fn runs(meridian: &RunningMeridian) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_leads_fails_over_once_for_all_and_a_dead_leader_is_replaced_within_the_ttl() {
-    let etcd = EtcdCluster::start(1).await.unwrap();
-    let cluster = TestCluster::builder().replicas(2).start().await.unwrap();
-    cluster
-        .primary()
-        .execute("CREATE TABLE numbered (value bigint)")
-        .await
-        .unwrap();
+    let (etcd, cluster) = setup(TestCluster::builder().replicas(2)).await;
     let mut instances = Vec::new();
     for name in ["a", "b", "c"] {
         instances.push(Some(
@@ -229,13 +235,7 @@ fn numbered_writer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_cut_off_from_etcd_stops_writes_within_its_lease_and_a_switchover_meanwhile_loses_nothing()
  {
-    let etcd = EtcdCluster::start(1).await.unwrap();
-    let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
-    cluster
-        .primary()
-        .execute("CREATE TABLE numbered (value bigint)")
-        .await
-        .unwrap();
+    let (etcd, cluster) = setup(TestCluster::builder().replicas(1)).await;
     let link = FaultLink::start(etcd.member(0).client_addr()).unwrap();
     let a = RunningMeridian::start(
         &settings_with(&cluster, &etcd.endpoints(), "a", DataDirs::Managed),
@@ -253,13 +253,7 @@ async fn a_proxy_cut_off_from_etcd_stops_writes_within_its_lease_and_a_switchove
     )
     .await;
     the_leader(&[&a, &cut_off]).await;
-    for proxy in [a.port, cut_off.port] {
-        wait_until(TIMEOUT, "writes through both proxies", || async {
-            Check::from(write_through(proxy, 1).await)
-        })
-        .await
-        .unwrap();
-    }
+    all_write_to(&[&a, &cut_off], cluster.primary().port()).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let writers = [
         numbered_writer(a.port, 1_000_000, stopped.clone()),
@@ -363,23 +357,11 @@ async fn a_proxy_cut_off_from_etcd_stops_writes_within_its_lease_and_a_switchove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_stopped_writes_go_on_to_the_known_primary_and_no_failover_happens() {
-    let etcd = EtcdCluster::start(1).await.unwrap();
-    let cluster = TestCluster::builder().replicas(1).start().await.unwrap();
-    cluster
-        .primary()
-        .execute("CREATE TABLE numbered (value bigint)")
-        .await
-        .unwrap();
+    let (etcd, cluster) = setup(TestCluster::builder().replicas(1)).await;
     let a = RunningMeridian::start(&settings(&cluster, &etcd.endpoints(), "a"), TIMEOUT).await;
     let b = RunningMeridian::start(&settings(&cluster, &etcd.endpoints(), "b"), TIMEOUT).await;
     the_leader(&[&a, &b]).await;
-    for proxy in [a.port, b.port] {
-        wait_until(TIMEOUT, "writes through both proxies", || async {
-            Check::from(write_through(proxy, 1).await)
-        })
-        .await
-        .unwrap();
-    }
+    all_write_to(&[&a, &b], cluster.primary().port()).await;
 
     etcd.member(0).stop().await.unwrap();
     for meridian in [&a, &b] {
@@ -451,4 +433,58 @@ async fn with_etcd_stopped_writes_go_on_to_the_known_primary_and_no_failover_hap
         .unwrap();
         assert_eq!(port, cluster.replicas()[0].port());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_the_leader_cannot_reach_but_another_instance_can_is_not_failed_over() {
+    let (etcd, cluster) = setup(TestCluster::builder().replicas(1).replication_links()).await;
+    let primary = cluster.primary();
+    // The leader reaches the primary through a link of its own.
+    let leader_link = FaultLink::start(primary.addr()).unwrap();
+    let leader_view = settings(&cluster, &etcd.endpoints(), "leader").replace(
+        &format!("port = {}\n", primary.port()),
+        &format!("port = {}\n", leader_link.port()),
+    );
+    let leader = RunningMeridian::start(&leader_view, TIMEOUT).await;
+    the_leader(&[&leader]).await;
+    let other =
+        RunningMeridian::start(&settings(&cluster, &etcd.endpoints(), "other"), TIMEOUT).await;
+    assert_eq!(the_leader(&[&leader, &other]).await, 0);
+
+    // The leader loses the primary, and so does the replica's stream: only the other instance
+    // still reaches it.
+    leader_link.blackhole();
+    cluster
+        .replication_link(cluster.replicas()[0].name())
+        .unwrap()
+        .blackhole();
+    leader.or_log(
+        wait_until(
+            TIMEOUT,
+            "the leader to hold back on the other's sighting",
+            || async {
+                Check::when(
+                    leader.log().contains("another instance reached it"),
+                    (),
+                    "not yet",
+                )
+            },
+        )
+        .await,
+    );
+    assert_eq!(in_recovery(&cluster.replicas()[0]).await, Some(true));
+
+    // The other instance goes: nobody reaches the primary any more, and the leader fails it
+    // over.
+    drop(other);
+    leader.or_log(
+        wait_until(TIMEOUT, "the replica promoted", || async {
+            Check::when(
+                in_recovery(&cluster.replicas()[0]).await == Some(false),
+                (),
+                "in recovery",
+            )
+        })
+        .await,
+    );
 }

@@ -2,7 +2,7 @@
 //! election, the published view, acknowledgements, the barrier, and the routed view its proxy
 //! follows. See the module notes of [`crate::coordination`] for the keys.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::coordination::GateKeeper;
 use crate::monitor::MonitorHandle;
+
+/// How often instances share their sightings of the nodes: a few times per probe interval
+/// of a fast configuration, so the leader's view of them is never a probe round old.
+const SIGHTINGS_EVERY: Duration = Duration::from_millis(250);
 
 /// What the coordinator needs.
 #[derive(Clone)]
@@ -67,6 +71,11 @@ pub struct Registration {
     pub proxy: String,
     /// Its admin listener.
     pub admin: String,
+    /// Its region (`routing.local_region`), if configured.
+    pub region: Option<String>,
+    /// What it does: `proxy` and `control` (every instance is both for now: it routes, and it
+    /// may be elected to fail over).
+    pub roles: Vec<String>,
 }
 
 /// `P/view`: who takes writes.
@@ -386,6 +395,7 @@ async fn session(shared: &Arc<Shared>, mut client: Client, keeper: &Arc<GateKeep
     });
     let result = tokio::select! {
         e = keep_alive(shared, client.clone(), lease) => e,
+        e = exchange_sightings(shared, client.clone(), lease) => e,
         e = follow_view(shared, client.clone(), lease) => e,
         e = campaign(shared, client.clone(), lease, keeper) => e,
     };
@@ -414,6 +424,56 @@ async fn keep_alive(shared: &Shared, mut client: Client, lease: i64) -> String {
             Ok(Err(e)) => return format!("lease keepalive failed: {e}"),
             Err(_) => return "no answer to a lease keepalive".to_owned(),
         }
+    }
+}
+
+/// Shares which nodes this instance reached and when (`P/observations/<id>`, on the lease),
+/// and hands the other instances' sightings to the monitor: the leader fails over only a
+/// primary that no observer reaches.
+async fn exchange_sightings(shared: &Shared, mut client: Client, lease: i64) -> String {
+    let ttl = shared.settings.lease_ttl;
+    let own = shared.key(&format!("observations/{}", shared.settings.instance));
+    let prefix = shared.key("observations/");
+    loop {
+        let status = shared.monitor.status();
+        let sightings: BTreeMap<String, u64> = status
+            .nodes
+            .iter()
+            .filter(|n| n.consecutive_failures == 0)
+            .filter_map(|n| Some((n.name.to_string(), n.last_probe_at?.0)))
+            .collect();
+        let value = serde_json::to_string(&sightings).expect("serializable");
+        if let Err(e) = within(
+            ttl,
+            "cannot share observations",
+            client.put(
+                own.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await
+        {
+            return e;
+        }
+        let others = match ids_under(&mut client, ttl, &prefix).await {
+            Ok(others) => others,
+            Err(e) => return e,
+        };
+        for (instance, doc) in others {
+            if instance == shared.settings.instance {
+                continue;
+            }
+            let Ok(theirs) = serde_json::from_str::<BTreeMap<String, u64>>(&doc) else {
+                continue;
+            };
+            for (name, at) in theirs {
+                if let Some(node) = status.nodes.iter().find(|n| *n.name == *name) {
+                    shared.monitor.peer_sighting(node.id, Timestamp(at));
+                }
+            }
+        }
+        tokio::time::sleep(SIGHTINGS_EVERY).await;
     }
 }
 
