@@ -467,22 +467,37 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        for node in &self.nodes {
-            if panicking {
-                eprintln!(
-                    "--- {} ({}) last log lines ---\n{}",
-                    node.name(),
-                    node.log_path().display(),
-                    node.log_tail(15)
-                );
-            }
-        }
+        use std::io::Write as _;
+        // Servers first, words after, and words that cannot fail: `eprintln!` panics when
+        // stderr is closed, and a panic here (during a test's panic) would abort before the
+        // servers are stopped.
+        let tails: Vec<String> = if std::thread::panicking() {
+            self.nodes
+                .iter()
+                .map(|node| {
+                    format!(
+                        "--- {} ({}) last log lines ---\n{}",
+                        node.name(),
+                        node.log_path().display(),
+                        node.log_tail(15)
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.shut_down();
+        for tail in tails {
+            let _ = writeln!(std::io::stderr(), "{tail}");
+        }
         self.links.clear();
         if self.keep {
             if std::env::var_os(KEEP_ENV).is_some() {
-                eprintln!("{KEEP_ENV} is set: keeping {}", self.dir.display());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{KEEP_ENV} is set: keeping {}",
+                    self.dir.display()
+                );
             }
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
