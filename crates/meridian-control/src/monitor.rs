@@ -861,8 +861,12 @@ impl Judge {
                     tokio::spawn(async move {
                         if let Some(ticket) = ticket {
                             // No proxy may still write to the old primary: wait for the
-                            // barrier before touching the servers.
-                            ticket.wait().await;
+                            // barrier before touching the servers, and act only as leader.
+                            if let Err(why) = ticket.wait().await {
+                                tracing::warn!(step = step.0, node = %node, "failover step not run: {why}");
+                                let _ = outcomes.send((step, Err(why)));
+                                return;
+                            }
                         }
                         let result = executor.run(work).await;
                         match &result {

@@ -264,6 +264,7 @@ async fn sessions(shared: Arc<Shared>, keeper: GateKeeper) {
             }
             Err(e) => e,
         };
+        keeper.set_leading(false);
         shared.monitor.set_leadership(false);
         shared.fence(Fence::session_lost);
         let down = etcd_refuses(&shared.settings.endpoints).await;
@@ -628,6 +629,7 @@ async fn lead(
         shared.monitor.continue_from(published.generation, primary);
     }
     shared.monitor.set_leadership(true);
+    keeper.set_leading(true);
     let mut requested = keeper.requested.clone();
     let mut passed = 0;
     let mut written: Option<ViewDoc> = None;

@@ -6,6 +6,11 @@
 //! proxy acknowledged it or lost its lease) and only then lets the ticket through. A ticket
 //! whose gate keeper is gone never passes: without coordination there is no barrier, and
 //! without a barrier no step may run (the machine's step timeout then fails the run).
+//!
+//! The gate also carries the leadership: a step about to start on an instance that has lost
+//! its etcd session (so its election key may be gone, and another instance elected) does not
+//! start, and fails instead. The coordinator notices a lost session within two thirds of the
+//! lease TTL, before the lease can have expired on the server, so no new leader exists yet.
 
 use tokio::sync::watch;
 
@@ -14,6 +19,7 @@ use tokio::sync::watch;
 pub struct Gate {
     requested: watch::Sender<u64>,
     passed: watch::Receiver<u64>,
+    leading: watch::Receiver<bool>,
 }
 
 /// The coordinator's side: sees requests and lets them through.
@@ -22,6 +28,7 @@ pub struct GateKeeper {
     /// The latest barrier asked for (a counter).
     pub requested: watch::Receiver<u64>,
     passed: watch::Sender<u64>,
+    leading: watch::Sender<bool>,
 }
 
 /// Waits for one barrier.
@@ -29,6 +36,7 @@ pub struct GateKeeper {
 pub struct Ticket {
     number: u64,
     passed: watch::Receiver<u64>,
+    leading: watch::Receiver<bool>,
 }
 
 impl Gate {
@@ -36,14 +44,17 @@ impl Gate {
     pub fn new() -> (Gate, GateKeeper) {
         let (requested_tx, requested_rx) = watch::channel(0);
         let (passed_tx, passed_rx) = watch::channel(0);
+        let (leading_tx, leading_rx) = watch::channel(false);
         (
             Gate {
                 requested: requested_tx,
                 passed: passed_rx,
+                leading: leading_rx,
             },
             GateKeeper {
                 requested: requested_rx,
                 passed: passed_tx,
+                leading: leading_tx,
             },
         )
     }
@@ -58,11 +69,17 @@ impl Gate {
         Ticket {
             number,
             passed: self.passed.clone(),
+            leading: self.leading.clone(),
         }
     }
 }
 
 impl GateKeeper {
+    /// Whether this instance leads now (holds its election key on a live session).
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.send_replace(leading);
+    }
+
     /// Barrier `number` (and every earlier one) passed.
     pub fn pass(&self, number: u64) {
         self.passed.send_if_modified(|passed| {
@@ -76,8 +93,9 @@ impl GateKeeper {
 }
 
 impl Ticket {
-    /// Returns once its barrier passed; never, if the keeper is gone first.
-    pub async fn wait(mut self) {
+    /// Returns once its barrier passed — `Ok` if this instance still leads then, an error
+    /// saying why the step must not run otherwise; never, if the keeper is gone first.
+    pub async fn wait(mut self) -> Result<(), String> {
         let number = self.number;
         if self
             .passed
@@ -86,6 +104,11 @@ impl Ticket {
             .is_err()
         {
             std::future::pending::<()>().await;
+        }
+        if *self.leading.borrow() {
+            Ok(())
+        } else {
+            Err("this instance lost its etcd leadership: the step is left to the new leader".into())
         }
     }
 }
@@ -98,19 +121,23 @@ mod tests {
     #[tokio::test]
     async fn a_ticket_waits_for_its_barrier_and_no_longer() {
         let (gate, keeper) = Gate::new();
+        keeper.set_leading(true);
         let first = gate.request();
         let second = gate.request();
         assert_eq!(*keeper.requested.borrow(), 2);
         keeper.pass(1);
         tokio::time::timeout(Duration::from_secs(5), first.wait())
             .await
-            .expect("the first barrier passed");
+            .expect("the first barrier passed")
+            .expect("still leading");
         let waiting = tokio::time::timeout(Duration::from_millis(50), second.clone().wait()).await;
         assert!(waiting.is_err(), "the second has not passed yet");
+        keeper.set_leading(false);
         keeper.pass(2);
-        tokio::time::timeout(Duration::from_secs(5), second.wait())
+        let refused = tokio::time::timeout(Duration::from_secs(5), second.wait())
             .await
             .expect("the second barrier passed");
+        assert!(refused.is_err(), "no step after the leadership is lost");
     }
 
     #[tokio::test]
