@@ -142,15 +142,27 @@ workloads=("select-only -c 8|-S -c 8 -j 2" "select-only -c 64|-S -c 64 -j 2" "TP
 declare -A tps
 # One pgbench run per target of the ports array named $1 for workload $2 ("name|args"),
 # recording TPS (or "fail") in tps.
+# Busy and total CPU time of the whole machine so far, in clock ticks (/proc/stat).
+cpu_ticks() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }
+declare -A cpu idle
 bench_workload() {
   local -n target_ports=$1
-  local name=${2%%|*} args=${2#*|} target_name out value
+  local name=${2%%|*} args=${2#*|} target_name out value busy0 total0 busy1 total1
   for target_name in direct pgbouncer meridian; do
+    read -r busy0 total0 < <(cpu_ticks)
     # shellcheck disable=SC2086
     out=$(pgbench -h 127.0.0.1 -p "${target_ports[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
+    read -r busy1 total1 < <(cpu_ticks)
     value=$(awk '/^tps = / {print $3}' <<<"$out")
     if [ -z "$value" ] || grep -q "number of failed transactions: [1-9]" <<<"$out" || grep -qi "error" <<<"$out"; then value=fail; fi
     tps["$name|$target_name"]+="$value "
+    # The whole machine's CPU per transaction (pgbench, PostgreSQL and the pooler together,
+    # in microseconds) and its idle share: a pooler can lose throughput by costing CPU or by
+    # adding latency while cores sit idle; these tell which.
+    if [ "$value" != fail ]; then
+      cpu["$name|$target_name"]+="$(awk -v b=$((busy1 - busy0)) -v hz="$(getconf CLK_TCK)" -v t="$value" -v d="$DURATION" 'BEGIN {printf "%.0f", b / hz * 1e6 / (t * d)}') "
+      idle["$name|$target_name"]+="$(awk -v b=$((busy1 - busy0)) -v a=$((total1 - total0)) 'BEGIN {printf "%.0f", 100 * (1 - b / a)}') "
+    fi
   done
   echo "round $round: $name done"
 }
@@ -193,6 +205,18 @@ table() {
 echo
 echo "pgbench, median of $ROUNDS interleaved rounds of ${DURATION}s, pool size $POOL_SIZE, scale $SCALE"
 table "${workloads[@]}"
+echo
+echo "whole-machine CPU per transaction in µs (median), and idle share of the CPU during the runs"
+printf '| %-28s | %14s | %14s | %14s |\n' workload direct pgbouncer meridian
+printf '|%s|\n' "------------------------------|----------------|----------------|----------------"
+for workload in "${workloads[@]}"; do
+  name=${workload%%|*}
+  row=()
+  for target_name in direct pgbouncer meridian; do
+    row+=("$(median <<<"${cpu[$name|$target_name]:-fail}") µs, $(median <<<"${idle[$name|$target_name]:-fail}") % idle")
+  done
+  printf '| %-28s | %14s | %14s | %14s |\n' "$name" "${row[@]}"
+done
 echo
 echo "read/write split (Meridian over a primary and two replicas, read_your_writes = $READ_YOUR_WRITES; direct and PgBouncer on the primary)"
 table "${split_workloads[@]}"
