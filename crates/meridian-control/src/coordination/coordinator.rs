@@ -236,10 +236,12 @@ async fn route(
             }
             shared.state(|s| s.fenced = fenced);
         }
-        // Wake at the fence's deadline, whatever else happens, to stop writes on time.
+        // Wake at the fence's deadline, whatever else happens, to stop writes on time. (Past
+        // it, writes may still be routed while etcd is down for everyone: every change that
+        // can end that is notified.)
         let sleep = match deadline {
-            Some(deadline) if routing == Routing::All => {
-                Duration::from_millis(deadline.0.saturating_sub(now.0))
+            Some(deadline) if routing == Routing::All && deadline > now => {
+                Duration::from_millis(deadline.0 - now.0)
             }
             _ => Duration::from_secs(3600),
         };
