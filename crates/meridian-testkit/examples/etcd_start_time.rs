@@ -3,27 +3,16 @@
 //!
 //! `cargo run --release -p meridian-testkit --example etcd_start_time [TRIALS]` (default 10).
 
+mod timing;
+
 use std::time::{Duration, Instant};
 
 use meridian_testkit::{Check, EtcdCluster, wait_until};
-
-fn summary(mut times: Vec<Duration>) -> String {
-    times.sort();
-    format!(
-        "median {:?}, min {:?}, max {:?}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1]
-    )
-}
+use timing::summary;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let trials: usize = std::env::args()
-        .nth(1)
-        .map(|n| n.parse())
-        .transpose()?
-        .unwrap_or(10);
+    let trials = timing::trials()?;
     for members in [1, 3] {
         let mut times = Vec::with_capacity(trials);
         for _ in 0..trials {

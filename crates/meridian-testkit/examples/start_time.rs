@@ -3,17 +3,15 @@
 //! `cargo run --release -p meridian-testkit --example start_time [TRIALS]` (default 10). The
 //! first start builds the template if it is not cached yet; it is reported apart.
 
+mod timing;
+
 use std::time::{Duration, Instant};
 
 use meridian_testkit::{Kit, TestCluster};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let trials: usize = std::env::args()
-        .nth(1)
-        .map(|n| n.parse())
-        .transpose()?
-        .unwrap_or(10);
+    let trials = timing::trials()?;
     let started = Instant::now();
     Kit::get()?;
     println!(
@@ -28,12 +26,9 @@ async fn main() -> anyhow::Result<()> {
         times.push(started.elapsed());
         drop(cluster);
     }
-    times.sort();
     println!(
-        "1 primary + 2 replicas streaming, {trials} starts: median {:?}, min {:?}, max {:?}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1]
+        "1 primary + 2 replicas streaming, {trials} starts: {}",
+        timing::summary(times)
     );
     Ok(())
 }

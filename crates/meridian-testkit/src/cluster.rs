@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::future::join_all;
+use nix::sys::signal::Signal;
 
 use crate::fault_link::FaultLink;
-use crate::guardian::Guardian;
+use crate::guardian::{Guardian, Recognise};
 use crate::kit::Kit;
 use crate::node::Node;
 use crate::wait::{Check, wait_until};
@@ -157,7 +158,14 @@ impl ClusterBuilder {
         };
         kit.run_as().give(&dir)?;
         let keep = self.keep_files || std::env::var_os(KEEP_ENV).is_some();
-        let guardian = Arc::new(Guardian::start(&dir, keep)?);
+        // PostgreSQL's children rewrite their command lines: recognised by process name, and
+        // stopped with an immediate shutdown (SIGQUIT) first.
+        let guardian = Arc::new(Guardian::start(
+            &dir,
+            keep,
+            Recognise::Name("postgres"),
+            Signal::SIGQUIT,
+        )?);
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             links: HashMap::new(),
@@ -437,11 +445,7 @@ impl TestCluster {
             node.shut_down_for_teardown();
         }
         for postmaster in crate::process::postmasters_in(&self.dir) {
-            crate::process::shut_down(
-                postmaster,
-                nix::sys::signal::Signal::SIGQUIT,
-                Duration::from_secs(10),
-            );
+            crate::process::shut_down(postmaster, Signal::SIGQUIT, Duration::from_secs(10));
         }
     }
 

@@ -3,15 +3,15 @@
 //! is done: members are ordinary child processes (etcd may run as root), signalled and reaped
 //! through `process` like PostgreSQL servers; readiness is polled over plain HTTP (`/health`
 //! on the client port, `/version` on the peer port) with a few lines of HTTP/1.0 rather than
-//! an HTTP client; the watchdog follows `guardian`'s protocol.
+//! an HTTP client; the watchdog is `guardian`'s, recognising members by their directory.
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -22,8 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::KEEP_ENV;
 use crate::fault_link::FaultLink;
-use crate::kit::BASE_DIR_ENV;
-use crate::process;
+use crate::guardian::{Guardian, Recognise};
+use crate::kit::base_dir;
+use crate::server::{self, WatchedProcess, free_ports};
 use crate::wait::{Check, wait_until};
 
 /// The environment variable naming the etcd program (or the directory holding `etcd` and
@@ -184,7 +185,7 @@ pub struct EtcdCluster {
     members: Vec<EtcdMember>,
     bin: EtcdBin,
     dir: PathBuf,
-    watchdog: Arc<Watchdog>,
+    watchdog: Arc<Guardian>,
     keep: bool,
 }
 
@@ -206,7 +207,14 @@ impl EtcdCluster {
             .context("cannot create the etcd cluster directory")?
             .keep();
         let keep = std::env::var_os(KEEP_ENV).is_some();
-        let watchdog = Arc::new(Watchdog::start(&dir, keep)?);
+        // A member is recognised by its `--data-dir` under `dir`, which never matches a
+        // reused PID; members hold no data worth a clean stop: SIGKILL at once.
+        let watchdog = Arc::new(Guardian::start(
+            &dir,
+            keep,
+            Recognise::PathUnder(dir.clone()),
+            Signal::SIGKILL,
+        )?);
         let mut cluster = EtcdCluster {
             members: Vec::new(),
             bin,
@@ -288,8 +296,7 @@ impl EtcdCluster {
                 initial_cluster: initial_cluster.clone(),
                 token: token.clone(),
                 bin: self.bin.clone(),
-                watchdog: self.watchdog.clone(),
-                process: Mutex::new(None),
+                process: WatchedProcess::new(self.watchdog.clone()),
             });
         }
         Ok(())
@@ -427,8 +434,7 @@ pub struct EtcdMember {
     initial_cluster: String,
     token: String,
     bin: EtcdBin,
-    watchdog: Arc<Watchdog>,
-    process: Mutex<Option<Pid>>,
+    process: WatchedProcess,
 }
 
 impl EtcdMember {
@@ -474,21 +480,12 @@ impl EtcdMember {
 
     /// The process's PID while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process().map(|pid| pid.as_raw() as u32)
+        self.process.pid().map(|pid| pid.as_raw() as u32)
     }
 
     /// Whether the process is alive (it may be paused).
     pub fn is_running(&self) -> bool {
-        let mut process = self.lock();
-        match *process {
-            Some(pid) if process::has_exited(pid) => {
-                self.watchdog.forget(pid.as_raw() as u32);
-                *process = None;
-                false
-            }
-            Some(_) => true,
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Starts the member again on its data directory and ports, and waits until it is
@@ -505,42 +502,26 @@ impl EtcdMember {
     /// Stops the member cleanly (SIGTERM: a leader hands leadership over first), killing it
     /// if it has not exited within 10 s.
     pub async fn stop(&self) -> anyhow::Result<()> {
-        let Some(pid) = self.take_process() else {
-            bail!("{} is not running", self.name);
-        };
-        let clean = tokio::task::spawn_blocking(move || {
-            process::shut_down(pid, Signal::SIGTERM, Duration::from_secs(10))
-        })
-        .await?;
-        self.watchdog.forget(pid.as_raw() as u32);
-        if !clean {
-            bail!("{} did not stop within 10 s and was killed", self.name);
-        }
-        Ok(())
+        self.process
+            .stop(&self.name, Signal::SIGTERM, Duration::from_secs(10))
+            .await
     }
 
     /// Kills the member the way a crash does (SIGKILL); a later [`EtcdMember::start`]
     /// recovers from its write-ahead log.
     pub fn kill(&self) {
-        if let Some(pid) = self.take_process() {
-            process::kill_tree(pid);
-            self.watchdog.forget(pid.as_raw() as u32);
-        }
+        self.process.kill();
     }
 
     /// Freezes the member (SIGSTOP): TCP connects to it still succeed, nothing answers, and
     /// the others stop hearing from it.
     pub fn pause(&self) {
-        if let Some(pid) = self.process() {
-            process::pause_tree(pid);
-        }
+        self.process.pause();
     }
 
     /// Undoes [`EtcdMember::pause`].
     pub fn resume(&self) {
-        if let Some(pid) = self.process() {
-            process::resume_tree(pid);
-        }
+        self.process.resume();
     }
 
     /// `Ok` when `GET /health` answers `{"health":"true"}`; otherwise an error saying what it
@@ -582,24 +563,11 @@ impl EtcdMember {
 
     /// The last lines of the member's log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut bytes = Vec::new();
-        if let Ok(mut file) = fs::File::open(self.log_path()) {
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            // zap lines are a few hundred bytes each.
-            let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-            let _ = file.read_to_end(&mut bytes);
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        server::log_tail(&self.log_path(), lines)
     }
 
     fn spawn(&self) -> anyhow::Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .with_context(|| format!("cannot open {}", self.log_path().display()))?;
+        let log = server::open_log(&self.log_path())?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(self.bin.etcd());
@@ -654,9 +622,8 @@ impl EtcdMember {
                     format!("cannot start {} ({})", self.name, self.bin.etcd().display())
                 })?
         };
-        // Reaped through its PID (see `process`), not through `Child::wait`.
-        self.watchdog.watch(child.id());
-        *self.lock() = Some(Pid::from_raw(child.id() as i32));
+        // Reaped through its PID (see `server`), not through `Child::wait`.
+        self.process.record(Pid::from_raw(child.id() as i32));
         Ok(())
     }
 
@@ -695,18 +662,6 @@ impl EtcdMember {
             self.log_path().display(),
             self.log_tail(20)
         )
-    }
-
-    fn process(&self) -> Option<Pid> {
-        *self.lock()
-    }
-
-    fn take_process(&self) -> Option<Pid> {
-        self.lock().take()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Pid>> {
-        self.process.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -854,126 +809,11 @@ fn complete_length(response: &[u8]) -> Option<usize> {
     (response.len() >= headers_end + body_length).then_some(headers_end + body_length)
 }
 
-/// `count` distinct ports that were free a moment ago on 127.0.0.1 (held together while
-/// chosen, so that no two are the same).
-fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot bind a loopback port")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
-/// Where cluster directories go, as for the PostgreSQL clusters: `$MERIDIAN_TESTKIT_DIR`,
-/// else `$TMPDIR/meridian-testkit`. (A tmpfs there spares etcd's fsyncs; measured here, it
-/// made no difference to start times.)
-fn base_dir() -> PathBuf {
-    std::env::var_os(BASE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"))
-}
-
 /// The first file called `program` in a `PATH` directory.
 fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
-}
-
-/// The watchdog of one etcd cluster directory, with the protocol of `guardian` (`+PID`,
-/// `-PID`, `exit`). `guardian`'s script recognises PostgreSQL servers by their process name;
-/// this one recognises a member by the cluster directory on its command line (`--data-dir`),
-/// which also holds when `MERIDIAN_ETCD_BIN` names a program not called `etcd`, and never
-/// matches a reused PID. Members hold no data worth a clean stop: SIGKILL at once.
-#[derive(Debug)]
-struct Watchdog {
-    state: Mutex<Option<(Child, ChildStdin)>>,
-}
-
-const WATCHDOG_SCRIPT: &str = r#"
-dir=$1
-keep=$2
-pids=" "
-while IFS= read -r line; do
-  case "$line" in
-    +*) pids="$pids${line#+} " ;;
-    -*) pids=$(printf '%s' "$pids" | sed "s/ ${line#-} / /") ;;
-    exit) exit 0 ;;
-  esac
-done
-ours() { tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$dir/"; }
-for p in $pids; do ours "$p" && kill -KILL "$p" 2>/dev/null; done
-i=0
-while [ $i -lt 50 ]; do
-  alive=0
-  for p in $pids; do ours "$p" && alive=1; done
-  [ $alive = 0 ] && break
-  sleep 0.1
-  i=$((i + 1))
-done
-[ "$keep" = keep ] || rm -rf -- "$dir"
-"#;
-
-impl Watchdog {
-    fn start(dir: &Path, keep: bool) -> anyhow::Result<Watchdog> {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG_SCRIPT)
-            .arg("meridian-testkit-etcd-watchdog")
-            .arg(dir)
-            .arg(if keep { "keep" } else { "remove" })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group, so that a signal to the test's group does not take it too.
-            .process_group(0)
-            .spawn()
-            .context("cannot start the etcd watchdog (sh)")?;
-        let stdin = child.stdin.take().context("watchdog has no stdin")?;
-        Ok(Watchdog {
-            state: Mutex::new(Some((child, stdin))),
-        })
-    }
-
-    fn pid(&self) -> Option<u32> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.as_ref().map(|(child, _)| child.id())
-    }
-
-    fn watch(&self, pid: u32) {
-        self.send(&format!("+{pid}"));
-    }
-
-    fn forget(&self, pid: u32) {
-        self.send(&format!("-{pid}"));
-    }
-
-    fn dismiss(&self) {
-        let taken = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((mut child, mut stdin)) = taken {
-            let _ = stdin.write_all(b"exit\n");
-            drop(stdin);
-            let _ = child.wait();
-        }
-    }
-
-    fn send(&self, line: &str) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, stdin)) = state.as_mut() {
-            // A failed write means the watchdog is gone; teardown by Drop still happens.
-            let _ = writeln!(stdin, "{line}");
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.dismiss();
-    }
 }
 
 #[cfg(test)]
@@ -992,13 +832,5 @@ mod tests {
         assert_eq!(complete_length(&extra), Some(whole.len()));
         // No length: the body ends when the server closes.
         assert_eq!(complete_length(b"HTTP/1.0 200 OK\r\n\r\nbody"), None);
-    }
-
-    #[test]
-    fn free_ports_are_distinct() {
-        let mut ports = free_ports(6).unwrap();
-        ports.sort();
-        ports.dedup();
-        assert_eq!(ports.len(), 6);
     }
 }

@@ -32,11 +32,8 @@ impl Kit {
     pub fn get() -> anyhow::Result<Arc<Kit>> {
         static KIT: OnceLock<Result<Arc<Kit>, String>> = OnceLock::new();
         KIT.get_or_init(|| {
-            let base = std::env::var_os(BASE_DIR_ENV)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"));
             PgBin::locate()
-                .and_then(|bin| Kit::at(base, bin, RunAs::resolve()?))
+                .and_then(|bin| Kit::at(base_dir(), bin, RunAs::resolve()?))
                 .map_err(|e| format!("{e:#}"))
         })
         .clone()
@@ -79,4 +76,13 @@ impl Kit {
     pub(crate) fn template(&self) -> &Path {
         &self.template
     }
+}
+
+/// Where clusters (PostgreSQL and etcd) get their directories unless told otherwise:
+/// `$MERIDIAN_TESTKIT_DIR`, else `$TMPDIR/meridian-testkit`. (A tmpfs there spares etcd's
+/// fsyncs; measured here, it made no difference to start times.)
+pub(crate) fn base_dir() -> PathBuf {
+    std::env::var_os(BASE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("meridian-testkit"))
 }

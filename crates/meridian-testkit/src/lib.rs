@@ -44,6 +44,7 @@ mod node;
 mod pg_bin;
 mod process;
 mod run_as;
+mod server;
 mod template;
 mod tls;
 mod wait;

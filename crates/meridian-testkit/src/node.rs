@@ -5,12 +5,11 @@
 //! All methods take `&self`, so a test can kill a node while another task queries it.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -22,6 +21,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use crate::guardian::Guardian;
 use crate::kit::Kit;
 use crate::process;
+use crate::server::{self, WatchedProcess, free_port};
 use crate::wait::{Check, wait_until};
 
 /// How long a server may take to accept connections after its process starts.
@@ -37,8 +37,7 @@ pub struct Node {
     started_once: AtomicBool,
     dir: PathBuf,
     kit: Arc<Kit>,
-    guardian: Arc<Guardian>,
-    postmaster: Mutex<Option<Pid>>,
+    postmaster: WatchedProcess,
 }
 
 impl Node {
@@ -58,8 +57,7 @@ impl Node {
             started_once: AtomicBool::new(false),
             dir,
             kit,
-            guardian,
-            postmaster: Mutex::new(None),
+            postmaster: WatchedProcess::new(guardian),
         })
     }
 
@@ -108,21 +106,12 @@ impl Node {
 
     /// The postmaster's PID while the server runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process().map(|pid| pid.as_raw() as u32)
+        self.postmaster.pid().map(|pid| pid.as_raw() as u32)
     }
 
     /// Whether the server process is alive (it may be paused).
     pub fn is_running(&self) -> bool {
-        let mut postmaster = self.lock();
-        match *postmaster {
-            Some(pid) if process::has_exited(pid) => {
-                self.guardian.forget(pid.as_raw() as u32);
-                *postmaster = None;
-                false
-            }
-            Some(_) => true,
-            None => false,
-        }
+        self.postmaster.is_running()
     }
 
     /// Starts the server and waits until it accepts connections (as primary or hot standby).
@@ -143,7 +132,8 @@ impl Node {
                 }
                 Err(e) => {
                     attempts += 1;
-                    let port_taken = self.log_since(log_start).contains("Address already in use");
+                    let port_taken = server::log_since(&self.log_path(), log_start)
+                        .contains("Address already in use");
                     if !port_taken || attempts >= 5 || self.started_once.load(Ordering::Relaxed) {
                         return Err(e);
                     }
@@ -154,11 +144,7 @@ impl Node {
     }
 
     fn spawn_postmaster(&self) -> anyhow::Result<Pid> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .with_context(|| format!("cannot open {}", self.log_path().display()))?;
+        let log = server::open_log(&self.log_path())?;
         let child = {
             use std::os::unix::process::CommandExt;
             self.kit
@@ -177,10 +163,9 @@ impl Node {
                 .spawn()
                 .with_context(|| format!("cannot start postgres for {}", self.name))?
         };
-        // The child is reaped through its PID (see `process`), not through `Child::wait`.
+        // The child is reaped through its PID (see `server`), not through `Child::wait`.
         let pid = Pid::from_raw(child.id() as i32);
-        self.guardian.watch(child.id());
-        *self.lock() = Some(pid);
+        self.postmaster.record(pid);
         Ok(pid)
     }
 
@@ -233,18 +218,9 @@ impl Node {
 
     /// Stops the server cleanly (fast shutdown: sessions are terminated, a checkpoint is taken).
     pub async fn stop(&self) -> anyhow::Result<()> {
-        let Some(pid) = self.take_process() else {
-            bail!("{} is not running", self.name);
-        };
-        let clean = tokio::task::spawn_blocking(move || {
-            process::shut_down(pid, Signal::SIGINT, Duration::from_secs(30))
-        })
-        .await?;
-        self.guardian.forget(pid.as_raw() as u32);
-        if !clean {
-            bail!("{} did not stop within 30 s and was killed", self.name);
-        }
-        Ok(())
+        self.postmaster
+            .stop(&self.name, Signal::SIGINT, Duration::from_secs(30))
+            .await
     }
 
     /// Stops and starts the server.
@@ -258,26 +234,19 @@ impl Node {
     /// instance). Open connections are cut without a goodbye; a later [`Node::start`] runs
     /// crash recovery.
     pub fn kill(&self) {
-        if let Some(pid) = self.take_process() {
-            process::kill_tree(pid);
-            self.guardian.forget(pid.as_raw() as u32);
-        }
+        self.postmaster.kill();
     }
 
     /// Freezes every process of the server (SIGSTOP): a hung server. Connections to it stay
     /// open and TCP connects still succeed (the kernel completes the handshake), but nothing
     /// answers.
     pub fn pause(&self) {
-        if let Some(pid) = self.process() {
-            process::pause_tree(pid);
-        }
+        self.postmaster.pause();
     }
 
     /// Undoes [`Node::pause`].
     pub fn resume(&self) {
-        if let Some(pid) = self.process() {
-            process::resume_tree(pid);
-        }
+        self.postmaster.resume();
     }
 
     /// Takes charge of a server that something else started in this node's data directory
@@ -293,8 +262,7 @@ impl Node {
                 self.data_dir().display()
             )
         })?;
-        self.guardian.watch(pid.as_raw() as u32);
-        *self.lock() = Some(pid);
+        self.postmaster.record(pid);
         self.started_once.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -312,10 +280,11 @@ impl Node {
     /// Shuts the server down immediately for teardown (immediate shutdown, then SIGKILL),
     /// whoever started it.
     pub(crate) fn shut_down_for_teardown(&self) {
-        if let Some(pid) = self.take_process().or_else(|| self.foreign_postmaster()) {
-            process::shut_down(pid, Signal::SIGQUIT, Duration::from_secs(10));
-            self.guardian.forget(pid.as_raw() as u32);
-        }
+        self.postmaster.shut_down(
+            || self.foreign_postmaster(),
+            Signal::SIGQUIT,
+            Duration::from_secs(10),
+        );
         self.remove_leftover_shared_memory();
     }
 
@@ -402,40 +371,13 @@ impl Node {
 
     /// The last lines of the server log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let len = fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
-        let text = self.log_since(len.saturating_sub(16 * 1024));
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// The server log from byte `offset` on.
-    fn log_since(&self, offset: u64) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = fs::File::open(self.log_path()) {
-            let _ = file.seek(SeekFrom::Start(offset));
-            let mut bytes = Vec::new();
-            let _ = file.read_to_end(&mut bytes);
-            text = String::from_utf8_lossy(&bytes).into_owned();
-        }
-        text
+        server::log_tail(&self.log_path(), lines)
     }
 
     /// Sets a parameter in the data directory's `postgresql.auto.conf` (as `ALTER SYSTEM`
     /// would), for a server that is not running or before a reload.
     pub fn set_auto_conf(&self, name: &str, value: &str) -> anyhow::Result<()> {
         set_auto_conf(&self.data_dir(), name, value)
-    }
-
-    fn process(&self) -> Option<Pid> {
-        *self.lock()
-    }
-
-    fn take_process(&self) -> Option<Pid> {
-        self.lock().take()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Pid>> {
-        self.postmaster.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A killed postmaster leaves its System V shared memory segment behind (the next start
@@ -471,14 +413,6 @@ pub(crate) fn set_auto_conf(data_dir: &Path, name: &str, value: &str) -> anyhow:
     out.push(format!("{name} = '{}'", value.replace('\'', "''")));
     fs::write(&path, out.join("\n") + "\n")
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("cannot bind a loopback port")?
-        .local_addr()?
-        .port())
 }
 
 /// The rows of a simple-protocol answer, as text (`None` for NULL), like `psql -At`.

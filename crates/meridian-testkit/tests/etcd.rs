@@ -4,18 +4,17 @@
 //! Keys are written and read with `etcdctl` (API v3) as a subprocess. Every wait polls with a
 //! deadline; the deadlines are generous for a busy 2-core machine, never part of the check.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod probe;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use meridian_testkit::{Check, EtcdCluster, EtcdMember, KEEP_ENV, wait_until};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
+use probe::{Mode, Report, assert_nothing_left, process_state};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const REPORT_ENV: &str = "MERIDIAN_TESTKIT_ETCD_PROBE_REPORT";
-const MODE_ENV: &str = "MERIDIAN_TESTKIT_ETCD_PROBE_MODE";
+const PROBE: &str = "probe_starts_an_etcd_cluster_then_fails";
 
 /// A serializable read from this member alone: what it has applied, without asking the leader.
 async fn local_value(member: &EtcdMember, key: &str) -> anyhow::Result<String> {
@@ -202,82 +201,16 @@ async fn dropping_the_cluster_kills_every_member_and_removes_its_directory() {
     }
 }
 
-/// What the probe saw of its cluster before it hung.
-#[derive(Debug, Default)]
-struct Report {
-    dir: PathBuf,
-    pids: Vec<u32>,
-    watchdog: Option<u32>,
-    complete: bool,
-}
-
-fn read_report(path: &Path) -> Report {
-    let mut report = Report::default();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        match line.split_once(' ') {
-            Some(("dir", dir)) => report.dir = dir.into(),
-            Some(("pid", pid)) => report.pids.push(pid.parse().unwrap()),
-            Some(("watchdog", pid)) => report.watchdog = Some(pid.parse().unwrap()),
-            _ if line == "complete" => report.complete = true,
-            _ => {}
-        }
-    }
-    report
-}
-
-/// The state letter of a process (`Z` for a zombie), `None` once it is gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 /// Runs the probe below as a child process with its stderr a pipe whose reading end is
 /// already closed, so that anything it prints fails.
-fn spawn_probe(mode: &str, report: &Path) -> Child {
-    let mut probe = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "probe_starts_an_etcd_cluster_then_fails",
-            "--ignored",
-            // Not captured by the test harness: prints go to the closed pipe.
-            "--nocapture",
-        ])
-        .env(REPORT_ENV, report)
-        .env(MODE_ENV, mode)
-        // These tests check that the directory goes.
-        .env_remove(KEEP_ENV)
-        .stdout(Stdio::null())
+fn spawn_probe(mode: Mode, report: &Path) -> Child {
+    // Not captured by the test harness (`--nocapture`): prints go to the closed pipe.
+    let mut probe = probe::command(PROBE, mode, report)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     drop(probe.stderr.take());
     probe
-}
-
-/// Waits until every process the probe reported has exited (reaping those orphaned to us)
-/// and its cluster directory is gone.
-async fn assert_nothing_left(report: &Report) {
-    let pids: Vec<u32> = report.pids.iter().copied().chain(report.watchdog).collect();
-    wait_until(TIMEOUT, "every etcd and the watchdog to exit", || async {
-        let alive: Vec<(u32, char)> = pids
-            .iter()
-            .filter_map(|&pid| {
-                if process_state(pid) == Some('Z') {
-                    // An orphan handed to us by the subreaper setting: reap it.
-                    let _ = waitpid(Pid::from_raw(pid as i32), None);
-                }
-                process_state(pid).map(|state| (pid, state))
-            })
-            .collect();
-        Check::when(alive.is_empty(), (), alive)
-    })
-    .await
-    .unwrap();
-    wait_until(TIMEOUT, "the cluster directory to be removed", || async {
-        Check::when(!report.dir.exists(), (), report.dir.display().to_string())
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]
@@ -286,13 +219,8 @@ async fn no_member_survives_a_killed_test_process() {
     meridian_testkit::adopt_orphans();
     let scratch = tempfile::tempdir().unwrap();
     let report_path = scratch.path().join("report");
-    let mut probe = spawn_probe("hang", &report_path);
-    let report = wait_until(Duration::from_secs(120), "the probe's report", || async {
-        let report = read_report(&report_path);
-        Check::when(report.complete, report, "incomplete")
-    })
-    .await
-    .unwrap();
+    let mut probe = spawn_probe(Mode::Hang, &report_path);
+    let report = Report::wait_complete(&report_path).await;
     assert_eq!(report.pids.len(), 3, "{report:?}");
 
     probe.kill().unwrap();
@@ -304,9 +232,9 @@ async fn no_member_survives_a_killed_test_process() {
 async fn no_member_survives_a_panicking_test_that_cannot_print() {
     let scratch = tempfile::tempdir().unwrap();
     let report_path = scratch.path().join("report");
-    let status = spawn_probe("panic", &report_path).wait().unwrap();
+    let status = spawn_probe(Mode::Panic, &report_path).wait().unwrap();
     assert!(!status.success(), "the probe was meant to fail");
-    let report = read_report(&report_path);
+    let report = Report::read(&report_path);
     assert!(
         report.complete,
         "the probe did not start its cluster: {report:?}"
@@ -319,19 +247,17 @@ async fn no_member_survives_a_panicking_test_that_cannot_print() {
 #[tokio::test]
 #[ignore = "a probe run as a child process by the teardown tests"]
 async fn probe_starts_an_etcd_cluster_then_fails() {
-    let report_path = std::env::var_os(REPORT_ENV).expect("run by the teardown tests");
-    let mode = std::env::var(MODE_ENV).expect("run by the teardown tests");
     let etcd = EtcdCluster::start(3).await.unwrap();
-    let mut report = std::fs::File::create(report_path).unwrap();
-    writeln!(report, "dir {}", etcd.dir().display()).unwrap();
-    writeln!(report, "watchdog {}", etcd.watchdog_pid().unwrap()).unwrap();
+    let mut report = Report {
+        dir: etcd.dir().to_owned(),
+        watchdog: Some(etcd.watchdog_pid().expect("a watchdog runs")),
+        ..Report::default()
+    };
     for member in etcd.members() {
-        writeln!(report, "pid {}", member.pid().unwrap()).unwrap();
+        report
+            .ports
+            .extend([member.client_port(), member.peer_port()]);
+        report.pids.push(member.pid().unwrap());
     }
-    writeln!(report, "complete").unwrap();
-    drop(report);
-    match mode.as_str() {
-        "panic" => panic!("the probe panics with its cluster running"),
-        _ => std::future::pending::<()>().await,
-    }
+    probe::report_then_fail(&report).await;
 }
