@@ -80,9 +80,15 @@ pub struct CoordinationConfig {
     pub user: Option<String>,
     /// Its password.
     pub password: Option<Secret>,
-    /// CA certificate to verify `https://` endpoints with.
+    /// CA certificate to verify `https://` endpoints with (required for them).
     #[serde(serialize_with = "optional_path")]
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate, for an etcd that requires one (`--client-cert-auth`).
+    #[serde(serialize_with = "optional_path")]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(serialize_with = "optional_path")]
+    pub key: Option<PathBuf>,
     /// A proxy fenced off from etcd keeps routing reads (to replicas); `false` = it routes
     /// nothing until its session is back.
     pub reads_when_fenced: bool,

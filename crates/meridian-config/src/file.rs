@@ -56,6 +56,8 @@ pub(crate) struct RawCoordination {
     #[serde(default, deserialize_with = "secret")]
     pub(crate) password: Option<Secret>,
     pub(crate) ca_cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     pub(crate) reads_when_fenced: Option<bool>,
 }
 
@@ -252,6 +254,8 @@ impl RawConfig {
         self.failover.pg_bin.iter_mut().for_each(resolve);
         if let Some(coordination) = &mut self.coordination {
             coordination.ca_cert.iter_mut().for_each(resolve);
+            coordination.cert.iter_mut().for_each(resolve);
+            coordination.key.iter_mut().for_each(resolve);
         }
         for region in &mut self.regions {
             for node in &mut region.nodes {

@@ -366,6 +366,37 @@ impl Checker<'_> {
                  margin before its lease can expire)",
             );
         }
+        let https = raw.etcd.iter().any(|e| e.starts_with("https://"));
+        if https && raw.ca_cert.is_none() {
+            self.fail(
+                "coordination.ca_cert",
+                None,
+                "https:// etcd endpoints need the CA certificate that signed etcd's: set \
+                 coordination.ca_cert to its PEM file",
+            );
+        }
+        if raw.cert.is_some() != raw.key.is_some() {
+            let (field, missing) = if raw.cert.is_some() {
+                ("coordination.key", "coordination.cert")
+            } else {
+                ("coordination.cert", "coordination.key")
+            };
+            self.fail(
+                field,
+                None,
+                format!(
+                    "{missing} is set: a client certificate needs both cert and key (PEM files)"
+                ),
+            );
+        }
+        if (raw.cert.is_some() || raw.ca_cert.is_some()) && !https {
+            self.fail(
+                "coordination.etcd",
+                None,
+                "ca_cert, cert and key apply to https:// endpoints; write the endpoints as \
+                 https://host:port",
+            );
+        }
         if raw.password.is_some() && raw.user.is_none() {
             self.fail(
                 "coordination.password",
@@ -381,6 +412,8 @@ impl Checker<'_> {
             user: raw.user,
             password: raw.password,
             ca_cert: raw.ca_cert,
+            cert: raw.cert,
+            key: raw.key,
             reads_when_fenced: raw.reads_when_fenced.unwrap_or(true),
         }
     }
@@ -1605,7 +1638,7 @@ mod tests {
     fn coordination_is_off_by_default_and_checked_when_on() {
         assert_eq!(load(NODE).coordination, None);
         let config = load(&format!(
-            "[coordination]\netcd = [\"http://10.0.0.1:2379\", \"https://etcd.internal:2379\"]\n{NODE}"
+            "[coordination]\netcd = [\"http://10.0.0.1:2379\", \"http://etcd.internal:2379\"]\n{NODE}"
         ));
         let c = config.coordination.expect("on");
         assert_eq!(c.prefix, "/meridian/default");
@@ -1653,6 +1686,17 @@ mod tests {
         assert!(errors.iter().all(|e| !e.contains("s3cret")), "{errors:?}");
         let errors = errors_of(&format!("[coordination]\n{NODE}"));
         assert!(find(&errors, "coordination.etcd").contains("at least one etcd endpoint"));
+        let errors = errors_of(&format!(
+            "[coordination]\netcd = [\"https://h:1\"]\ncert = \"c.pem\"\n{NODE}"
+        ));
+        assert!(find(&errors, "coordination.ca_cert").contains("CA certificate"));
+        assert!(find(&errors, "coordination.key").contains("needs both cert and key"));
+        let c = load(&format!(
+            "[coordination]\netcd = [\"https://h:1\"]\nca_cert = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n{NODE}"
+        ))
+        .coordination
+        .unwrap();
+        assert!(c.cert.is_some() && c.key.is_some() && c.ca_cert.is_some());
     }
 
     #[test]

@@ -255,6 +255,7 @@ fn coordination_settings(
             )
         }),
         ca_cert: config.ca_cert.clone(),
+        client_cert: config.cert.clone().zip(config.key.clone()),
         reads_when_fenced: config.reads_when_fenced,
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use meridian_core::coordination::{
     Barrier, BarrierState, Fence, Publication, Routing, routed_view,
@@ -42,6 +42,8 @@ pub struct CoordinationSettings {
     pub credentials: Option<(String, String)>,
     /// CA certificate for `https://` endpoints.
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM files), for an etcd that requires one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// A fenced proxy keeps routing reads.
     pub reads_when_fenced: bool,
     /// What the registration says of this instance (its listeners).
@@ -57,6 +59,10 @@ impl fmt::Debug for CoordinationSettings {
             .field("lease_ttl", &self.lease_ttl)
             .field("user", &self.credentials.as_ref().map(|(user, _)| user))
             .field("ca_cert", &self.ca_cert)
+            .field(
+                "client_cert",
+                &self.client_cert.as_ref().map(|(cert, _)| cert),
+            )
             .field("reads_when_fenced", &self.reads_when_fenced)
             .finish_non_exhaustive()
     }
@@ -307,13 +313,19 @@ async fn connect(settings: &CoordinationSettings) -> Result<Client, String> {
         options = options.with_user(user, password);
     }
     if let Some(path) = &settings.ca_cert {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!(
-                "cannot read the etcd CA certificate {}: {e}",
-                path.display()
-            )
-        })?;
-        options = options.with_tls(TlsOptions::new().ca_certificate(Certificate::from_pem(pem)));
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read the etcd {what} {}: {e}", path.display()))
+        };
+        let mut tls =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read(path, "CA certificate")?));
+        if let Some((cert, key)) = &settings.client_cert {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        options = options.with_tls(tls);
     }
     Client::connect(&settings.endpoints, Some(options))
         .await
