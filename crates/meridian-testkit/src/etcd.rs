@@ -2,8 +2,9 @@
 //! that coordinate through etcd. What a test sees is documented on [`EtcdCluster`]; how it
 //! is done: members are ordinary child processes (etcd may run as root), signalled and reaped
 //! through `process` like PostgreSQL servers; readiness is polled over plain HTTP (`/health`
-//! on the client port, `/version` on the peer port) with a few lines of HTTP/1.0 rather than
-//! an HTTP client; the watchdog is `guardian`'s, recognising members by their directory.
+//! on the client port, or on a separate metrics port with TLS; `/version` on the peer port)
+//! with a few lines of HTTP/1.0 rather than an HTTP client; the watchdog is `guardian`'s,
+//! recognising members by their directory.
 
 use std::ffi::OsString;
 use std::fs;
@@ -25,6 +26,7 @@ use crate::fault_link::FaultLink;
 use crate::guardian::{Guardian, Recognise};
 use crate::kit::base_dir;
 use crate::server::{self, WatchedProcess, free_ports};
+use crate::tls::Authority;
 use crate::wait::{Check, wait_until};
 
 /// The environment variable naming the etcd program (or the directory holding `etcd` and
@@ -177,6 +179,12 @@ impl EtcdBin {
 ///   median of 0.27–0.37 s for 1 member and 0.22–0.27 s for 3 (at most 0.53 s); after the
 ///   leader of 3 is killed, an `etcdctl put` retried every 200 ms succeeds after a median of
 ///   0.70 s (at most 0.97 s).
+/// - TLS ([`EtcdCluster::start_tls`]): client URLs are `https://127.0.0.1:PORT` with a
+///   server certificate for `localhost` and `127.0.0.1` signed by a new CA, and
+///   `--client-cert-auth`: a client must present a certificate signed by that CA, such as
+///   [`EtcdCluster::tls_client_cert`]. Peer URLs stay plain HTTP. `/health` and `/metrics`
+///   are probed on a third port, plain HTTP (`--listen-metrics-urls`), which etcd serves
+///   without asking for a certificate.
 /// - Teardown: dropping the cluster SIGKILLs every member (test data needs no clean stop),
 ///   also when the test panics; a watchdog process, as for the PostgreSQL clusters, kills
 ///   them and removes the directory if the test process dies without dropping it.
@@ -187,11 +195,23 @@ pub struct EtcdCluster {
     dir: PathBuf,
     watchdog: Arc<Guardian>,
     keep: bool,
+    tls: Option<Arc<Authority>>,
 }
 
 impl EtcdCluster {
     /// Starts a cluster of `members` (1 or 3) and waits until every member is healthy.
     pub async fn start(members: usize) -> anyhow::Result<EtcdCluster> {
+        EtcdCluster::start_with(members, false).await
+    }
+
+    /// As [`EtcdCluster::start`], with clients served over TLS only and asked for a client
+    /// certificate: see [`EtcdCluster::tls_root_cert`], [`EtcdCluster::tls_client_cert`] and
+    /// [`EtcdCluster::tls_client_key`].
+    pub async fn start_tls(members: usize) -> anyhow::Result<EtcdCluster> {
+        EtcdCluster::start_with(members, true).await
+    }
+
+    async fn start_with(members: usize, tls: bool) -> anyhow::Result<EtcdCluster> {
         if members != 1 && members != 3 {
             bail!(
                 "an etcd test cluster has 1 or 3 members, not {members}: 1 for tests that need \
@@ -221,8 +241,12 @@ impl EtcdCluster {
             dir,
             watchdog,
             keep,
+            tls: None,
         };
         // From here on, a failure drops `cluster`, which stops whatever was started.
+        if tls {
+            cluster.tls = Some(Arc::new(Authority::install(&cluster.dir)?));
+        }
         let mut attempt = 1;
         loop {
             cluster.plan(members)?;
@@ -271,12 +295,14 @@ impl EtcdCluster {
         for member in self.members.drain(..) {
             let _ = fs::remove_dir_all(&member.dir);
         }
-        let ports = free_ports(2 * members)?;
+        // Client, peer, and with TLS a plain metrics port.
+        let per_member = if self.tls.is_some() { 3 } else { 2 };
+        let ports = free_ports(per_member * members)?;
         let names: Vec<String> = (1..=members).map(|i| format!("etcd-{i}")).collect();
         let initial_cluster = names
             .iter()
-            .zip(ports.chunks(2))
-            .map(|(name, pair)| format!("{name}=http://127.0.0.1:{}", pair[1]))
+            .zip(ports.chunks(per_member))
+            .map(|(name, ports)| format!("{name}=http://127.0.0.1:{}", ports[1]))
             .collect::<Vec<_>>()
             .join(",");
         // Unique per start, so that members of two clusters can never join each other.
@@ -285,13 +311,15 @@ impl EtcdCluster {
             std::process::id(),
             self.dir.file_name().unwrap_or_default().to_string_lossy()
         );
-        for (name, pair) in names.iter().zip(ports.chunks(2)) {
+        for (name, ports) in names.iter().zip(ports.chunks(per_member)) {
             let dir = self.dir.join(name);
             fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             self.members.push(EtcdMember {
                 name: name.clone(),
-                client_port: pair[0],
-                peer_port: pair[1],
+                client_port: ports[0],
+                peer_port: ports[1],
+                metrics_port: ports.get(2).copied(),
+                tls: self.tls.clone(),
                 dir,
                 initial_cluster: initial_cluster.clone(),
                 token: token.clone(),
@@ -302,7 +330,8 @@ impl EtcdCluster {
         Ok(())
     }
 
-    /// The client URLs of every member (`http://127.0.0.1:PORT`), in member order.
+    /// The client URLs of every member (`http://127.0.0.1:PORT`, or `https://` with TLS), in
+    /// member order.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(EtcdMember::endpoint).collect()
     }
@@ -355,7 +384,10 @@ impl EtcdCluster {
             .iter()
             .map(EtcdMember::link)
             .collect::<anyhow::Result<_>>()?;
-        Ok(EtcdLinks { links })
+        Ok(EtcdLinks {
+            links,
+            scheme: scheme(self.tls.as_deref()),
+        })
     }
 
     /// Runs `etcdctl` (API v3) against the running members, e.g. `&["put", "k", "v"]`, and
@@ -367,13 +399,29 @@ impl EtcdCluster {
             .filter(|m| m.is_running())
             .map(EtcdMember::endpoint)
             .collect();
-        etcdctl(&self.bin, &endpoints, args).await
+        etcdctl(&self.bin, self.tls.as_deref(), &endpoints, args).await
     }
 
     /// Runs `etcdctl` (API v3) against `endpoints` (e.g. [`EtcdLinks::endpoints`]), as
     /// [`EtcdMember::etcdctl`] does.
     pub async fn etcdctl_at(&self, endpoints: &[String], args: &[&str]) -> anyhow::Result<String> {
-        etcdctl(&self.bin, endpoints, args).await
+        etcdctl(&self.bin, self.tls.as_deref(), endpoints, args).await
+    }
+
+    /// With TLS, the CA certificate (PEM) that signed the members' certificate and the
+    /// client's: what a client verifies the members against.
+    pub fn tls_root_cert(&self) -> Option<&Path> {
+        self.tls.as_deref().map(|tls| tls.root_cert.as_path())
+    }
+
+    /// With TLS, a client certificate (PEM) the members accept.
+    pub fn tls_client_cert(&self) -> Option<&Path> {
+        self.tls.as_deref().map(|tls| tls.client_cert.as_path())
+    }
+
+    /// With TLS, the key (PEM) of [`EtcdCluster::tls_client_cert`].
+    pub fn tls_client_key(&self) -> Option<&Path> {
+        self.tls.as_deref().map(|tls| tls.client_key.as_path())
     }
 
     /// The programs the cluster runs.
@@ -430,6 +478,9 @@ pub struct EtcdMember {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: `/health` and `/metrics` over plain HTTP.
+    metrics_port: Option<u16>,
+    tls: Option<Arc<Authority>>,
     dir: PathBuf,
     initial_cluster: String,
     token: String,
@@ -443,12 +494,17 @@ impl EtcdMember {
         &self.name
     }
 
-    /// Its client URL, `http://127.0.0.1:PORT`.
+    /// Its client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            scheme(self.tls.as_deref()),
+            self.client_port
+        )
     }
 
-    /// The loopback port clients connect to (gRPC, and HTTP: `/health`, `/metrics`, `/v3/`).
+    /// The loopback port clients connect to (gRPC, and HTTP: `/health`, `/metrics`, `/v3/`;
+    /// over TLS with a client certificate when started with [`EtcdCluster::start_tls`]).
     pub fn client_port(&self) -> u16 {
         self.client_port
     }
@@ -466,6 +522,18 @@ impl EtcdMember {
     /// The peer address.
     pub fn peer_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.peer_port))
+    }
+
+    /// With TLS, the loopback port serving `/health` and `/metrics` over plain HTTP.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
+    /// Where `/health` and `/metrics` are probed over plain HTTP: the metrics port with TLS,
+    /// the client port without.
+    fn probe_addr(&self) -> SocketAddr {
+        let port = self.metrics_port.unwrap_or(self.client_port);
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
 
     /// The data directory.
@@ -527,7 +595,7 @@ impl EtcdMember {
     /// `Ok` when `GET /health` answers `{"health":"true"}`; otherwise an error saying what it
     /// answered, or that it did not within 2 s.
     pub async fn health(&self) -> anyhow::Result<()> {
-        let (status, body) = http_get(self.client_addr(), "/health").await?;
+        let (status, body) = http_get(self.probe_addr(), "/health").await?;
         if status == 200 && body.contains(r#""health":"true""#) {
             Ok(())
         } else {
@@ -537,7 +605,7 @@ impl EtcdMember {
 
     /// Whether this member is the leader, from its `etcd_server_is_leader` metric.
     pub async fn is_leader(&self) -> anyhow::Result<bool> {
-        let (status, body) = http_get(self.client_addr(), "/metrics").await?;
+        let (status, body) = http_get(self.probe_addr(), "/metrics").await?;
         if status != 200 {
             bail!("{} /metrics: HTTP {status}", self.name);
         }
@@ -548,7 +616,7 @@ impl EtcdMember {
     }
 
     /// A new [`FaultLink`] in front of the client port; clients given
-    /// `http://127.0.0.1:{link.port()}` reach this member through it.
+    /// `http://127.0.0.1:{link.port()}` (`https://` with TLS) reach this member through it.
     pub fn link(&self) -> anyhow::Result<FaultLink> {
         FaultLink::start(self.client_addr())
     }
@@ -558,7 +626,7 @@ impl EtcdMember {
     /// if it exits non-zero. Dial and command timeouts default to 2 s and 5 s (later
     /// `--dial-timeout`/`--command-timeout` arguments override them).
     pub async fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        etcdctl(&self.bin, &[self.endpoint()], args).await
+        etcdctl(&self.bin, self.tls.as_deref(), &[self.endpoint()], args).await
     }
 
     /// The last lines of the member's log, for error messages.
@@ -577,7 +645,7 @@ impl EtcdMember {
                 command.env_remove(name);
             }
         }
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--name".into(),
             self.name.clone().into(),
             "--data-dir".into(),
@@ -607,6 +675,19 @@ impl EtcdMember {
             "--log-outputs".into(),
             "stderr".into(),
         ];
+        if let (Some(tls), Some(metrics_port)) = (&self.tls, self.metrics_port) {
+            args.extend::<[OsString; 9]>([
+                "--cert-file".into(),
+                tls.server_cert.clone().into(),
+                "--key-file".into(),
+                tls.server_key.clone().into(),
+                "--trusted-ca-file".into(),
+                tls.root_cert.clone().into(),
+                "--client-cert-auth".into(),
+                "--listen-metrics-urls".into(),
+                format!("http://127.0.0.1:{metrics_port}").into(),
+            ]);
+        }
         let child = {
             use std::os::unix::process::CommandExt;
             command
@@ -677,7 +758,7 @@ impl Drop for EtcdMember {
 enum Wanted {
     /// The peer port answers HTTP (`GET /version`): the member has started its server.
     PeerPort,
-    /// `GET /health` on the client port answers `{"health":"true"}`.
+    /// `GET /health` answers `{"health":"true"}` (see [`EtcdMember::health`]).
     Healthy,
 }
 
@@ -685,6 +766,7 @@ enum Wanted {
 #[derive(Debug)]
 pub struct EtcdLinks {
     links: Vec<FaultLink>,
+    scheme: &'static str,
 }
 
 impl EtcdLinks {
@@ -692,7 +774,7 @@ impl EtcdLinks {
     pub fn endpoints(&self) -> Vec<String> {
         self.links
             .iter()
-            .map(|link| format!("http://127.0.0.1:{}", link.port()))
+            .map(|link| format!("{}://127.0.0.1:{}", self.scheme, link.port()))
             .collect()
     }
 
@@ -722,8 +804,19 @@ impl EtcdLinks {
     }
 }
 
-/// `ETCDCTL_API=3 etcdctl --endpoints=... ARGS`, with the caller's other `ETCDCTL_*` removed.
-async fn etcdctl(bin: &EtcdBin, endpoints: &[String], args: &[&str]) -> anyhow::Result<String> {
+/// The client URLs' scheme.
+fn scheme(tls: Option<&Authority>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
+}
+
+/// `ETCDCTL_API=3 etcdctl --endpoints=... ARGS` (with TLS, `--cacert --cert --key` too), with
+/// the caller's other `ETCDCTL_*` removed.
+async fn etcdctl(
+    bin: &EtcdBin,
+    tls: Option<&Authority>,
+    endpoints: &[String],
+    args: &[&str],
+) -> anyhow::Result<String> {
     let mut command = tokio::process::Command::new(bin.etcdctl()?);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("ETCDCTL_") {
@@ -734,6 +827,13 @@ async fn etcdctl(bin: &EtcdBin, endpoints: &[String], args: &[&str]) -> anyhow::
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .args(["--dial-timeout=2s", "--command-timeout=5s"])
+        .args(tls.map_or_else(Vec::new, |tls| {
+            vec![
+                format!("--cacert={}", tls.root_cert.display()),
+                format!("--cert={}", tls.client_cert.display()),
+                format!("--key={}", tls.client_key.display()),
+            ]
+        }))
         .args(args)
         .stdin(Stdio::null())
         // A caller that stops waiting (a `wait_until` deadline) ends the run.

@@ -28,7 +28,8 @@
 //! - [`wait_until`] polls a condition with a deadline and reports what it last saw.
 //! - [`EtcdCluster`] starts a real etcd of 1 or 3 members on loopback (for coordination
 //!   tests), from `MERIDIAN_ETCD_BIN` or `etcd` on `PATH`, with member kill, stop, restart and
-//!   pause, and [`EtcdCluster::links`] to cut one client off from etcd.
+//!   pause, [`EtcdCluster::links`] to cut one client off from etcd, and
+//!   [`EtcdCluster::start_tls`] for clients over TLS with a client certificate.
 //!
 //! Start time of one primary and two streaming replicas, measured on the project's 2-core
 //! machines with PostgreSQL 15.18 (`cargo run --release -p meridian-testkit --example
