@@ -43,16 +43,23 @@ fn settings_with(
     )
 }
 
-/// A one-member etcd and a cluster with `replicas` and the `numbered` table.
+/// A one-member etcd and a cluster with the `numbered` table.
 async fn setup(cluster: meridian_testkit::ClusterBuilder) -> (EtcdCluster, TestCluster) {
-    let etcd = EtcdCluster::start(1).await.unwrap();
-    let cluster = cluster.start().await.unwrap();
+    (
+        EtcdCluster::start(1).await.unwrap(),
+        with_table(cluster).await,
+    )
+}
+
+/// The cluster `builder` describes, with the `numbered` table.
+async fn with_table(builder: meridian_testkit::ClusterBuilder) -> TestCluster {
+    let cluster = builder.start().await.unwrap();
     cluster
         .primary()
         .execute("CREATE TABLE numbered (value bigint)")
         .await
         .unwrap();
-    (etcd, cluster)
+    cluster
 }
 
 /// `/api/database/status` of an instance.
@@ -494,4 +501,52 @@ async fn a_primary_the_leader_cannot_reach_but_another_instance_can_is_not_faile
         })
         .await,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_coordinate_over_tls_with_client_certificates_and_one_without_is_refused() {
+    let etcd = EtcdCluster::start_tls(1).await.unwrap();
+    let cluster = with_table(TestCluster::builder().replicas(1)).await;
+    let path = |p: Option<&std::path::Path>| p.expect("a TLS cluster").display().to_string();
+    let ca = path(etcd.tls_root_cert());
+    let tls = |instance: &str, with_client_cert: bool| {
+        let mut text = settings(&cluster, &etcd.endpoints(), instance).replacen(
+            "lease_ttl",
+            &format!("ca_cert = \"{ca}\"\nlease_ttl"),
+            1,
+        );
+        if with_client_cert {
+            text = text.replacen(
+                "lease_ttl",
+                &format!(
+                    "cert = \"{}\"\nkey = \"{}\"\nlease_ttl",
+                    path(etcd.tls_client_cert()),
+                    path(etcd.tls_client_key())
+                ),
+                1,
+            );
+        }
+        text
+    };
+    assert!(etcd.endpoints()[0].starts_with("https://"));
+    let a = RunningMeridian::start(&tls("a", true), TIMEOUT).await;
+    the_leader(&[&a]).await;
+    all_write_to(&[&a], cluster.primary().port()).await;
+
+    // Without a client certificate etcd refuses the session: never a leader, writes fenced.
+    let b = RunningMeridian::start(&tls("b", false), TIMEOUT).await;
+    let refused = b.or_log(
+        wait_until(TIMEOUT, "the session refused", || async {
+            match status(&b).await {
+                Ok(body) if body["coordination"]["last_error"].is_string() => {
+                    Check::Ready(body["coordination"].clone())
+                }
+                other => Check::NotYet(format!("{other:?}")),
+            }
+        })
+        .await,
+    );
+    assert_eq!(refused["session"], false, "{refused}");
+    assert_eq!(refused["leading"], false, "{refused}");
+    assert_eq!(refused["fenced"], true, "{refused}");
 }
