@@ -2565,6 +2565,24 @@ mod tests {
         assert!(work(&again).is_empty());
     }
 
+    /// n0's probe is refused at each of `times` while n1 and n2 answer as replicas that lost
+    /// their stream: what the machine did.
+    fn n0_fails_at(m: &mut Failover, times: &[u64]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for &at in times {
+            m.handle(
+                Timestamp(at),
+                ok(1, at, replica_status(100, None, Duration::ZERO)),
+            );
+            m.handle(
+                Timestamp(at),
+                ok(2, at, replica_status(90, None, Duration::ZERO)),
+            );
+            out.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        out
+    }
+
     #[test]
     fn a_follower_starts_no_failover_and_refuses_commands_until_it_leads() {
         let mut m = steady();
@@ -2591,18 +2609,7 @@ mod tests {
         );
         // Leading, with the primary still dead, it fails over at the next evidence.
         m.handle(Timestamp(1800), Input::Leadership(true));
-        let mut started = Vec::new();
-        for at in [2000, 2200, 2400] {
-            m.handle(
-                Timestamp(at),
-                ok(1, at, replica_status(100, None, Duration::ZERO)),
-            );
-            m.handle(
-                Timestamp(at),
-                ok(2, at, replica_status(90, None, Duration::ZERO)),
-            );
-            started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
-        }
+        let started = n0_fails_at(&mut m, &[2000, 2200, 2400]);
         assert!(m.state().running.is_some(), "{started:?}");
     }
 
@@ -2633,18 +2640,7 @@ mod tests {
             "{seen:?}"
         );
         // The sightings stop (old ones age out): the failover goes ahead.
-        let mut started = Vec::new();
-        for at in [5000, 5200, 5400] {
-            m.handle(
-                Timestamp(at),
-                ok(1, at, replica_status(100, None, Duration::ZERO)),
-            );
-            m.handle(
-                Timestamp(at),
-                ok(2, at, replica_status(90, None, Duration::ZERO)),
-            );
-            started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
-        }
+        let started = n0_fails_at(&mut m, &[5000, 5200, 5400]);
         assert!(m.state().running.is_some(), "{started:?}");
     }
 
