@@ -92,6 +92,10 @@ pub struct CoordinationConfig {
     /// A proxy fenced off from etcd keeps routing reads (to replicas); `false` = it routes
     /// nothing until its session is back.
     pub reads_when_fenced: bool,
+    /// It serves clients (`proxy`): it binds `listen`.
+    pub proxy: bool,
+    /// It may lead (`control`): it campaigns, and fails over when elected.
+    pub control: bool,
 }
 
 /// `[failover]`: detection, promotion and rejoin.

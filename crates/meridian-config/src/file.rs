@@ -58,6 +58,7 @@ pub(crate) struct RawCoordination {
     pub(crate) ca_cert: Option<PathBuf>,
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
+    pub(crate) roles: Option<Vec<String>>,
     pub(crate) reads_when_fenced: Option<bool>,
 }
 

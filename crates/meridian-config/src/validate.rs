@@ -397,6 +397,17 @@ impl Checker<'_> {
                  https://host:port",
             );
         }
+        let roles = raw
+            .roles
+            .unwrap_or_else(|| vec!["proxy".to_owned(), "control".to_owned()]);
+        if roles.is_empty() || roles.iter().any(|r| r != "proxy" && r != "control") {
+            self.fail(
+                "coordination.roles",
+                Some(format!("{roles:?}")),
+                "must list \"proxy\" (serves clients), \"control\" (may lead and fail over), or \
+                 both",
+            );
+        }
         if raw.password.is_some() && raw.user.is_none() {
             self.fail(
                 "coordination.password",
@@ -414,6 +425,8 @@ impl Checker<'_> {
             ca_cert: raw.ca_cert,
             cert: raw.cert,
             key: raw.key,
+            proxy: roles.iter().any(|r| r == "proxy"),
+            control: roles.iter().any(|r| r == "control"),
             reads_when_fenced: raw.reads_when_fenced.unwrap_or(true),
         }
     }
@@ -1697,6 +1710,17 @@ mod tests {
         .coordination
         .unwrap();
         assert!(c.cert.is_some() && c.key.is_some() && c.ca_cert.is_some());
+        assert!(c.proxy && c.control, "both roles by default");
+        let c = load(&format!(
+            "[coordination]\netcd = [\"http://h:1\"]\nroles = [\"proxy\"]\n{NODE}"
+        ))
+        .coordination
+        .unwrap();
+        assert!(c.proxy && !c.control);
+        let errors = errors_of(&format!(
+            "[coordination]\netcd = [\"http://h:1\"]\nroles = [\"router\"]\n{NODE}"
+        ));
+        assert!(find(&errors, "coordination.roles").contains("\"proxy\""));
     }
 
     #[test]

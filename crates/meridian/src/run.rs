@@ -73,7 +73,8 @@ pub struct Running {
     pub admin_listen: SocketAddr,
     store: Arc<dyn Store>,
     stop_data_plane: oneshot::Sender<()>,
-    data_plane: std::thread::JoinHandle<()>,
+    /// `None` for a control-only instance.
+    data_plane: Option<std::thread::JoinHandle<()>>,
     stop_admin: oneshot::Sender<()>,
     admin_server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -129,10 +130,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
     let admin_listen = admin.local_addr()?;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    listener.set_nonblocking(true)?;
-    let listen = listener.local_addr()?;
+    // A control-only instance (several instances through etcd) serves no clients.
+    let serves_clients = config.coordination.as_ref().is_none_or(|c| c.proxy);
+    let listener = if serves_clients {
+        let listener = std::net::TcpListener::bind(config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        listener.set_nonblocking(true)?;
+        Some(listener)
+    } else {
+        None
+    };
+    let listen = match &listener {
+        Some(listener) => listener.local_addr()?,
+        None => config.listen,
+    };
     let classifier = Arc::new(
         meridian_proxy::classifier(&config.routing).context("cannot prepare the classifier")?,
     );
@@ -143,7 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             coordination_settings(
                 coordination,
                 config.routing.local_region.as_deref(),
-                listen,
+                listener.as_ref().map(|_| listen),
                 admin_listen,
             ),
             monitor.clone(),
@@ -184,10 +195,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let _ = admin_stopped.await;
         },
     ));
-    tracing::info!(listen = %listen, admin = %admin_listen, "accepting clients");
-
     let (stop_data_plane, stopped) = oneshot::channel::<()>();
-    let data_plane = run_data_plane(proxy, listener, stopped)?;
+    let data_plane = match listener {
+        Some(listener) => {
+            tracing::info!(listen = %listen, admin = %admin_listen, "accepting clients");
+            Some(run_data_plane(proxy, listener, stopped)?)
+        }
+        None => {
+            tracing::info!(admin = %admin_listen, "control only: serving no clients");
+            None
+        }
+    };
     Ok(Running {
         monitor,
         listen,
@@ -205,10 +223,11 @@ impl Running {
     /// `proxy.shutdown_timeout`), stops the admin listener and flushes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop_data_plane.send(());
-        let data_plane = self.data_plane;
-        tokio::task::spawn_blocking(move || data_plane.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the data plane thread panicked"))?;
+        if let Some(data_plane) = self.data_plane {
+            tokio::task::spawn_blocking(move || data_plane.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the data plane thread panicked"))?;
+        }
         let _ = self.stop_admin.send(());
         let _ = self.admin_server.await;
         self.store.flush();
@@ -222,7 +241,7 @@ impl Running {
 fn coordination_settings(
     config: &CoordinationConfig,
     region: Option<&str>,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     admin_listen: SocketAddr,
 ) -> CoordinationSettings {
     let instance = config.instance.clone().unwrap_or_else(|| {
@@ -230,17 +249,22 @@ fn coordination_settings(
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "meridian".to_owned());
-        format!("{host}:{}", listen.port())
+        let port = listen.map_or(admin_listen.port(), |l| l.port());
+        format!("{host}:{port}")
     });
     CoordinationSettings {
         endpoints: config.etcd.clone(),
         prefix: config.prefix.clone(),
         registration: Registration {
             id: instance.clone(),
-            proxy: listen.to_string(),
+            proxy: listen.map(|l| l.to_string()),
             admin: admin_listen.to_string(),
             region: region.map(str::to_owned),
-            roles: vec!["proxy".to_owned(), "control".to_owned()],
+            roles: [("proxy", config.proxy), ("control", config.control)]
+                .into_iter()
+                .filter(|(_, on)| *on)
+                .map(|(role, _)| role.to_owned())
+                .collect(),
         },
         instance,
         lease_ttl: config.lease_ttl,
@@ -257,6 +281,7 @@ fn coordination_settings(
         ca_cert: config.ca_cert.clone(),
         client_cert: config.cert.clone().zip(config.key.clone()),
         reads_when_fenced: config.reads_when_fenced,
+        candidate: config.control,
     }
 }
 

@@ -550,3 +550,37 @@ async fn instances_coordinate_over_tls_with_client_certificates_and_one_without_
     assert_eq!(refused["leading"], false, "{refused}");
     assert_eq!(refused["fenced"], true, "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_only_instance_leads_and_serves_no_clients_while_a_proxy_only_one_never_leads() {
+    let (etcd, cluster) = setup(TestCluster::builder().replicas(1)).await;
+    let with_roles = |instance: &str, roles: &str| {
+        settings(&cluster, &etcd.endpoints(), instance).replacen(
+            "lease_ttl",
+            &format!("roles = [{roles}]\nlease_ttl"),
+            1,
+        )
+    };
+    // The proxy-only instance starts first: it still never leads.
+    let proxy = RunningMeridian::start(&with_roles("proxy-only", "\"proxy\""), TIMEOUT).await;
+    let control =
+        RunningMeridian::start_control_only(&with_roles("control-only", "\"control\""), TIMEOUT)
+            .await;
+    assert_eq!(the_leader(&[&control, &proxy]).await, 0);
+    assert!(
+        connect(control.port).await.is_err(),
+        "a control-only instance serves no clients"
+    );
+    all_write_to(&[&proxy], cluster.primary().port()).await;
+
+    // The primary dies: the control-only leader fails it over, the proxy follows.
+    let old = cluster.primary().port();
+    cluster.primary().kill();
+    let new_primary = promoted_once(&cluster, old).await;
+    all_write_to(&[&proxy], new_primary).await;
+    assert_eq!(runs(&control).await, 1);
+    assert_eq!(runs(&proxy).await, 0);
+    let status = status(&proxy).await.unwrap();
+    assert_eq!(status["coordination"]["leader"], "control-only");
+    assert_eq!(status["coordination"]["leading"], false);
+}

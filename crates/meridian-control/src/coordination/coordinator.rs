@@ -46,6 +46,8 @@ pub struct CoordinationSettings {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// A fenced proxy keeps routing reads.
     pub reads_when_fenced: bool,
+    /// It campaigns for leadership (the `control` role).
+    pub candidate: bool,
     /// What the registration says of this instance (its listeners).
     pub registration: Registration,
 }
@@ -73,8 +75,8 @@ impl fmt::Debug for CoordinationSettings {
 pub struct Registration {
     /// The instance's id.
     pub id: String,
-    /// Its proxy listener.
-    pub proxy: String,
+    /// Its proxy listener, if it serves clients.
+    pub proxy: Option<String>,
     /// Its admin listener.
     pub admin: String,
     /// Its region (`routing.local_region`), if configured.
@@ -412,7 +414,7 @@ async fn session(shared: &Arc<Shared>, mut client: Client, keeper: &Arc<GateKeep
         e = keep_alive(shared, client.clone(), lease) => e,
         e = exchange_sightings(shared, client.clone(), lease) => e,
         e = follow_view(shared, client.clone(), lease) => e,
-        e = campaign(shared, client.clone(), lease, keeper) => e,
+        e = campaign(shared, client.clone(), lease, keeper), if shared.settings.candidate => e,
     };
     // Best effort: let the others see this instance gone at once rather than at the TTL.
     let _ = tokio::time::timeout(Duration::from_millis(500), client.lease_revoke(lease)).await;

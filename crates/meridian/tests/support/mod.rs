@@ -168,6 +168,32 @@ impl RunningMeridian {
     /// Starts Meridian with `settings` (TOML after `listen`, `admin_listen` and `data_dir`)
     /// and waits until it runs a query; panics with its log if it does not within `timeout`.
     pub async fn start(settings: &str, timeout: std::time::Duration) -> RunningMeridian {
+        let meridian = RunningMeridian::spawn(settings);
+        let ready = wait_ready(meridian.port, timeout).await;
+        meridian.or_log(ready);
+        meridian
+    }
+
+    /// Starts a Meridian that serves no clients (a control-only instance) and waits until its
+    /// admin listener answers.
+    pub async fn start_control_only(
+        settings: &str,
+        timeout: std::time::Duration,
+    ) -> RunningMeridian {
+        let meridian = RunningMeridian::spawn(settings);
+        let admin = meridian.admin;
+        let ready = meridian_testkit::wait_until(timeout, "the admin listener", || async {
+            match http_json(admin, "GET", "/liveness", None, None).await {
+                Ok((200, _)) => meridian_testkit::Check::Ready(()),
+                other => meridian_testkit::Check::NotYet(format!("{other:?}")),
+            }
+        })
+        .await;
+        meridian.or_log(ready);
+        meridian
+    }
+
+    fn spawn(settings: &str) -> RunningMeridian {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
         let toml = format!(
@@ -175,15 +201,12 @@ impl RunningMeridian {
              data_dir = \"{}\"\n{settings}",
             dir.path().join("state").display(),
         );
-        let meridian = RunningMeridian {
+        RunningMeridian {
             _child: spawn_meridian(dir.path(), &toml),
             port,
             admin,
             dir,
-        };
-        let ready = wait_ready(port, timeout).await;
-        meridian.or_log(ready);
-        meridian
+        }
     }
 
     /// The end of its log, for failure messages.
