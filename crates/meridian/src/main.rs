@@ -7,6 +7,7 @@ mod operator;
 mod performance;
 mod run;
 mod telemetry;
+mod wal_archive;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,6 +130,33 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
+    /// PostgreSQL's archive_command: archive_command = 'meridian wal-archive %p %f --dir DIR'.
+    ///
+    /// Atomic (temporary name, fsync, rename), idempotent (the same segment again is
+    /// success; different content is an error that keeps the archived one), with a SHA-256
+    /// checksum beside each file.
+    WalArchive {
+        /// The file to archive (%p).
+        path: PathBuf,
+        /// Its name (%f).
+        name: String,
+        /// The archive directory.
+        #[arg(long, env = "MERIDIAN_WAL_ARCHIVE_DIR")]
+        dir: PathBuf,
+    },
+    /// PostgreSQL's restore_command: restore_command = 'meridian wal-restore %f %p --dir DIR'.
+    ///
+    /// Verifies the file's checksum before handing it over; exit code 1 when it is not in the
+    /// archive (PostgreSQL's normal end of recovery) or is corrupted.
+    WalRestore {
+        /// The name asked for (%f).
+        name: String,
+        /// Where PostgreSQL wants it (%p).
+        path: PathBuf,
+        /// The archive directory.
+        #[arg(long, env = "MERIDIAN_WAL_ARCHIVE_DIR")]
+        dir: PathBuf,
+    },
     /// The failovers and switchovers recorded, newest first.
     History {
         /// How many.
@@ -168,6 +196,23 @@ fn main() -> ExitCode {
         Command::HealthCheck { api } => cli::health_check(&api),
         Command::Reconnect { region, api } => cli::reconnect(&api, &region),
         Command::RefreshConnections { api } => cli::refresh_connections(&api),
+        Command::WalArchive { path, name, dir } => {
+            report(wal_archive::archive(&path, &name, &dir), "wal-archive")
+        }
+        Command::WalRestore { name, path, dir } => {
+            report(wal_archive::restore(&name, &path, &dir), "wal-restore")
+        }
+    }
+}
+
+/// Exit code 0, or 1 with the error on stderr (PostgreSQL logs it).
+fn report(result: Result<(), wal_archive::ArchiveError>, command: &str) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian {command}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
