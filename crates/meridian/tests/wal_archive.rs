@@ -22,16 +22,20 @@ async fn a_server_archives_its_segments_through_meridian_and_they_restore_verifi
     // The server runs as an unprivileged user when the tests run as root.
     std::fs::set_permissions(archive.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let dir = archive.path().display().to_string();
+    // The server runs the command as its own user, who may not reach the build directory
+    // (CI builds under root's home): give it a copy it can execute.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let command = bin.path().join("meridian");
+    std::fs::copy(env!("CARGO_BIN_EXE_meridian"), &command).unwrap();
+    std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o755)).unwrap();
     let primary = cluster.primary();
     primary.stop().await.unwrap();
     primary.set_auto_conf("archive_mode", "on").unwrap();
     primary
         .set_auto_conf(
             "archive_command",
-            &format!(
-                "{} wal-archive %p %f --dir {dir}",
-                env!("CARGO_BIN_EXE_meridian")
-            ),
+            &format!("{} wal-archive %p %f --dir {dir}", command.display()),
         )
         .unwrap();
     primary.start().await.unwrap();
