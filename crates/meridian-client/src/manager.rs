@@ -59,7 +59,13 @@ impl Shared {
 
     /// Every node as the chooser sees it now.
     pub(crate) fn states(&self, now: Timestamp) -> Vec<NodeState> {
-        let observed: Vec<Observed> = self.nodes.iter().map(Node::observed).collect();
+        // Read under the locks, not cloned: this runs for every query. (Each is taken alone
+        // everywhere else, so holding them together cannot deadlock.)
+        let observed: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| n.observed.lock().expect("not poisoned"))
+            .collect();
         // The lag of replicas is measured against the position of the primary writes go to.
         let primary_lsn = observed
             .iter()
