@@ -16,7 +16,7 @@ use meridian_core::coordination::{
     Barrier, BarrierState, Fence, Publication, Routing, routed_view,
 };
 use meridian_core::observation::Timestamp;
-use meridian_core::topology::ClusterView;
+use meridian_core::topology::{ClusterView, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
@@ -451,6 +451,8 @@ async fn exchange_sightings(shared: &Shared, mut client: Client, lease: i64) -> 
     let ttl = shared.settings.lease_ttl;
     let own = shared.key(&format!("observations/{}", shared.settings.instance));
     let prefix = shared.key("observations/");
+    // The latest sighting handed to the monitor per node: only newer ones are sent again.
+    let mut forwarded: BTreeMap<NodeId, u64> = BTreeMap::new();
     loop {
         let status = shared.monitor.status();
         let sightings: BTreeMap<String, u64> = status
@@ -485,7 +487,12 @@ async fn exchange_sightings(shared: &Shared, mut client: Client, lease: i64) -> 
                 continue;
             };
             for (name, at) in theirs {
-                if let Some(node) = status.nodes.iter().find(|n| *n.name == *name) {
+                let Some(node) = status.nodes.iter().find(|n| *n.name == *name) else {
+                    continue;
+                };
+                let latest = forwarded.entry(node.id).or_default();
+                if at > *latest {
+                    *latest = at;
                     shared.monitor.peer_sighting(node.id, Timestamp(at));
                 }
             }
