@@ -24,6 +24,18 @@ async fn local_value(member: &EtcdMember, key: &str) -> anyhow::Result<String> {
     Ok(out.trim().to_owned())
 }
 
+/// Writes `value` through the cluster's helper and reads it back from its first member.
+async fn put_then_get(etcd: &EtcdCluster, value: &str) {
+    let put = etcd.etcdctl(&["put", "meridian/key", value]).await.unwrap();
+    assert_eq!(put.trim(), "OK");
+    let got = etcd
+        .member(0)
+        .etcdctl(&["get", "meridian/key", "--print-value-only"])
+        .await
+        .unwrap();
+    assert_eq!(got.trim(), value);
+}
+
 #[tokio::test]
 async fn sizes_other_than_one_or_three_are_refused() {
     for members in [0, 2, 4] {
@@ -47,16 +59,7 @@ async fn a_one_member_cluster_stores_and_returns_a_key() {
     member.health().await.unwrap();
     assert!(member.is_leader().await.unwrap());
 
-    let put = etcd
-        .etcdctl(&["put", "meridian/key", "value"])
-        .await
-        .unwrap();
-    assert_eq!(put.trim(), "OK");
-    let got = member
-        .etcdctl(&["get", "meridian/key", "--print-value-only"])
-        .await
-        .unwrap();
-    assert_eq!(got.trim(), "value");
+    put_then_get(&etcd, "value").await;
     assert!(
         !member.log_tail(5).is_empty(),
         "the member logs to its file"
@@ -98,16 +101,7 @@ async fn a_tls_member_serves_clients_with_a_certificate_and_only_them() {
     member.health().await.unwrap();
     assert!(member.is_leader().await.unwrap());
 
-    let put = etcd
-        .etcdctl(&["put", "meridian/key", "over tls"])
-        .await
-        .unwrap();
-    assert_eq!(put.trim(), "OK");
-    let got = member
-        .etcdctl(&["get", "meridian/key", "--print-value-only"])
-        .await
-        .unwrap();
-    assert_eq!(got.trim(), "over tls");
+    put_then_get(&etcd, "over tls").await;
 
     // The kit's flags, given by hand, are all a client needs.
     let cacert = format!("--cacert={}", root.display());
