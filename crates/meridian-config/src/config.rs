@@ -60,6 +60,36 @@ pub struct Config {
     /// Coordination of several Meridian instances through etcd; `None` = one instance on its
     /// embedded store.
     pub coordination: Option<CoordinationConfig>,
+    /// Backups, the WAL archive and their retention; `None` = no `[backup]` section (the
+    /// backup commands then need `--location`, and nothing watches archiving).
+    pub backup: Option<BackupConfig>,
+}
+
+/// `[backup]`: where backups and archived WAL go, how long they are kept, what RPO is alarming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupConfig {
+    /// Where base backups and their catalog live: a directory, `file:///dir` or
+    /// `s3://bucket/prefix` (credentials and endpoint from the `AWS_*` environment).
+    pub location: String,
+    /// The WAL archive directory the nodes' `archive_command` writes into; `None` = no
+    /// continuous archiving (backups restore to their own end only).
+    #[serde(serialize_with = "optional_path")]
+    pub wal_archive: Option<PathBuf>,
+    /// `archive_timeout` set on the nodes: the longest a written but unarchived segment waits.
+    #[serde(with = "humantime_serde")]
+    pub archive_timeout: Duration,
+    /// Alert when the oldest unarchived write is older than this, or archiving fails.
+    #[serde(with = "humantime_serde")]
+    pub max_rpo: Duration,
+    /// Retention: keep at least this many backups (`None` = no count limit).
+    pub keep: Option<u32>,
+    /// Retention: keep backups younger than this (`None` = no age limit).
+    #[serde(with = "humantime_serde")]
+    pub keep_for: Option<Duration>,
+    /// The `meridian` executable PostgreSQL runs as `archive_command`/`restore_command`
+    /// (it must be executable by the server's OS user); `None` = the running one.
+    #[serde(serialize_with = "optional_path")]
+    pub meridian_bin: Option<PathBuf>,
 }
 
 /// `[coordination]`: several Meridian instances, one etcd.

@@ -55,3 +55,8 @@ pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const ETCD_PREFIX: &str = "/meridian/default";
 /// `coordination.lease_ttl`.
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// `backup.archive_timeout`.
+pub(crate) const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `backup.max_rpo`: the original design's RPO target was 15 minutes; alert well before it.
+pub(crate) const MAX_RPO: Duration = Duration::from_secs(5 * 60);

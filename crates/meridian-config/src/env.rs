@@ -401,6 +401,24 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
             Ok(())
         },
     },
+    EnvOverride {
+        variable: "MERIDIAN_BACKUP_LOCATION",
+        field: "backup.location",
+        description: "where backups go: a directory, file:///dir or s3://bucket/prefix",
+        apply: |raw, value| {
+            raw.backup.get_or_insert_default().location = Some(value.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        variable: "MERIDIAN_WAL_ARCHIVE_DIR",
+        field: "backup.wal_archive",
+        description: "the WAL archive directory (the nodes' archive_command writes there)",
+        apply: |raw, value| {
+            raw.backup.get_or_insert_default().wal_archive = Some(PathBuf::from(value));
+            Ok(())
+        },
+    },
 ];
 
 /// Applies every set override to `raw`, recording in `origins` which fields they set.
@@ -536,6 +554,11 @@ mod tests {
                 "coordination.instance" => raw.coordination.is_some_and(|c| c.instance.is_some()),
                 "coordination.user" => raw.coordination.is_some_and(|c| c.user.is_some()),
                 "coordination.password" => raw.coordination.is_some_and(|c| c.password.is_some()),
+                "backup.location" => raw
+                    .backup
+                    .as_ref()
+                    .is_some_and(|b| b.location.as_deref() == Some("some/path")),
+                "backup.wal_archive" => raw.backup.is_some_and(|b| b.wal_archive.is_some()),
                 other => panic!("untested override field {other}"),
             };
             assert!(set, "{} did not set {}", entry.variable, entry.field);

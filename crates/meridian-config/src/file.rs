@@ -41,6 +41,22 @@ pub(crate) struct RawConfig {
     pub(crate) admin_token: Option<Secret>,
     pub(crate) admin_protect_reads: Option<bool>,
     pub(crate) coordination: Option<RawCoordination>,
+    pub(crate) backup: Option<RawBackup>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackup {
+    pub(crate) location: Option<String>,
+    pub(crate) wal_archive: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) archive_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_rpo: Option<Duration>,
+    pub(crate) keep: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) keep_for: Option<Duration>,
+    pub(crate) meridian_bin: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -257,6 +273,18 @@ impl RawConfig {
             coordination.ca_cert.iter_mut().for_each(resolve);
             coordination.cert.iter_mut().for_each(resolve);
             coordination.key.iter_mut().for_each(resolve);
+        }
+        if let Some(backup) = &mut self.backup {
+            backup.wal_archive.iter_mut().for_each(resolve);
+            backup.meridian_bin.iter_mut().for_each(resolve);
+            // A location without a scheme is a directory, relative to the file like the rest.
+            if let Some(location) = &mut backup.location
+                && !location.contains("://")
+            {
+                let mut path = PathBuf::from(&*location);
+                resolve(&mut path);
+                *location = path.display().to_string();
+            }
         }
         for region in &mut self.regions {
             for node in &mut region.nodes {

@@ -26,9 +26,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use crate::config::{
-    AuthMethod, Config, CoordinationConfig, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig,
-    PoolMode, PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig, RoutingConfig,
-    ServerTlsConfig, ServerTlsMode, TlsConfig, UnknownKeyword, UserConfig,
+    AuthMethod, BackupConfig, Config, CoordinationConfig, FailoverConfig, MonitorConfig,
+    NodeConfig, PoolConfig, PoolMode, PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig,
+    RoutingConfig, ServerTlsConfig, ServerTlsMode, TlsConfig, UnknownKeyword, UserConfig,
 };
 pub use crate::env::{ENV_OVERRIDES, EnvOverride, Environment};
 pub use crate::error::{ConfigError, ConfigErrors};

@@ -11,15 +11,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    AuthMethod, Config, CoordinationConfig, FailoverConfig, MonitorConfig, NodeConfig, PoolConfig,
-    PoolMode, PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig, RoutingConfig,
-    ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
+    AuthMethod, BackupConfig, Config, CoordinationConfig, FailoverConfig, MonitorConfig,
+    NodeConfig, PoolConfig, PoolMode, PrimaryReads, ProxyConfig, ReadYourWrites, RegionConfig,
+    RoutingConfig, ServerTlsConfig, ServerTlsMode, TlsConfig, UserConfig,
 };
 use crate::defaults;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::file::{
-    RawConfig, RawCoordination, RawFailover, RawMonitor, RawNode, RawPool, RawProxy, RawRegion,
-    RawRouting, RawUser,
+    RawBackup, RawConfig, RawCoordination, RawFailover, RawMonitor, RawNode, RawPool, RawProxy,
+    RawRegion, RawRouting, RawUser,
 };
 use crate::origin::Origins;
 use crate::secret::PasswordSpec;
@@ -75,11 +75,13 @@ pub(crate) fn validate(
         );
     }
     let coordination = raw.coordination.map(|raw| check.coordination(raw));
+    let backup = raw.backup.map(|raw| check.backup(raw));
     if !check.errors.is_empty() {
         return Err(ConfigErrors(check.errors));
     }
     Ok(Config {
         coordination,
+        backup,
         listen: listen.unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
         admin_listen: admin_listen
             .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("valid default")),
@@ -299,6 +301,81 @@ impl Checker<'_> {
             error_rate_warning,
             error_rate_critical,
             history_retention,
+        }
+    }
+
+    fn backup(&mut self, raw: RawBackup) -> BackupConfig {
+        let location = raw.location.unwrap_or_default();
+        if location.trim().is_empty() {
+            self.fail(
+                "backup.location",
+                None,
+                "is required in [backup]: a directory, file:///dir or s3://bucket/prefix",
+            );
+        } else if let Some((scheme, rest)) = location.split_once("://")
+            && (!matches!(scheme, "file" | "s3") || rest.is_empty() || rest.contains('@'))
+        {
+            self.fail(
+                "backup.location",
+                Some(format!("{:?}", crate::redact_url(&location))),
+                "must be a directory, file:///dir or s3://bucket/prefix, with no credentials in \
+                 it (S3 credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            );
+        }
+        if let Some(dir) = &raw.wal_archive
+            && dir.as_os_str().is_empty()
+        {
+            self.fail(
+                "backup.wal_archive",
+                Some("\"\"".to_owned()),
+                "must be the archive directory's path (or be left out: no WAL archiving)",
+            );
+        }
+        let keep = match raw.keep {
+            None => None,
+            Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                self.fail(
+                    "backup.keep",
+                    Some(n.to_string()),
+                    "must be at least 1 (the newest backup is always kept); leave it out for \
+                     no count limit",
+                );
+                None
+            }
+        };
+        let archive_timeout = raw.archive_timeout.unwrap_or(defaults::ARCHIVE_TIMEOUT);
+        if archive_timeout < Duration::from_secs(1) {
+            self.fail(
+                "backup.archive_timeout",
+                Some(format!(
+                    "{:?}",
+                    humantime::format_duration(archive_timeout).to_string()
+                )),
+                "must be at least 1s (PostgreSQL's archive_timeout is whole seconds; 0 would \
+                 turn it off)",
+            );
+        }
+        let max_rpo = raw.max_rpo.unwrap_or(defaults::MAX_RPO);
+        if max_rpo <= archive_timeout {
+            self.fail(
+                "backup.max_rpo",
+                Some(format!(
+                    "{:?}",
+                    humantime::format_duration(max_rpo).to_string()
+                )),
+                "must be longer than backup.archive_timeout, which delays every segment's \
+                 archiving by up to that much even when all is well",
+            );
+        }
+        BackupConfig {
+            location,
+            wal_archive: raw.wal_archive,
+            archive_timeout,
+            max_rpo,
+            keep,
+            keep_for: raw.keep_for,
+            meridian_bin: raw.meridian_bin,
         }
     }
 
@@ -1721,6 +1798,38 @@ mod tests {
             "[coordination]\netcd = [\"http://h:1\"]\nroles = [\"router\"]\n{NODE}"
         ));
         assert!(find(&errors, "coordination.roles").contains("\"proxy\""));
+    }
+
+    #[test]
+    fn backup_is_off_by_default_and_checked_when_on() {
+        assert_eq!(load(NODE).backup, None);
+        let b = load(&format!(
+            "[backup]\nlocation = \"s3://bucket/orders\"\nwal_archive = \"/wal\"\nkeep = 7\n{NODE}"
+        ))
+        .backup
+        .expect("on");
+        assert_eq!(b.location, "s3://bucket/orders");
+        assert_eq!(b.wal_archive.as_deref(), Some(Path::new("/wal")));
+        assert_eq!(b.archive_timeout, Duration::from_secs(60));
+        assert_eq!(b.max_rpo, Duration::from_secs(300));
+        assert_eq!((b.keep, b.keep_for), (Some(7), None));
+        let b = load_with(NODE, &[("MERIDIAN_BACKUP_LOCATION", "/srv/backups")])
+            .unwrap()
+            .backup
+            .expect("on from the environment");
+        assert_eq!((b.location.as_str(), b.wal_archive), ("/srv/backups", None));
+
+        let errors = errors_of(&format!("[backup]\nkeep = 0\n{NODE}"));
+        assert!(find(&errors, "backup.location").contains("is required"));
+        assert!(find(&errors, "backup.keep").contains("at least 1"));
+        let errors = errors_of(&format!(
+            "[backup]\nlocation = \"s3://key:hunter2@bucket\"\narchive_timeout = \"10m\"\n{NODE}"
+        ));
+        assert!(find(&errors, "backup.location").contains("no credentials"));
+        assert!(find(&errors, "backup.max_rpo").contains("longer than backup.archive_timeout"));
+        assert!(errors.iter().all(|e| !e.contains("hunter2")), "{errors:?}");
+        let errors = errors_of(&format!("[backup]\nlocation = \"ftp://h/x\"\n{NODE}"));
+        assert!(find(&errors, "backup.location").contains("s3://bucket/prefix"));
     }
 
     #[test]

@@ -213,6 +213,8 @@ fn the_override_table_lists_every_variable() {
             "MERIDIAN_INSTANCE",
             "MERIDIAN_ETCD_USER",
             "MERIDIAN_ETCD_PASSWORD",
+            "MERIDIAN_BACKUP_LOCATION",
+            "MERIDIAN_WAL_ARCHIVE_DIR",
         ]
     );
     assert!(

@@ -23,8 +23,7 @@ use meridian_core::failover::{StepOutput, Work};
 use meridian_core::topology::NodeId;
 use meridian_tls::ServerTls;
 use tokio::process::Command;
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::credentials::Credentials;
 
@@ -134,41 +133,15 @@ impl Executor {
 
     async fn connect(&self, id: NodeId) -> Result<Client, String> {
         let node = self.node(id)?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&*node.host)
-            .port(node.port)
-            .user(&self.credentials.user)
-            .dbname(&self.credentials.database)
-            .application_name("meridian-failover")
-            .connect_timeout(self.connect_timeout);
-        if let Some(password) = &self.credentials.password {
-            config.password(password);
-        }
-        let connect = async {
-            match node.tls.client_config() {
-                None => {
-                    config.ssl_mode(SslMode::Disable);
-                    let (client, connection) = config.connect(NoTls).await?;
-                    tokio::spawn(connection);
-                    Ok::<_, tokio_postgres::Error>(client)
-                }
-                Some(tls) => {
-                    config.ssl_mode(if node.tls.is_required() {
-                        SslMode::Require
-                    } else {
-                        SslMode::Prefer
-                    });
-                    let (client, connection) = config
-                        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                            (**tls).clone(),
-                        ))
-                        .await?;
-                    tokio::spawn(connection);
-                    Ok(client)
-                }
-            }
-        };
+        let connect = crate::locate::connect(
+            &node.host,
+            node.port,
+            &node.tls,
+            &self.credentials,
+            None,
+            "meridian-failover",
+            self.connect_timeout,
+        );
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {}", node.name, describe(&e))),
@@ -530,7 +503,7 @@ pub fn with_host(conninfo: &str, host: &str, port: u16, application_name: &str) 
 }
 
 /// Quotes a conninfo value when it needs it (libpq: single quotes, backslash escapes).
-fn conninfo_value(value: &str) -> String {
+pub fn conninfo_value(value: &str) -> String {
     if !value.is_empty()
         && !value
             .chars()

@@ -4,6 +4,7 @@
 pub mod coordination;
 pub mod credentials;
 pub mod executor;
+pub mod locate;
 pub mod monitor;
 pub mod probe;
 pub mod store;

@@ -20,8 +20,7 @@ use meridian_core::observation::{Downstream, NodeStatus, ProbeError, Timestamp, 
 use meridian_core::topology::NodeId;
 use meridian_tls::ServerTls;
 use tokio::time::Instant;
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::credentials::Credentials;
 
@@ -173,38 +172,17 @@ impl Prober {
     }
 
     async fn connect(&self) -> Result<Client, ProbeError> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&*self.target.host)
-            .port(self.target.port)
-            .user(&self.credentials.user)
-            .dbname(&self.credentials.database)
-            .application_name("meridian-monitor")
-            .connect_timeout(self.timeout);
-        if let Some(password) = &self.credentials.password {
-            config.password(password);
-        }
-        let client = match self.target.tls.client_config() {
-            None => {
-                config.ssl_mode(SslMode::Disable);
-                let (client, connection) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
-                tokio::spawn(connection);
-                client
-            }
-            Some(tls) => {
-                config.ssl_mode(if self.target.tls.is_required() {
-                    SslMode::Require
-                } else {
-                    SslMode::Prefer
-                });
-                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-                let (client, connection) =
-                    config.connect(connector).await.map_err(|e| classify(&e))?;
-                tokio::spawn(connection);
-                client
-            }
-        };
-        Ok(client)
+        crate::locate::connect(
+            &self.target.host,
+            self.target.port,
+            &self.target.tls,
+            &self.credentials,
+            None,
+            "meridian-monitor",
+            self.timeout,
+        )
+        .await
+        .map_err(|e| classify(&e))
     }
 }
 
