@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod backoff;
+pub mod backups;
 pub mod balance;
 pub mod breaker;
 pub mod candidates;
