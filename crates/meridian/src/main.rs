@@ -7,12 +7,12 @@ mod operator;
 mod performance;
 mod run;
 mod telemetry;
-mod wal_archive;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meridian_backup::wal_archive;
 
 /// Multi-region PostgreSQL failover, routing and pooling.
 #[derive(Debug, Parser)]
