@@ -16,6 +16,7 @@ pub mod failover;
 pub mod health;
 pub mod lag;
 pub mod lsn;
+pub mod migrations;
 pub mod observation;
 pub mod retry;
 pub mod routing;
