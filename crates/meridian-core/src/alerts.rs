@@ -20,6 +20,9 @@
 //! | `failover_triggered` | raised by the failover machine                             | high                        | caller's             | caller's             |
 //! | `failover_completed` | raised by the failover machine                             | low                         | caller's             | caller's             |
 //! | `failover_failed`    | raised by the failover machine                             | critical                    | caller's             | caller's             |
+//! | `archiving_off`      | WAL archive configured, the primary does not archive (see [`crate::archiving`]) | high   | 0                    | 0                    |
+//! | `archiving_failing`  | the primary's `archive_command` fails                      | high                        | failures counted     | 0                    |
+//! | `archiving_behind`   | unarchived writes older than `backup.max_rpo`              | high                        | RPO (s)              | `max_rpo` (s)        |
 //!
 //! Why these shapes:
 //! - Endpoint conditions follow the *hysteresis* state of [`crate::health`], never one probe: a
@@ -83,11 +86,18 @@ pub enum AlertKind {
     /// no failover can be decided with it, and its proxy's writes are fenced unless etcd is
     /// down for everyone.
     CoordinationLost,
+    /// A WAL archive is configured but the primary does not archive (`archive_mode` off or
+    /// waiting for a restart, no `archive_command`).
+    ArchivingOff,
+    /// The primary's `archive_command` fails: archiving is stuck on one segment.
+    ArchivingFailing,
+    /// Writes older than the RPO ceiling (`backup.max_rpo`) are not archived.
+    ArchivingBehind,
 }
 
 impl AlertKind {
     /// Every kind, in order.
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 11] = [
         AlertKind::EndpointDown,
         AlertKind::EndpointSlow,
         AlertKind::ReplicationLag,
@@ -96,6 +106,9 @@ impl AlertKind {
         AlertKind::FailoverFailed,
         AlertKind::PrimaryUnreachable,
         AlertKind::CoordinationLost,
+        AlertKind::ArchivingOff,
+        AlertKind::ArchivingFailing,
+        AlertKind::ArchivingBehind,
     ];
 
     /// The stable name used in the API, the store and metrics: `endpoint_down`, ...
@@ -109,6 +122,9 @@ impl AlertKind {
             AlertKind::FailoverFailed => "failover_failed",
             AlertKind::PrimaryUnreachable => "primary_unreachable",
             AlertKind::CoordinationLost => "coordination_lost",
+            AlertKind::ArchivingOff => "archiving_off",
+            AlertKind::ArchivingFailing => "archiving_failing",
+            AlertKind::ArchivingBehind => "archiving_behind",
         }
     }
 
@@ -121,14 +137,19 @@ impl AlertKind {
         )
     }
 
-    /// The fixed severity of a kind the failover machine raises; `None` for node-state kinds,
-    /// whose severity depends on the condition.
+    /// The fixed severity of a kind raised explicitly (by the failover machine, the
+    /// coordinator or the archive watch); `None` for node-state kinds, whose severity depends
+    /// on the condition.
     pub fn failover_severity(self) -> Option<Severity> {
         match self {
             AlertKind::FailoverTriggered => Some(Severity::High),
             AlertKind::FailoverCompleted => Some(Severity::Low),
             AlertKind::FailoverFailed | AlertKind::PrimaryUnreachable => Some(Severity::Critical),
             AlertKind::CoordinationLost => Some(Severity::High),
+            // Raised and resolved by the archive watch (see `crate::archiving`).
+            AlertKind::ArchivingOff | AlertKind::ArchivingFailing | AlertKind::ArchivingBehind => {
+                Some(Severity::High)
+            }
             AlertKind::EndpointDown | AlertKind::EndpointSlow | AlertKind::ReplicationLag => None,
         }
     }

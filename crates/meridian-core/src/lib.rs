@@ -5,6 +5,7 @@
 //! decisions.
 
 pub mod alerts;
+pub mod archiving;
 pub mod backoff;
 pub mod backups;
 pub mod balance;
