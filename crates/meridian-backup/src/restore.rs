@@ -198,15 +198,21 @@ pub async fn restore(
     ));
     let log = options.to.join("meridian-restore.log");
     let mut pg_ctl = programs.command("pg_ctl");
+    // --wait: until it accepts connections, which with hot_standby is once it is consistent,
+    // still recovering; the promotion is watched below.
     pg_ctl
-        .args(["start", "--no-wait", "--pgdata"])
+        .args(["start", "--wait", "--pgdata"])
         .arg(&options.to)
+        .arg(format!("--timeout={}", options.timeout.as_secs().max(1)))
         .arg("--log")
         .arg(&log)
         .arg("-o")
         .arg(format!("-p {}", options.port));
     options.server_user.apply(&mut pg_ctl);
-    run(pg_ctl, "cannot start the restored server").await?;
+    if let Err(e) = run(pg_ctl, "cannot start the restored server").await {
+        let log_text = std::fs::read(&log).unwrap_or_default();
+        bail!("{e:#}; its log: {}", tail(&log_text));
+    }
     let (timeline, replayed_to) = wait_promoted(options, programs, &log).await?;
     let recovery = started.elapsed();
     Ok(Restored {
@@ -310,10 +316,11 @@ fn configure(dir: &Path, backup: &Backup, options: &RestoreOptions) -> anyhow::R
             Target::Latest => {}
             Target::Time(at) => {
                 let time = std::time::UNIX_EPOCH + Duration::from_millis(at.0);
-                settings.push((
-                    "recovery_target_time",
-                    conf_value(&humantime::format_rfc3339_millis(time).to_string()),
-                ));
+                // PostgreSQL 15 refuses the RFC 3339 form ("…T…Z") here; it takes
+                // "2026-12-07 15:30:00.000+00".
+                let rfc3339 = humantime::format_rfc3339_millis(time).to_string();
+                let postgres = rfc3339.replacen('T', " ", 1).replace('Z', "+00");
+                settings.push(("recovery_target_time", conf_value(&postgres)));
                 settings.push(("recovery_target_action", conf_value("promote")));
             }
             Target::Lsn(lsn) => {

@@ -101,3 +101,15 @@ pub async fn fetch(
     };
     Ok(Fetched { data, checks })
 }
+
+/// Fetches the backup `id` (or `latest`) into a temporary directory and checks it.
+pub async fn verify(
+    store: &Store,
+    id: &str,
+    programs: &Programs,
+) -> anyhow::Result<(Backup, Fetched)> {
+    let backup = crate::catalog::find(store, id).await?;
+    let work = tempfile::tempdir().context("cannot make a work directory")?;
+    let fetched = fetch(store, &backup, programs, work.path()).await?;
+    Ok((backup, fetched))
+}

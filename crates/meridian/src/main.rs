@@ -1,6 +1,7 @@
 //! The `meridian` binary: the command line that wires the crates together.
 
 mod analyze;
+mod backups;
 mod cli;
 mod demo;
 mod operator;
@@ -157,6 +158,12 @@ enum Command {
         #[arg(long, env = "MERIDIAN_WAL_ARCHIVE_DIR")]
         dir: PathBuf,
     },
+    /// Take a base backup of the primary (or --from replica; --logical for pg_dump),
+    /// verified and checksummed, into the backup location; or list, verify or prune them.
+    Backup(backups::BackupArgs),
+    /// Restore a backup into a new data directory, recover it through the WAL archive to
+    /// the latest point, a time or an LSN, and start it.
+    Restore(backups::RestoreArgs),
     /// The failovers and switchovers recorded, newest first.
     History {
         /// How many.
@@ -196,6 +203,8 @@ fn main() -> ExitCode {
         Command::HealthCheck { api } => cli::health_check(&api),
         Command::Reconnect { region, api } => cli::reconnect(&api, &region),
         Command::RefreshConnections { api } => cli::refresh_connections(&api),
+        Command::Backup(args) => backups::main(&args),
+        Command::Restore(args) => backups::restore(&args),
         Command::WalArchive { path, name, dir } => {
             report(wal_archive::archive(&path, &name, &dir), "wal-archive")
         }
