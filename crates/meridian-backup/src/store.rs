@@ -203,3 +203,64 @@ fn local(dir: &Path) -> anyhow::Result<LocalFileSystem> {
         .with_fsync(true)
         .with_automatic_cleanup(true))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_directory_location_stores_lists_fetches_and_deletes_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        // A path and a file:// URL name the same place.
+        let by_path = Store::open(dir.path().join("backups").to_str().unwrap()).unwrap();
+        let by_url =
+            Store::open(&format!("file://{}", dir.path().join("backups").display())).unwrap();
+        let source = dir.path().join("source");
+        std::fs::write(&source, vec![5u8; PART + 10]).unwrap();
+        by_path.put_file("b1/base.tar.gz", &source).await.unwrap();
+        by_path
+            .put_bytes("b1/backup.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        by_path
+            .put_bytes("b2/SHA256SUMS", b"x".to_vec())
+            .await
+            .unwrap();
+
+        let mut top = by_url.top_level().await.unwrap();
+        top.sort();
+        assert_eq!(top, ["b1", "b2"]);
+        let mut listed = by_url.list("b1").await.unwrap();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                ("b1/backup.json".to_owned(), 2),
+                ("b1/base.tar.gz".to_owned(), (PART + 10) as u64)
+            ]
+        );
+        let fetched = dir.path().join("fetched");
+        assert_eq!(
+            by_url.get_file("b1/base.tar.gz", &fetched).await.unwrap(),
+            (PART + 10) as u64
+        );
+        assert_eq!(std::fs::read(&fetched).unwrap(), vec![5u8; PART + 10]);
+        assert_eq!(by_url.get_bytes("b1/missing").await.unwrap(), None);
+
+        by_url.delete("b1/backup.json").await.unwrap();
+        by_url.delete("b1/backup.json").await.unwrap();
+        by_url.delete_all("b1").await.unwrap();
+        assert_eq!(by_path.top_level().await.unwrap(), ["b2"]);
+    }
+
+    #[test]
+    fn unsupported_locations_are_refused_by_name() {
+        let error = Store::open("ftp://host/dir").unwrap_err().to_string();
+        assert!(
+            error.contains("ftp:// locations are not supported"),
+            "{error}"
+        );
+        let error = Store::open("s3:///prefix").unwrap_err().to_string();
+        assert!(error.contains("no bucket"), "{error}");
+    }
+}
