@@ -1,7 +1,7 @@
 //! Starts a test cluster and keeps it running for scripts (the benchmarks).
 //!
-//! `cluster [--replicas N] [--synchronous K] [--dir DIR]` prints one line per node,
-//! `node <name> <region> 127.0.0.1 <port>`, then `ready`, and keeps the cluster up until its
+//! `cluster [--replicas N] [--synchronous K] [--dir DIR] [--set NAME=VALUE]...` prints one
+//! line per node, `node <name> <region> 127.0.0.1 <port>`, then `ready`, and keeps the cluster up until its
 //! standard input closes or it receives SIGINT/SIGTERM; then every server is stopped.
 
 use meridian_testkit::TestCluster;
@@ -20,8 +20,15 @@ async fn main() -> anyhow::Result<()> {
             "--replicas" => builder.replicas(value()?.parse()?),
             "--synchronous" => builder.synchronous(value()?.parse()?),
             "--dir" => builder.dir(value()?),
+            "--set" => {
+                let setting = value()?;
+                let (name, value) = setting
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--set {setting}: write NAME=VALUE"))?;
+                builder.setting(name, value)
+            }
             other => anyhow::bail!(
-                "unknown argument {other}; expected --replicas, --synchronous or --dir"
+                "unknown argument {other}; expected --replicas, --synchronous, --dir or --set"
             ),
         };
     }

@@ -55,6 +55,7 @@ pub struct ClusterBuilder {
     dir: Option<PathBuf>,
     kit: Option<Arc<Kit>>,
     keep_files: bool,
+    settings: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -127,6 +128,14 @@ impl ClusterBuilder {
     /// Uses `kit` (see [`Kit::at`]) instead of the process's shared one.
     pub fn kit(mut self, kit: Arc<Kit>) -> Self {
         self.kit = Some(kit);
+        self
+    }
+
+    /// Sets a server parameter on every node before its first start (in the primary's
+    /// `postgresql.auto.conf`, which replicas copy with their base backup): for settings that
+    /// need a restart, such as `archive_mode`.
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -293,6 +302,7 @@ impl TestCluster {
             dir: None,
             kit: None,
             keep_files: false,
+            settings: Vec::new(),
         }
     }
 
@@ -319,6 +329,9 @@ impl TestCluster {
         } else {
             None
         };
+        for (name, value) in &builder.settings {
+            primary.set_auto_conf(name, value)?;
+        }
         primary.start().await?;
         self.tls_root_cert = root_cert;
 

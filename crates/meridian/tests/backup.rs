@@ -38,11 +38,6 @@ impl Archived {
     /// A primary and `replicas` replicas, every node with archive_mode on and
     /// `meridian wal-archive` as its archive_command (so a promoted replica archives too).
     async fn start(replicas: usize) -> Archived {
-        let cluster = TestCluster::builder()
-            .replicas(replicas)
-            .start()
-            .await
-            .unwrap();
         // The servers run as an unprivileged user when the tests run as root: they write the
         // archive, execute a copy of the binary (CI builds under root's home) and enter the
         // restore directory.
@@ -57,14 +52,11 @@ impl Archived {
             meridian.display(),
             archive.path().display()
         );
-        for node in cluster.nodes() {
-            node.stop().await.unwrap();
-            node.set_auto_conf("archive_mode", "on").unwrap();
-            node.set_auto_conf("archive_command", &command).unwrap();
-            node.start().await.unwrap();
-        }
-        cluster
-            .wait_replicated(Duration::from_secs(60))
+        let cluster = TestCluster::builder()
+            .replicas(replicas)
+            .setting("archive_mode", "on")
+            .setting("archive_command", &command)
+            .start()
             .await
             .unwrap();
         let archived = Archived {
