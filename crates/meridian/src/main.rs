@@ -4,6 +4,7 @@ mod analyze;
 mod backups;
 mod cli;
 mod demo;
+mod migrate;
 mod operator;
 mod performance;
 mod run;
@@ -158,6 +159,13 @@ enum Command {
         #[arg(long, env = "MERIDIAN_WAL_ARCHIVE_DIR")]
         dir: PathBuf,
     },
+    /// Versioned schema migrations from a directory of SQL files, on the primary: `up`,
+    /// `down`, `status`, with --dry-run (docs/migrations.md).
+    ///
+    /// One run at a time (an advisory lock), each file in a transaction with its version row
+    /// unless marked `-- meridian:no-transaction`, checksums refusing changed migrations.
+    /// Exit code 0 done, 1 refused or failed, 2 unusable configuration.
+    Migrate(migrate::MigrateArgs),
     /// Take a base backup of the primary (or --from replica; --logical for pg_dump),
     /// verified and checksummed, into the backup location; or list, verify or prune them.
     Backup(backups::BackupArgs),
@@ -183,6 +191,7 @@ fn main() -> ExitCode {
         Command::Failover { region, api } => cli::failover(&api, &region),
         Command::Rejoin { node, api } => cli::rejoin(&api, &node),
         Command::History { limit, api } => cli::history(&api, limit),
+        Command::Migrate(args) => migrate::main(args),
         Command::Status { api } => cli::status(&api),
         Command::Alerts {
             active,
