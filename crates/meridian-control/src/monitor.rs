@@ -287,7 +287,7 @@ pub struct MonitorHandle {
 enum Coordinating {
     /// An input of the failover machine (leadership, continuation).
     Machine(Input),
-    /// Raise or resolve the `coordination_lost` alert.
+    /// Raise or resolve the `coordination_lost` alert, or the archive watch's alerts.
     Alert(Vec<Action>),
 }
 
@@ -326,6 +326,20 @@ impl MonitorHandle {
         let _ = self
             .coordination
             .send(Coordinating::Alert(action.into_iter().collect()));
+    }
+
+    /// Raises, updates or resolves the `archiving_*` alerts as the archive watch judged them
+    /// (see [`crate::archiving`]); the alert book stores and counts them like any other.
+    pub fn archiving_alerts(&self, changes: Vec<meridian_core::archiving::AlertChange>) {
+        use meridian_core::archiving::AlertChange;
+        let actions = changes
+            .into_iter()
+            .map(|change| match change {
+                AlertChange::Raise(condition) => Action::Raise(condition),
+                AlertChange::Resolve(kind, node) => Action::Resolve(kind, node),
+            })
+            .collect();
+        let _ = self.coordination.send(Coordinating::Alert(actions));
     }
 
     /// Another instance reached `node` at `at` (its wall clock): a primary some observer
