@@ -397,8 +397,14 @@ impl Session {
                 .await
                 .map_err(|e| self.failed("waiting for the migration lock", &e))?;
         }
+        // Created only when missing: even `IF NOT EXISTS` asks for CREATE on the schema,
+        // which a role that only migrates an existing schema may lack (PostgreSQL 15 no
+        // longer grants it on `public` to everyone). Under the lock no other run creates it.
+        if self.table_exists().await? {
+            return Ok(());
+        }
         let create = format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
+            "CREATE TABLE {} (\
                version bigint PRIMARY KEY, \
                name text NOT NULL, \
                checksum text NOT NULL, \
@@ -420,7 +426,7 @@ impl Session {
             .client
             .query_opt(
                 "SELECT l.pid, coalesce(a.application_name, ''), \
-                        coalesce(a.client_addr::text, 'local'), \
+                        coalesce(host(a.client_addr), 'local'), \
                         coalesce(to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ'), '') \
                    FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
@@ -443,15 +449,18 @@ impl Session {
         }
     }
 
-    /// The versions table's rows, in version order; none when it does not exist yet.
-    async fn applied(&self) -> Result<Vec<Record>, Failure> {
-        let exists: bool = self
+    async fn table_exists(&self) -> Result<bool, Failure> {
+        Ok(self
             .client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table])
             .await
             .map_err(|e| self.failed("looking for the versions table", &e))?
-            .get(0);
-        if !exists {
+            .get(0))
+    }
+
+    /// The versions table's rows, in version order; none when it does not exist yet.
+    async fn applied(&self) -> Result<Vec<Record>, Failure> {
+        if !self.table_exists().await? {
             return Ok(Vec::new());
         }
         let rows = self

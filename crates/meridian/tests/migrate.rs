@@ -792,7 +792,9 @@ async fn two_concurrent_runs_apply_each_migration_exactly_once() {
     );
     assert!(
         runs.iter()
-            .any(|r| r.stderr.contains("waiting for the migration lock")),
+            .any(|r| r.stderr.contains("waiting for the migration lock")
+                && r.stderr.contains("held by another run (server pid ")
+                && r.stderr.contains("application \"meridian-migrate\"")),
         "{runs:#?}"
     );
     assert_eq!(
