@@ -25,9 +25,9 @@ use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::health::{self, Answer};
 use crate::model::{
-    AnalyzeRequest, Connections, ErrorBody, FailoverRun, Liveness, NodeConnections, Performance,
-    PrimaryCheck, ProbeSample, QueryAnalysis, Readiness, Reconnected, Recycled, ReplicaCheck,
-    Report, SwitchoverRequest, SystemHealth, Topology,
+    AnalyzeRequest, Archiving, Connections, ErrorBody, FailoverRun, Liveness, NodeConnections,
+    Performance, PrimaryCheck, ProbeSample, QueryAnalysis, Readiness, Reconnected, Recycled,
+    ReplicaCheck, Report, SwitchoverRequest, SystemHealth, Topology,
 };
 use crate::{AlertFilter, Control, Mutation, StatusCode};
 
@@ -75,6 +75,7 @@ fn routes(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(performance))
         .routes(routes!(connections))
         .routes(routes!(export))
+        .routes(routes!(archiving))
         .routes(routes!(analyze_query))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -283,6 +284,7 @@ fn topology(control: &dyn Control) -> Topology {
         }
         topology.coordination = Some(info);
     }
+    topology.archiving = control.archiving();
     topology
 }
 
@@ -452,6 +454,23 @@ fn connections_of(control: &dyn Control) -> Connections {
     ))]
 async fn connections(State(state): State<AppState>) -> Json<Connections> {
     Json(connections_of(&*state.control))
+}
+
+/// `GET /api/database/archiving`: the primary's WAL archiving.
+#[utoipa::path(get, path = "/api/database/archiving", tag = "reads",
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "state, RPO, last archived and failed WAL files of the primary", body = Archiving),
+        (status = 404, description = "no WAL archive is configured ([backup] wal_archive)", body = ErrorBody),
+        (status = 401, description = "reads are protected and the token is missing or wrong", body = ErrorBody),
+    ))]
+async fn archiving(State(state): State<AppState>) -> Result<Json<Archiving>, ApiError> {
+    state.control.archiving().map(Json).ok_or_else(|| {
+        ApiError::not_found(
+            "no WAL archive is configured: set [backup] wal_archive (and run meridian backup \
+             setup-archiving) to have the primary's archiving watched",
+        )
+    })
 }
 
 /// `GET /api/database/export`: the full report.

@@ -241,6 +241,7 @@ pub fn topology(status: &ClusterStatus, pools: &[PoolState]) -> Topology {
         failover_halted: status.failover.halted.clone(),
         regions,
         coordination: None,
+        archiving: None,
     }
 }
 

@@ -36,8 +36,8 @@ pub use crate::error::ApiError;
 pub use axum::http::StatusCode;
 
 use crate::model::{
-    Alert, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis,
-    Recycled,
+    Alert, Archiving, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample,
+    QueryAnalysis, Recycled,
 };
 
 /// A command for the failover machine.
@@ -139,6 +139,11 @@ pub trait Control: Send + Sync + 'static {
     /// With several instances: this instance's coordination, and the view the leader
     /// published (generation, primary, paused) that its proxy routes writes by.
     fn coordination(&self) -> Option<(CoordinationInfo, Option<PublishedView>)> {
+        None
+    }
+
+    /// The primary's WAL archiving as last checked; `None` when no WAL archive is configured.
+    fn archiving(&self) -> Option<Archiving> {
         None
     }
 }

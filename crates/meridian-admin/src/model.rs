@@ -136,6 +136,9 @@ pub struct Topology {
     /// single instance. `primary`, `generation` and `paused` above are then the view the
     /// leader published, which every proxy routes writes by.
     pub coordination: Option<CoordinationInfo>,
+    /// The primary's WAL archiving when a WAL archive is configured (`[backup]
+    /// wal_archive`), else `null`.
+    pub archiving: Option<Archiving>,
 }
 
 /// This instance among several coordinated through etcd.
@@ -551,6 +554,46 @@ pub struct Reconnected {
     pub recycled: Recycled,
     /// Its nodes, probed on fresh connections.
     pub nodes: Vec<NodeStatus>,
+}
+
+/// `GET /api/database/archiving`: the primary's continuous WAL archiving, as last checked
+/// (also in `GET /api/database/status` when a WAL archive is configured).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Archiving {
+    /// `healthy`, `behind` (writes older than `max_rpo_seconds` not archived, or nothing
+    /// archived yet), `failing` (`archive_command` fails), `off` (the primary does not
+    /// archive), or `unknown` (not checked yet, or the check failed: see `error`).
+    pub state: String,
+    /// The primary checked.
+    pub node: Option<String>,
+    /// How old the oldest write not archived yet can be; `null` when it cannot be told.
+    pub rpo_seconds: Option<f64>,
+    /// The ceiling (`[backup] max_rpo`).
+    pub max_rpo_seconds: f64,
+    /// Whole WAL segments written and not archived yet.
+    pub unarchived_segments: Option<u64>,
+    /// Files archived since the server's statistics were reset.
+    pub archived_count: Option<u64>,
+    /// The last file archived.
+    pub last_archived_wal: Option<String>,
+    /// When.
+    pub last_archived_at_ms: Option<u64>,
+    /// Failed attempts since the statistics were reset.
+    pub failed_count: Option<u64>,
+    /// The file of the last failed attempt.
+    pub last_failed_wal: Option<String>,
+    /// When.
+    pub last_failed_at_ms: Option<u64>,
+    /// The WAL file being written.
+    pub current_wal: Option<String>,
+    /// The archive directory (`[backup] wal_archive`).
+    pub archive_dir: String,
+    /// What holds and, when something is wrong, what to do.
+    pub detail: Option<String>,
+    /// Why the last check gave no verdict.
+    pub error: Option<String>,
+    /// When the primary was last checked.
+    pub checked_at_ms: Option<u64>,
 }
 
 /// `GET /api/database/export`: everything an incident report needs, in one document.

@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::model::{
-    Alert, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis, QueryRoute, Recycled,
-    RunPhase,
+    Alert, Archiving, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis, QueryRoute,
+    Recycled, RunPhase,
 };
 
 /// A control answering from fixed data, recording what it was asked.
@@ -223,6 +223,27 @@ impl Control for Fixed {
             .push((Some(region.to_owned()), true));
         let status = self.status();
         Box::pin(async move { Ok(status) })
+    }
+
+    fn archiving(&self) -> Option<Archiving> {
+        self.populated.then(|| Archiving {
+            state: "failing".into(),
+            node: Some("pg1".into()),
+            rpo_seconds: Some(42.5),
+            max_rpo_seconds: 300.0,
+            unarchived_segments: Some(1),
+            archived_count: Some(12),
+            last_archived_wal: Some("00000001000000000000000B".into()),
+            last_archived_at_ms: Some(2_000),
+            failed_count: Some(3),
+            last_failed_wal: Some("00000001000000000000000C".into()),
+            last_failed_at_ms: Some(2_500),
+            current_wal: Some("00000001000000000000000D".into()),
+            archive_dir: "/srv/wal".into(),
+            detail: Some("archive_command fails".into()),
+            error: None,
+            checked_at_ms: Some(3_000),
+        })
     }
 
     fn recycle(&self, region: Option<&str>) -> Result<Recycled, ApiError> {
@@ -598,6 +619,26 @@ async fn the_read_endpoints_answer_from_the_control() {
     assert_eq!(report["probes"][0]["at_ms"], 3000);
     assert_eq!(report["connections"]["pools"][0]["node"], "pg2");
     assert!(report["generated_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let (code, archiving) = get_json(&control, "/api/database/archiving").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (&archiving["state"], &archiving["last_failed_wal"]),
+        (&json!("failing"), &json!("00000001000000000000000C"))
+    );
+    assert_eq!(status["archiving"]["rpo_seconds"], 42.5);
+    // Without a WAL archive configured: a 404 that says how to configure one.
+    let (code, error) = get_json(&Arc::new(Fixed::default()), "/api/database/archiving").await;
+    assert_eq!((code, &error["error"]["code"]), (404, &json!("not_found")));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[backup] wal_archive"),
+        "{error}"
+    );
+    let (_, status) = get_json(&Arc::new(Fixed::default()), "/api/database/status").await;
+    assert_eq!(status["archiving"], Value::Null);
 }
 
 #[tokio::test]
@@ -793,6 +834,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/database/performance"),
     ("get", "/api/database/connections"),
     ("get", "/api/database/export"),
+    ("get", "/api/database/archiving"),
     ("post", "/api/database/analyze-query"),
     ("post", "/api/database/switchover"),
     ("post", "/api/database/failover/{region}"),
@@ -1020,6 +1062,12 @@ async fn every_json_body_served_matches_its_documented_schema() {
             "/api/database/export",
             "200",
             get("/api/database/export"),
+        ),
+        (
+            "get",
+            "/api/database/archiving",
+            "200",
+            get("/api/database/archiving"),
         ),
         (
             "post",
