@@ -353,7 +353,9 @@ impl Session {
         let client = node
             .connect(&located.credentials, Some(&database), "meridian-migrate")
             .await
-            .map_err(|e| Failure::Refused(format!("cannot connect to {target}: {e}")))?;
+            .map_err(|e| {
+                Failure::Refused(format!("cannot connect to {target}: {}", server_error(&e)))
+            })?;
         drop(located.client);
         let schema: Option<String> = client
             .query_one("SELECT current_schema()", &[])
