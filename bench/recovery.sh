@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Recovery point and time, measured: a pgbench database of SCALE, archiving its WAL through
+# `meridian wal-archive` with archive_timeout, a base backup, then a steady write load. While
+# the load runs, the archive is snapshotted at one instant (the "disaster": everything not
+# archived by then is lost) and the newest write committed on the primary at that instant is
+# noted. The snapshot is then restored with `meridian restore`:
+#   RTO = the restore's wall time, from an empty directory to a server accepting writes
+#         (fetch + checksum + unpack + pg_verifybackup, then WAL replay and promotion);
+#   RPO = newest write on the primary at the instant of the snapshot minus the newest write
+#         the restored server has (what the disaster lost, in seconds of commits).
+# The archiver's lag (now - last_archived_time) is also sampled every second during the load.
+#
+# usage: bench/recovery.sh   (env: SCALE=50 LOAD=60 RATE=300 ARCHIVE_TIMEOUT=10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE=${SCALE:-50}
+LOAD=${LOAD:-60}
+RATE=${RATE:-300}
+ARCHIVE_TIMEOUT=${ARCHIVE_TIMEOUT:-10}
+
+command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
+
+echo "building (release)..."
+cargo build --release -q -p meridian --bin meridian
+cargo build --release -q -p meridian-testkit --example cluster
+target=${CARGO_TARGET_DIR:-target}/release
+
+work=$(mktemp -d /tmp/meridian-recovery.XXXXXX)
+chmod 755 "$work"
+pids=()
+restored=""
+cleanup() {
+  exec 9>&- 2>/dev/null || true
+  if [ -n "$restored" ] && [ -f "$restored/postmaster.pid" ]; then
+    "${run_as[@]}" "$(pg_config --bindir)/pg_ctl" stop -m immediate -D "$restored" >/dev/null 2>&1 || true
+  fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The servers run as the test kit's unprivileged user when this runs as root: it must execute
+# meridian and write the archive.
+run_as=()
+os_user=()
+if [ "$(id -u)" = 0 ]; then
+  user=${MERIDIAN_PG_USER:-meridian-pg}
+  run_as=(runuser -u "$user" --)
+  os_user=(--os-user "$user")
+fi
+mkdir -p "$work/bin" "$work/wal" "$work/backups" "$work/restore"
+cp "$target/meridian" "$work/bin/meridian"
+chmod 755 "$work/bin" "$work/bin/meridian" "$work/restore"
+chmod 777 "$work/wal"
+
+mkfifo "$work/cluster.in"
+"$target/examples/cluster" --replicas 0 \
+  --set archive_mode=on \
+  --set "archive_command=$work/bin/meridian wal-archive %p %f --dir $work/wal" \
+  --set "archive_timeout=$ARCHIVE_TIMEOUT" \
+  < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
+pids+=($!)
+exec 9>"$work/cluster.in"
+for _ in $(seq 600); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.1; done
+grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.err" >&2; exit 1; }
+port=$(awk '$1 == "node" {print $5; exit}' "$work/cluster.out")
+psql_() { psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
+
+echo "pgbench -i -s $SCALE..."
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
+psql_ "CREATE TABLE ticks (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+size=$(psql_ "SELECT pg_size_pretty(pg_database_size('postgres'))")
+
+cat > "$work/meridian.toml" <<EOF
+[[users]]
+name = "postgres"
+auth = "trust"
+[[regions]]
+name = "bench"
+[[regions.nodes]]
+name = "primary"
+host = "127.0.0.1"
+port = $port
+[backup]
+location = "$work/backups"
+wal_archive = "$work/wal"
+meridian_bin = "$work/bin/meridian"
+EOF
+
+echo "backup of a $size database..."
+start=$(date +%s.%N)
+"$target/meridian" backup -c "$work/meridian.toml" > "$work/backup.out" 2>"$work/backup.err" \
+  || { cat "$work/backup.err" >&2; exit 1; }
+backup_s=$(echo "$(date +%s.%N) - $start" | bc)
+cat "$work/backup.out"
+
+# The load: TPC-B-like transactions and one timestamped insert per transaction, rate-limited.
+echo "INSERT INTO ticks DEFAULT VALUES;" > "$work/tick.sql"
+pgbench -n -T "$LOAD" -R "$RATE" -c 4 -j 2 -b tpcb-like@1 -f "$work/tick.sql@1" \
+  -h 127.0.0.1 -p "$port" -U postgres postgres > "$work/load.out" 2>&1 &
+load_pid=$!
+pids+=($load_pid)
+
+# Sample the archiver's lag each second; snapshot the archive at a random moment in the last
+# third of the load (after several archive_timeouts).
+snap_at=$((LOAD * 2 / 3 + RANDOM % (LOAD / 4 + 1)))
+lags=()
+for second in $(seq 1 $((LOAD - 2))); do
+  sleep 1
+  lags+=("$(psql_ "SELECT coalesce(extract(epoch FROM now() - last_archived_time), -1) FROM pg_stat_archiver")")
+  if [ "$second" = "$snap_at" ]; then
+    primary_newest=$(psql_ "SELECT max(at) FROM ticks")
+    mapfile -t files < <(ls "$work/wal")
+    mkdir -p "$work/snapshot"
+    for f in "${files[@]}"; do cp -a "$work/wal/$f" "$work/snapshot/"; done
+    chmod 755 "$work/snapshot"
+  fi
+done
+wait "$load_pid" || true
+tps=$(awk '/^tps/ {print $3; exit}' "$work/load.out")
+
+echo "restoring the snapshot..."
+restored="$work/restore/data"
+restore_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start=$(date +%s.%N)
+"$target/meridian" restore -c "$work/meridian.toml" --wal-archive "$work/snapshot" \
+  --to "$restored" --port "$restore_port" "${os_user[@]}" > "$work/restore.out" 2>"$work/restore.err" \
+  || { cat "$work/restore.err" >&2; exit 1; }
+rto=$(echo "$(date +%s.%N) - $start" | bc)
+restored_newest=$(psql -X -qAt -h 127.0.0.1 -p "$restore_port" -U postgres -d postgres -c "SELECT max(at) FROM ticks")
+rpo=$(psql_ "SELECT extract(epoch FROM '$primary_newest'::timestamptz - '$restored_newest'::timestamptz)")
+accounts=$(psql -X -qAt -h 127.0.0.1 -p "$restore_port" -U postgres -d postgres -c "SELECT count(*) FROM pgbench_accounts")
+
+lag_max=$(printf '%s\n' "${lags[@]}" | sort -g | tail -1)
+lag_median=$(printf '%s\n' "${lags[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo
+echo "database: pgbench scale $SCALE ($size), archive_timeout ${ARCHIVE_TIMEOUT}s, load ${LOAD}s at ${RATE} tx/s target (${tps} tps)"
+echo "backup: $(printf '%.1f' "$backup_s") s"
+grep -E '^restored backup' "$work/restore.out"
+echo "RTO (restore wall time, empty directory to accepting writes): $(printf '%.1f' "$rto") s; pgbench_accounts rows restored: $accounts"
+echo "RPO (newest commit on the primary at the snapshot minus newest restored): $(printf '%.2f' "$rpo") s"
+echo "archiver lag during the load (now - last_archived_time): median $(printf '%.1f' "$lag_median") s, max $(printf '%.1f' "$lag_max") s"
