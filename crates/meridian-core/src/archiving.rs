@@ -452,6 +452,15 @@ fn judge_with(
                      after a start until its first checkpoint or a configuration reload)"
                 ),
             ),
+            Some(_) if archived_through.is_none() => (
+                ArchiveState::Healthy,
+                format!(
+                    "{rpo_text}, counted from when this primary was first watched: no segment \
+                     of its WAL is in the archive yet ({last_archived}); the next one is \
+                     archived when it fills, archive_timeout after a write, or at once with \
+                     SELECT pg_switch_wal()"
+                ),
+            ),
             Some(rpo) if rpo.is_zero() => (
                 ArchiveState::Healthy,
                 if idle {
@@ -845,6 +854,17 @@ mod tests {
             (judged.state, judged.rpo),
             (ArchiveState::Healthy, Some(Duration::from_secs(40)))
         );
+        assert!(
+            judged
+                .detail
+                .contains("no segment of its WAL is in the archive yet"),
+            "{}",
+            judged.detail
+        );
+        // Even when the watch has only just begun.
+        let judged = judge_tracked(&stats, at(10), MAX_RPO, &history);
+        assert_eq!(judged.rpo, Some(Duration::ZERO));
+        assert!(!judged.detail.contains("every write is archived"));
         let judged = judge_tracked(&stats, at(400), MAX_RPO, &history);
         assert_eq!(judged.state, ArchiveState::Behind);
     }

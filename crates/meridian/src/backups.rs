@@ -78,6 +78,28 @@ pub enum BackupCommand {
         #[command(flatten)]
         place: Place,
     },
+    /// Turn on continuous WAL archiving into [backup] wal_archive on every configured node,
+    /// replicas included (archive_mode, archive_command, archive_timeout by ALTER SYSTEM),
+    /// creating the directory; says which nodes need a restart, then how the primary
+    /// archives (docs/archiving.md).
+    SetupArchiving {
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The configuration file (TOML); without it, the environment describes the cluster.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// The primary's WAL archiving judged: state, RPO, last archived WAL and its age,
+    /// failures. Exit code 0 healthy (idle included), 1 behind, failing or off.
+    Status {
+        /// JSON (the admin API's /api/database/archiving document) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The configuration file (TOML); without it, the environment describes the cluster.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `meridian backup ...`.
@@ -87,6 +109,12 @@ pub fn main(args: &BackupArgs) -> ExitCode {
         Some(BackupCommand::List { json, place }) => list(place, *json),
         Some(BackupCommand::Verify { id, place }) => verify(place, id),
         Some(BackupCommand::Prune { dry_run, place }) => prune(place, *dry_run),
+        Some(BackupCommand::SetupArchiving { dry_run, config }) => {
+            crate::archiving::setup_archiving(config.as_deref(), *dry_run)
+        }
+        Some(BackupCommand::Status { json, config }) => {
+            crate::archiving::status(config.as_deref(), *json)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `meridian` binary: the command line that wires the crates together.
 
 mod analyze;
+mod archiving;
 mod backups;
 mod cli;
 mod demo;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_admin::model::{
-    Alert, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis,
-    Recycled, RunPhase,
+    Alert, Archiving, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample,
+    QueryAnalysis, Recycled, RunPhase,
 };
 use meridian_admin::{
     AlertFilter, ApiError, Control, ControlFuture, Mutation, PublishedView, StatusCode,
@@ -249,6 +249,15 @@ impl Control for Operator {
             idle: report.idle,
             in_use: report.in_use,
         })
+    }
+
+    fn archiving(&self) -> Option<Archiving> {
+        let watch = self.telemetry.archiving.as_ref()?;
+        Some(crate::archiving::document(
+            &watch.report(),
+            &watch.archive_dir,
+            watch.max_rpo,
+        ))
     }
 
     fn coordination(&self) -> Option<(CoordinationInfo, Option<PublishedView>)> {

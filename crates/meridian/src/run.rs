@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use meridian_config::{Config, CoordinationConfig, Environment};
+use meridian_control::archiving;
 use meridian_control::coordination::{
     self as coordinator, CoordinationSettings, Gate, Registration,
 };
@@ -114,7 +115,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         monitor_settings.gate = Some(gate);
         keeper
     });
+    // Archiving settings are checked before anything starts: a path that cannot go into
+    // archive_command is a configuration error.
+    let exe = std::env::current_exe().unwrap_or_else(|_| "meridian".into());
+    let archive_watch = archiving::WatchSettings::from_config(&config, &exe)
+        .context("cannot watch the WAL archive ([backup] wal_archive)")?;
     let monitor = monitor::spawn(monitor_settings, store.clone());
+    let archiving = archive_watch.map(|settings| archiving::spawn(settings, monitor.clone()));
     // Route nothing before every node has been looked at once (bounded: a node that does not
     // answer is judged by its failures later).
     let first = tokio::time::timeout(config.monitor.probe_timeout * 3, monitor.first_round()).await;
@@ -179,6 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             monitor: monitor.clone(),
             proxy: proxy.clone(),
             store: store.clone(),
+            archiving,
         },
         monitor: monitor.clone(),
         store: store.clone(),

@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use meridian_control::archiving::ArchiveWatch;
 use meridian_control::monitor::{LATENCY_BUCKETS, MonitorHandle, health_str, role_str};
 use meridian_control::store::Store;
+use meridian_core::archiving::ArchiveState;
 use meridian_core::classify::PinReason;
 use meridian_core::topology::{Health, Role};
 use meridian_proxy::Proxy;
@@ -24,6 +26,8 @@ pub struct Telemetry {
     pub monitor: MonitorHandle,
     pub proxy: Proxy,
     pub store: Arc<dyn Store>,
+    /// The watch over the primary's WAL archiving, when a WAL archive is configured.
+    pub archiving: Option<ArchiveWatch>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -482,8 +486,91 @@ impl Collector for Telemetry {
             "Probe samples the store dropped because its writer could not keep up.",
             &[(Vec::new(), self.store.dropped_samples())],
         )?;
+        if let Some(watch) = &self.archiving {
+            archive_metrics(&mut encoder, watch)?;
+        }
         Ok(())
     }
+}
+
+/// The primary's WAL archiving, as the archive watch last judged it.
+fn archive_metrics(encoder: &mut DescriptorEncoder, watch: &ArchiveWatch) -> std::fmt::Result {
+    let report = watch.report();
+    let state = report.judgement.as_ref().map(|j| j.state);
+    let node: Labels = report
+        .node
+        .as_deref()
+        .map(|name| vec![("node", name.to_owned())])
+        .unwrap_or_default();
+    let mut states: Vec<(Labels, f64)> = ArchiveState::ALL
+        .iter()
+        .map(|s| {
+            (
+                vec![("state", s.as_str().to_owned())],
+                f64::from(u8::from(state == Some(*s))),
+            )
+        })
+        .collect();
+    states.push((
+        vec![("state", "unknown".to_owned())],
+        f64::from(u8::from(state.is_none())),
+    ));
+    gauge(
+        encoder,
+        "meridian_archive_state",
+        "The primary's WAL archiving: 1 for the current state (off, healthy, behind, failing, \
+         unknown when not checked).",
+        &states,
+    )?;
+    gauge(
+        encoder,
+        "meridian_archive_max_rpo_seconds",
+        "The RPO ceiling ([backup] max_rpo).",
+        &[(Vec::new(), watch.max_rpo.as_secs_f64())],
+    )?;
+    let judged = |value: Option<f64>| -> Vec<(Labels, f64)> {
+        value.map(|v| (node.clone(), v)).into_iter().collect()
+    };
+    let judgement = report.judgement.as_ref();
+    let stats = report.stats.as_ref();
+    gauge(
+        encoder,
+        "meridian_archive_rpo_seconds",
+        "How old the oldest write not archived yet can be, on the primary.",
+        &judged(judgement.and_then(|j| j.rpo).map(|rpo| rpo.as_secs_f64())),
+    )?;
+    gauge(
+        encoder,
+        "meridian_archive_unarchived_segments",
+        "Whole WAL segments the primary wrote and has not archived.",
+        &judged(judgement.map(|j| j.unarchived_segments as f64)),
+    )?;
+    gauge(
+        encoder,
+        "meridian_archive_last_archived_timestamp_seconds",
+        "When the primary last archived a file (Unix time).",
+        &judged(
+            stats
+                .and_then(|s| s.last_archived_time)
+                .map(|t| t.0 as f64 / 1000.0),
+        ),
+    )?;
+    let count = |value: Option<u64>| -> Vec<(Labels, u64)> {
+        value.map(|v| (node.clone(), v)).into_iter().collect()
+    };
+    counter(
+        encoder,
+        "meridian_archive_archived",
+        "Files the primary archived since its statistics were reset (pg_stat_archiver).",
+        &count(stats.map(|s| s.archived_count)),
+    )?;
+    counter(
+        encoder,
+        "meridian_archive_failed",
+        "Failed archive_command runs on the primary since its statistics were reset.",
+        &count(stats.map(|s| s.failed_count)),
+    )?;
+    Ok(())
 }
 
 /// The snake_case name of a pin reason, for labels.
