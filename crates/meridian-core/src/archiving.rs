@@ -24,12 +24,15 @@
 //!   boundary for as long as the server stays idle, while `last_archived_time` grows old. A
 //!   tail no longer than a page header and one such record ([`IDLE_TAIL`]) holds no write: RPO
 //!   0. Any write transaction adds more than that (its heap record and its commit record).
-//! - **Writes not archived yet**: the oldest of them is at most as old as the moment the primary
-//!   went past the idle tail. A running Meridian knows that moment from its samples of the
-//!   primary's position (a lower bound, short by at most one sampling interval). Without a
-//!   history it is estimated by the time of the last archiving: the segment after the last
-//!   archived one began about when that one was complete, and a keeping-up archiver archives a
-//!   segment moments after it is complete.
+//! - **Writes not archived yet**: the oldest of them is as old as the moment the primary went
+//!   past the idle tail. A running Meridian knows that moment from its samples of the
+//!   primary's position (a lower bound, short by at most one sampling interval) when its
+//!   samples reach back that far. Otherwise it is estimated by the time of the last archiving:
+//!   the segment after the last archived one began about when that one was complete, and a
+//!   keeping-up archiver archives a segment moments after it is complete.
+//! - **Nothing archived yet** (or only a `.history` file): the RPO cannot be told from the
+//!   statistics; a running Meridian counts from its first sample of this primary, a lower
+//!   bound that gives a new archive `max_rpo` to archive its first segment.
 //! - **Unarchived whole segments** are counted from the positions (`TTTTTTTTXXXXXXXXYYYYYYYY`:
 //!   timeline, then the segment number in two halves, see `XLogFileName` in PostgreSQL's
 //!   `xlog_internal.h`). Positions continue across timelines, so a segment archived on the old
@@ -368,8 +371,11 @@ fn judge_with(
 
     let last_success = stats.last_archived_time;
     let age = |at: Timestamp| now.since(at);
+    // Measured only when the history reaches back to `position`: a watch begun after the
+    // primary passed it knows less than the time of the last archiving does.
     let measured_since = |position: Lsn| {
         history
+            .filter(|h| h.oldest().is_some_and(|(_, oldest)| oldest <= position))
             .and_then(|h| h.lag(position, now))
             .map(|lag| lag.seconds)
     };
@@ -393,9 +399,11 @@ fn judge_with(
                 measured_since(past_idle_tail).or_else(|| last_success.map(age))
             }
         }
-        // Nothing archived (or only a history file): how long the primary has been writing
-        // since the watch began is all that can be told.
-        (Some(_), None) => measured_since(Lsn::INVALID),
+        // Nothing archived (or only a history file): how long the primary has been watched
+        // is all that can be told, a lower bound.
+        (Some(_), None) => history
+            .and_then(|h| h.lag(Lsn::INVALID, now))
+            .map(|lag| lag.seconds),
         (None, _) => None,
     };
 
@@ -774,6 +782,11 @@ mod tests {
         let judged = judge_tracked(&stats, at(3_010), MAX_RPO, &history);
         assert_eq!(judged.state, ArchiveState::Healthy, "{judged:?}");
         assert_eq!(judged.rpo, Some(Duration::from_secs(10)));
+        // A history that begins after the write knows less than the last archiving's time.
+        let mut late = LagTracker::new(16);
+        late.record_primary(at(3_000), lsn("0/3016040"));
+        let judged = judge_tracked(&stats, at(3_010), MAX_RPO, &late);
+        assert_eq!(judged.rpo, Some(Duration::from_secs(2_910)));
         // Without the history, the estimate is the age of the last archiving.
         let estimated = judge(&stats, at(3_010), MAX_RPO);
         assert_eq!(estimated.state, ArchiveState::Behind);

@@ -120,6 +120,12 @@ impl LagTracker {
         self.samples.last().copied()
     }
 
+    /// The oldest position remembered and when the primary was first seen there: how far
+    /// back the history reaches.
+    pub fn oldest(&self) -> Option<(Timestamp, Lsn)> {
+        self.samples.first().copied()
+    }
+
     /// Samples held.
     pub fn len(&self) -> usize {
         self.samples.len()
