@@ -25,9 +25,9 @@ use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::health::{self, Answer};
 use crate::model::{
-    AnalyzeRequest, Archiving, Connections, ErrorBody, FailoverRun, Liveness, NodeConnections,
-    Performance, PrimaryCheck, ProbeSample, QueryAnalysis, Readiness, Reconnected, Recycled,
-    ReplicaCheck, Report, SwitchoverRequest, SystemHealth, Topology,
+    AnalyzeRequest, Archiving, Backups, Connections, ErrorBody, FailoverRun, Liveness,
+    NodeConnections, Performance, PrimaryCheck, ProbeSample, QueryAnalysis, Readiness, Reconnected,
+    Recycled, ReplicaCheck, Report, SwitchoverRequest, SystemHealth, Topology,
 };
 use crate::{AlertFilter, Control, Mutation, StatusCode};
 
@@ -76,6 +76,7 @@ fn routes(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(connections))
         .routes(routes!(export))
         .routes(routes!(archiving))
+        .routes(routes!(backups))
         .routes(routes!(analyze_query))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -469,6 +470,23 @@ async fn archiving(State(state): State<AppState>) -> Result<Json<Archiving>, Api
         ApiError::not_found(
             "no WAL archive is configured: set [backup] wal_archive (and run meridian backup \
              setup-archiving) to have the primary's archiving watched",
+        )
+    })
+}
+
+/// `GET /api/database/backups`: the backup catalog.
+#[utoipa::path(get, path = "/api/database/backups", tag = "reads",
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "every stored backup, incomplete ones, and the age of the newest of each kind", body = Backups),
+        (status = 404, description = "no backup location is configured ([backup] location)", body = ErrorBody),
+        (status = 401, description = "reads are protected and the token is missing or wrong", body = ErrorBody),
+    ))]
+async fn backups(State(state): State<AppState>) -> Result<Json<Backups>, ApiError> {
+    state.control.backups().map(Json).ok_or_else(|| {
+        ApiError::not_found(
+            "no backup location is configured: set [backup] location to have the catalog \
+             served here",
         )
     })
 }

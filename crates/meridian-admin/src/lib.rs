@@ -36,7 +36,7 @@ pub use crate::error::ApiError;
 pub use axum::http::StatusCode;
 
 use crate::model::{
-    Alert, Archiving, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample,
+    Alert, Archiving, Backups, CoordinationInfo, FailoverRun, Performance, PoolState, ProbeSample,
     QueryAnalysis, Recycled,
 };
 
@@ -144,6 +144,11 @@ pub trait Control: Send + Sync + 'static {
 
     /// The primary's WAL archiving as last checked; `None` when no WAL archive is configured.
     fn archiving(&self) -> Option<Archiving> {
+        None
+    }
+
+    /// The backup catalog as last read; `None` when no backup location is configured.
+    fn backups(&self) -> Option<Backups> {
         None
     }
 }

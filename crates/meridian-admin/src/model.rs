@@ -596,6 +596,52 @@ pub struct Archiving {
     pub checked_at_ms: Option<u64>,
 }
 
+/// `GET /api/database/backups`: the backup catalog, as last read from the backup location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Backups {
+    /// The location (`[backup] location`).
+    pub location: String,
+    /// Complete backups, oldest first.
+    pub backups: Vec<BackupEntry>,
+    /// Backups with files but no catalog entry (interrupted, or being written).
+    pub incomplete: Vec<String>,
+    /// Seconds since the newest physical backup was stored; `null` when there is none.
+    pub last_physical_age_seconds: Option<f64>,
+    /// Seconds since the newest logical backup was stored; `null` when there is none.
+    pub last_logical_age_seconds: Option<f64>,
+    /// When the catalog was last read; `null` before the first reading.
+    pub checked_at_ms: Option<u64>,
+    /// Why the last reading failed.
+    pub error: Option<String>,
+}
+
+/// One backup of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackupEntry {
+    /// Its id (`meridian restore --backup ID`).
+    pub id: String,
+    /// `physical` or `logical`.
+    pub kind: String,
+    /// The node it was taken from.
+    pub node: String,
+    /// Taken from a replica.
+    pub from_replica: bool,
+    /// When the copy ended (RFC 3339): a restore to a time needs a backup that ended before it.
+    pub stopped_at: String,
+    /// When it was stored (RFC 3339).
+    pub finished_at: String,
+    /// The timeline.
+    pub timeline: u32,
+    /// WAL position at the start.
+    pub start_lsn: String,
+    /// WAL position it is consistent from.
+    pub stop_lsn: String,
+    /// Bytes of data copied.
+    pub data_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+}
+
 /// `GET /api/database/export`: everything an incident report needs, in one document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Report {

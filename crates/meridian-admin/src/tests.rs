@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::model::{
-    Alert, Archiving, FailoverRun, Performance, PoolState, ProbeSample, QueryAnalysis, QueryRoute,
-    Recycled, RunPhase,
+    Alert, Archiving, BackupEntry, Backups, FailoverRun, Performance, PoolState, ProbeSample,
+    QueryAnalysis, QueryRoute, Recycled, RunPhase,
 };
 
 /// A control answering from fixed data, recording what it was asked.
@@ -243,6 +243,30 @@ impl Control for Fixed {
             detail: Some("archive_command fails".into()),
             error: None,
             checked_at_ms: Some(3_000),
+        })
+    }
+
+    fn backups(&self) -> Option<Backups> {
+        self.populated.then(|| Backups {
+            location: "s3://bucket/orders".into(),
+            backups: vec![BackupEntry {
+                id: "20261207T153012345Z".into(),
+                kind: "physical".into(),
+                node: "pg2".into(),
+                from_replica: true,
+                stopped_at: "2026-12-07T15:30:14.000Z".into(),
+                finished_at: "2026-12-07T15:30:20.000Z".into(),
+                timeline: 2,
+                start_lsn: "0/6000028".into(),
+                stop_lsn: "0/6000100".into(),
+                data_bytes: 1000,
+                stored_bytes: 100,
+            }],
+            incomplete: vec!["20261207T160000000Z".into()],
+            last_physical_age_seconds: Some(60.0),
+            last_logical_age_seconds: None,
+            checked_at_ms: Some(3_000),
+            error: None,
         })
     }
 
@@ -639,6 +663,26 @@ async fn the_read_endpoints_answer_from_the_control() {
     );
     let (_, status) = get_json(&Arc::new(Fixed::default()), "/api/database/status").await;
     assert_eq!(status["archiving"], Value::Null);
+
+    let (code, backups) = get_json(&control, "/api/database/backups").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (
+            &backups["backups"][0]["id"],
+            &backups["backups"][0]["from_replica"]
+        ),
+        (&json!("20261207T153012345Z"), &json!(true))
+    );
+    assert_eq!(backups["incomplete"][0], "20261207T160000000Z");
+    let (code, error) = get_json(&Arc::new(Fixed::default()), "/api/database/backups").await;
+    assert_eq!(code, 404);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[backup] location"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -835,6 +879,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/database/connections"),
     ("get", "/api/database/export"),
     ("get", "/api/database/archiving"),
+    ("get", "/api/database/backups"),
     ("post", "/api/database/analyze-query"),
     ("post", "/api/database/switchover"),
     ("post", "/api/database/failover/{region}"),
@@ -1068,6 +1113,12 @@ async fn every_json_body_served_matches_its_documented_schema() {
             "/api/database/archiving",
             "200",
             get("/api/database/archiving"),
+        ),
+        (
+            "get",
+            "/api/database/backups",
+            "200",
+            get("/api/database/backups"),
         ),
         (
             "post",

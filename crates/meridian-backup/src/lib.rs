@@ -15,6 +15,7 @@ pub mod prune;
 pub mod restore;
 pub mod store;
 pub mod verify;
+pub mod watch;
 pub mod wal_archive;
 
 pub use crate::store::Store;

@@ -535,3 +535,59 @@ fn restore_options(setup: &Setup, args: &RestoreArgs) -> anyhow::Result<RestoreO
         timeout: args.timeout,
     })
 }
+
+/// The catalog as the admin API shows it, from the running instance's last reading.
+pub fn document(watch: &meridian_backup::watch::CatalogWatch) -> meridian_admin::model::Backups {
+    use meridian_admin::model::{BackupEntry, Backups};
+    let mut document = Backups {
+        location: watch.location.clone(),
+        backups: Vec::new(),
+        incomplete: Vec::new(),
+        last_physical_age_seconds: None,
+        last_logical_age_seconds: None,
+        checked_at_ms: None,
+        error: None,
+    };
+    let Some(reading) = watch.last() else {
+        return document;
+    };
+    document.checked_at_ms = Some(catalog::millis(reading.at));
+    let listing = match reading.listing {
+        Ok(listing) => listing,
+        Err(error) => {
+            document.error = Some(error);
+            return document;
+        }
+    };
+    let now = catalog::millis(SystemTime::now());
+    let age = |kind: Kind| {
+        listing
+            .backups
+            .iter()
+            .filter(|b| b.kind == kind)
+            .filter_map(|b| catalog::parse_time(&b.finished_at).ok())
+            .max()
+            .map(|at| now.saturating_sub(at.0) as f64 / 1000.0)
+    };
+    document.last_physical_age_seconds = age(Kind::Physical);
+    document.last_logical_age_seconds = age(Kind::Logical);
+    document.incomplete = listing.incomplete.clone();
+    document.backups = listing
+        .backups
+        .iter()
+        .map(|b| BackupEntry {
+            id: b.id.clone(),
+            kind: kind(b).to_owned(),
+            node: b.node.clone(),
+            from_replica: b.from_replica,
+            stopped_at: b.stopped_at.clone(),
+            finished_at: b.finished_at.clone(),
+            timeline: b.timeline,
+            start_lsn: b.start_lsn.clone(),
+            stop_lsn: b.stop_lsn.clone(),
+            data_bytes: b.data_bytes,
+            stored_bytes: b.stored_bytes(),
+        })
+        .collect();
+    document
+}

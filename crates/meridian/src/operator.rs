@@ -251,6 +251,13 @@ impl Control for Operator {
         })
     }
 
+    fn backups(&self) -> Option<meridian_admin::model::Backups> {
+        self.telemetry
+            .backups
+            .as_ref()
+            .map(crate::backups::document)
+    }
+
     fn archiving(&self) -> Option<Archiving> {
         let watch = self.telemetry.archiving.as_ref()?;
         Some(crate::archiving::document(

@@ -122,6 +122,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("cannot watch the WAL archive ([backup] wal_archive)")?;
     let monitor = monitor::spawn(monitor_settings, store.clone());
     let archiving = archive_watch.map(|settings| archiving::spawn(settings, monitor.clone()));
+    // The backup catalog, for the API and the metrics; a location that cannot even be opened
+    // (an unsupported scheme, S3 without a bucket) is a configuration error.
+    let backups = match &config.backup {
+        Some(backup) => Some(meridian_backup::watch::spawn(
+            meridian_backup::Store::open(&backup.location)
+                .context("cannot open the backup location ([backup] location)")?,
+            meridian_backup::watch::INTERVAL,
+        )),
+        None => None,
+    };
     // Route nothing before every node has been looked at once (bounded: a node that does not
     // answer is judged by its failures later).
     let first = tokio::time::timeout(config.monitor.probe_timeout * 3, monitor.first_round()).await;
@@ -187,6 +197,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             proxy: proxy.clone(),
             store: store.clone(),
             archiving,
+            backups,
         },
         monitor: monitor.clone(),
         store: store.clone(),

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use meridian_backup::watch::CatalogWatch;
 use meridian_control::archiving::ArchiveWatch;
 use meridian_control::monitor::{LATENCY_BUCKETS, MonitorHandle, health_str, role_str};
 use meridian_control::store::Store;
@@ -28,6 +29,8 @@ pub struct Telemetry {
     pub store: Arc<dyn Store>,
     /// The watch over the primary's WAL archiving, when a WAL archive is configured.
     pub archiving: Option<ArchiveWatch>,
+    /// The backup catalog, re-read on an interval, when a backup location is configured.
+    pub backups: Option<CatalogWatch>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -488,6 +491,43 @@ impl Collector for Telemetry {
         )?;
         if let Some(watch) = &self.archiving {
             archive_metrics(&mut encoder, watch)?;
+        }
+        if let Some(watch) = &self.backups {
+            let catalog = crate::backups::document(watch);
+            let by_kind = |physical: Option<f64>, logical: Option<f64>| -> Vec<(Labels, f64)> {
+                [("physical", physical), ("logical", logical)]
+                    .into_iter()
+                    .filter_map(|(kind, value)| Some((vec![("kind", kind.to_owned())], value?)))
+                    .collect()
+            };
+            let count =
+                |kind: &str| catalog.backups.iter().filter(|b| b.kind == kind).count() as f64;
+            gauge(
+                &mut encoder,
+                "meridian_backups",
+                "Complete backups in the catalog, by kind (as last read from the location).",
+                &by_kind(Some(count("physical")), Some(count("logical"))),
+            )?;
+            gauge(
+                &mut encoder,
+                "meridian_backup_age_seconds",
+                "Seconds since the newest backup of each kind was stored.",
+                &by_kind(
+                    catalog.last_physical_age_seconds,
+                    catalog.last_logical_age_seconds,
+                ),
+            )?;
+            gauge(
+                &mut encoder,
+                "meridian_backup_catalog_readable",
+                "1 when the last reading of the backup catalog succeeded.",
+                &[(
+                    Vec::new(),
+                    f64::from(u8::from(
+                        catalog.checked_at_ms.is_some() && catalog.error.is_none(),
+                    )),
+                )],
+            )?;
         }
         Ok(())
     }

@@ -554,3 +554,36 @@ async fn archiving_continues_on_the_promoted_replica_and_a_restore_follows_the_n
         .get::<_, i32>(0);
     assert!(timeline >= 2, "restored onto timeline {timeline}");
 }
+
+#[tokio::test]
+async fn a_running_meridian_serves_the_catalog_in_its_api_and_metrics() {
+    let archived = Archived::start(0).await;
+    let backup = archived.backup(&[]);
+    let id = backup["id"].as_str().unwrap().to_owned();
+    let meridian = support::RunningMeridian::start(&archived.toml(), Duration::from_secs(60)).await;
+    let listed = wait_until(Duration::from_secs(30), "the catalog read", || async {
+        match support::http_json(meridian.admin, "GET", "/api/database/backups", None, None).await {
+            Ok((200, body)) if body["backups"][0]["id"] == id.as_str() => Check::Ready(body),
+            other => Check::NotYet(format!("{other:?}")),
+        }
+    })
+    .await;
+    let listed = meridian.or_log(listed);
+    assert_eq!(listed["backups"][0]["kind"], "physical");
+    assert_eq!(
+        listed["location"],
+        archived.backups.path().display().to_string()
+    );
+    let age = listed["last_physical_age_seconds"].as_f64().unwrap();
+    assert!((0.0..600.0).contains(&age), "{age}");
+    assert_eq!(listed["last_logical_age_seconds"], serde_json::Value::Null);
+    let metrics = support::http_get(meridian.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("meridian_backups{kind=\"physical\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meridian_backup_catalog_readable 1"),
+        "{metrics}"
+    );
+}
