@@ -213,6 +213,10 @@ pub async fn restore(
         let log_text = std::fs::read(&log).unwrap_or_default();
         bail!("{e:#}; its log: {}", tail(&log_text));
     }
+    progress(&format!(
+        "restore: consistent after {:.1} s (read-only connections accepted); replaying to the target",
+        started.elapsed().as_secs_f64()
+    ));
     let (timeline, replayed_to) = wait_promoted(options, programs, &log).await?;
     let recovery = started.elapsed();
     Ok(Restored {

@@ -587,3 +587,80 @@ async fn a_running_meridian_serves_the_catalog_in_its_api_and_metrics() {
         "{metrics}"
     );
 }
+
+#[test]
+fn bad_arguments_and_missing_settings_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("backups");
+    let location = location.to_str().unwrap();
+    let to = dir.path().join("restored");
+    let to = to.to_str().unwrap();
+    // The server's OS user (when the tests run as root) is named, so the other checks speak.
+    let kit = Kit::get().unwrap();
+    let user = kit.run_as().name();
+
+    let out = meridian(&["backup", "list", "--location", location]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no backup in"));
+
+    let out = meridian(&[
+        "restore",
+        "--os-user",
+        user,
+        "--location",
+        location,
+        "--to",
+        to,
+        "--target-time",
+        "yesterday",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RFC 3339"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = meridian(&[
+        "restore",
+        "--os-user",
+        user,
+        "--location",
+        location,
+        "--to",
+        to,
+        "--target-lsn",
+        "0/1000000",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the WAL archive"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = meridian(&[
+        "restore",
+        "--os-user",
+        user,
+        "--location",
+        location,
+        "--to",
+        to,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no physical backup"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!Path::new(to).exists(), "nothing was created");
+
+    let out = meridian(&["backup", "verify", "latest", "--location", "ftp://host/x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ftp:// locations are not supported"));
+
+    // Taking a backup needs a cluster: without one, the configuration error says what is missing.
+    let out = meridian(&["backup", "--location", location]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
