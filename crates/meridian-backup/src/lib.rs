@@ -15,7 +15,16 @@ pub mod prune;
 pub mod restore;
 pub mod store;
 pub mod verify;
-pub mod watch;
 pub mod wal_archive;
+pub mod watch;
 
 pub use crate::store::Store;
+
+/// A work directory for staging a backup in `scratch`, removed when dropped.
+fn work_dir(scratch: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    tempfile::Builder::new()
+        .prefix("meridian-backup-")
+        .tempdir_in(scratch)
+        .with_context(|| format!("cannot make a work directory in {}", scratch.display()))
+}

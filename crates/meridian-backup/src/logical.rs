@@ -69,10 +69,7 @@ pub async fn take(
         .collect();
     let started_at = catalog::now();
     let id = catalog::id_for(&started_at);
-    let work = tempfile::Builder::new()
-        .prefix("meridian-backup-")
-        .tempdir_in(scratch)
-        .with_context(|| format!("cannot make a work directory in {}", scratch.display()))?;
+    let work = crate::work_dir(scratch)?;
     let password = located.credentials.password.clone();
     let with_password = |command: &mut tokio::process::Command| {
         if let Some(password) = &password {

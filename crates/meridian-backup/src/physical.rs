@@ -107,10 +107,7 @@ pub async fn take(
         "backup {id}: pg_basebackup from {} ({}:{})",
         node.name, node.host, node.port
     ));
-    let work = tempfile::Builder::new()
-        .prefix("meridian-backup-")
-        .tempdir_in(scratch)
-        .with_context(|| format!("cannot make a work directory in {}", scratch.display()))?;
+    let work = crate::work_dir(scratch)?;
     let data = work.path().join("data");
     let mut basebackup = programs.command("pg_basebackup");
     basebackup

@@ -62,13 +62,6 @@ async fn meridian(args: &[&str]) -> Cli {
     }
 }
 
-/// A directory anyone may enter (tempfile makes them private).
-fn open_dir(mode: u32) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-    dir
-}
-
 /// The test's files: an executable copy of the binary, the archive directory (not created:
 /// setup-archiving creates it) and the configuration.
 struct Place {
@@ -79,12 +72,9 @@ struct Place {
 
 impl Place {
     fn new() -> Place {
-        let bin_dir = open_dir(0o755);
-        let bin = bin_dir.path().join("meridian");
-        std::fs::copy(env!("CARGO_BIN_EXE_meridian"), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (bin_dir, bin) = support::executable_meridian();
         Place {
-            base: open_dir(0o755),
+            base: support::dir_with_mode(0o755),
             _bin_dir: bin_dir,
             bin,
         }

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -28,12 +27,6 @@ struct Archived {
     restores: TempDir,
 }
 
-fn open_dir(mode: u32) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-    dir
-}
-
 impl Archived {
     /// A primary and `replicas` replicas, every node with archive_mode on and
     /// `meridian wal-archive` as its archive_command (so a promoted replica archives too).
@@ -41,12 +34,9 @@ impl Archived {
         // The servers run as an unprivileged user when the tests run as root: they write the
         // archive, execute a copy of the binary (CI builds under root's home) and enter the
         // restore directory.
-        let archive = open_dir(0o777);
-        let bin = open_dir(0o755);
-        let restores = open_dir(0o755);
-        let meridian = bin.path().join("meridian");
-        std::fs::copy(env!("CARGO_BIN_EXE_meridian"), &meridian).unwrap();
-        std::fs::set_permissions(&meridian, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = support::dir_with_mode(0o777);
+        let restores = support::dir_with_mode(0o755);
+        let (bin, meridian) = support::executable_meridian();
         let command = format!(
             "{} wal-archive %p %f --dir {}",
             meridian.display(),
@@ -103,23 +93,7 @@ impl Archived {
 
     /// Switches WAL on the primary and waits until the segment it closed is archived.
     async fn archive_current_segment(&self, primary: &Node) {
-        let segment = primary
-            .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())")
-            .await
-            .unwrap()
-            .unwrap();
-        primary.execute("SELECT pg_switch_wal()").await.unwrap();
-        let path = self.archive.path().join(&segment);
-        wait_until(Duration::from_secs(60), "the segment archived", || async {
-            let failed = primary
-                .query_one("SELECT last_failed_wal FROM pg_stat_archiver")
-                .await
-                .ok()
-                .flatten();
-            Check::when(path.exists(), (), format!("last failed: {failed:?}"))
-        })
-        .await
-        .unwrap();
+        support::switch_and_wait_archived(primary, self.archive.path()).await;
     }
 
     fn restore_dir(&self, name: &str) -> PathBuf {

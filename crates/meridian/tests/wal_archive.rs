@@ -1,11 +1,11 @@
 //! `meridian wal-archive` as a real server's `archive_command`, and `meridian wal-restore`
 //! handing a segment back, through the binary.
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-use std::time::Duration;
+mod support;
 
-use meridian_testkit::{Check, TestCluster, wait_until};
+use std::process::Command;
+
+use meridian_testkit::TestCluster;
 
 fn meridian(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
@@ -18,17 +18,11 @@ fn meridian(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn a_server_archives_its_segments_through_meridian_and_they_restore_verified() {
     let cluster = TestCluster::builder().start().await.unwrap();
-    let archive = tempfile::tempdir().unwrap();
-    // The server runs as an unprivileged user when the tests run as root.
-    std::fs::set_permissions(archive.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The server runs as an unprivileged user when the tests run as root: it writes the
+    // archive and executes a copy of the binary.
+    let archive = support::dir_with_mode(0o777);
     let dir = archive.path().display().to_string();
-    // The server runs the command as its own user, who may not reach the build directory
-    // (CI builds under root's home): give it a copy it can execute.
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let command = bin.path().join("meridian");
-    std::fs::copy(env!("CARGO_BIN_EXE_meridian"), &command).unwrap();
-    std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_bin, command) = support::executable_meridian();
     let primary = cluster.primary();
     primary.stop().await.unwrap();
     primary.set_auto_conf("archive_mode", "on").unwrap();
@@ -43,27 +37,10 @@ async fn a_server_archives_its_segments_through_meridian_and_they_restore_verifi
         .execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
         .await
         .unwrap();
-    let segment = primary
-        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())")
-        .await
-        .unwrap()
-        .unwrap();
-    primary.execute("SELECT pg_switch_wal()").await.unwrap();
+    // The checksum is written before the segment: once the segment is there, both are.
+    let segment = support::switch_and_wait_archived(primary, archive.path()).await;
     let archived = archive.path().join(&segment);
-    wait_until(Duration::from_secs(60), "the segment archived", || async {
-        let failed = primary
-            .query_one("SELECT last_failed_wal FROM pg_stat_archiver")
-            .await
-            .ok()
-            .flatten();
-        Check::when(
-            archived.exists() && archive.path().join(format!("{segment}.sha256")).exists(),
-            (),
-            format!("last failed: {failed:?}"),
-        )
-    })
-    .await
-    .unwrap();
+    assert!(archive.path().join(format!("{segment}.sha256")).exists());
 
     // Handed back, verified, byte for byte.
     let restored = archive.path().join("restored");

@@ -1,5 +1,6 @@
 //! Helpers shared by the binary's integration tests: free ports, the configuration of a test-kit
-//! cluster, clients through the proxy, and plain HTTP to the admin listener.
+//! cluster, clients through the proxy, plain HTTP to the admin listener, and what archiving tests
+//! share (a copy of the binary the servers can execute, a segment switched and archived).
 
 #![allow(dead_code)]
 
@@ -218,4 +219,53 @@ impl RunningMeridian {
     pub fn or_log<T>(&self, result: anyhow::Result<T>) -> T {
         result.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log()))
     }
+}
+
+/// A directory with `mode` (e.g. 0o777 for one the servers' user writes).
+pub fn dir_with_mode(mode: u32) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+/// A copy of the binary the servers can execute as `archive_command`: they run as an
+/// unprivileged user when the tests run as root, who may not reach the build directory (CI
+/// builds under root's home). The directory must outlive its use.
+pub fn executable_meridian() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir_with_mode(0o755);
+    let bin = dir.path().join("meridian");
+    std::fs::copy(env!("CARGO_BIN_EXE_meridian"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, bin)
+}
+
+/// Switches `primary`'s WAL and waits until the segment it closed is in `archive`; its name.
+pub async fn switch_and_wait_archived(
+    primary: &meridian_testkit::Node,
+    archive: &std::path::Path,
+) -> String {
+    let segment = primary
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .await
+        .unwrap()
+        .unwrap();
+    primary.execute("SELECT pg_switch_wal()").await.unwrap();
+    let path = archive.join(&segment);
+    meridian_testkit::wait_until(
+        std::time::Duration::from_secs(60),
+        &format!("{segment} archived"),
+        || async {
+            let failed = primary
+                .query_one("SELECT last_failed_wal FROM pg_stat_archiver")
+                .await
+                .ok()
+                .flatten();
+            meridian_testkit::Check::when(path.exists(), (), format!("last failed: {failed:?}"))
+        },
+    )
+    .await
+    .unwrap();
+    segment
 }
