@@ -82,6 +82,10 @@ pub fn slot_name(node: &str) -> String {
         .collect()
 }
 
+/// How long a fence waits for the transactions under way on the old primary to finish before
+/// ending their sessions.
+const DRAIN: Duration = Duration::from_secs(2);
+
 impl Executor {
     fn node(&self, id: NodeId) -> Result<&ExecNode, String> {
         self.nodes
@@ -162,6 +166,22 @@ impl Executor {
         let others = "SELECT count(*) FROM pg_stat_activity \
                       WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
                       AND application_name NOT LIKE 'meridian-%'";
+        // Let the transactions under way finish first: the proxy holds new ones from the moment
+        // the view is paused, so these end on their own within moments, and a statement sent
+        // just before the switchover commits and is acknowledged instead of failing with 57P01
+        // (terminated) — whose commit the client could not tell from a loss. A transaction that
+        // stays open longer (an idle client inside BEGIN) is ended after DRAIN.
+        let in_transaction = format!("{others} AND xact_start IS NOT NULL");
+        let drain_until = tokio::time::Instant::now() + DRAIN;
+        while value(&client, &in_transaction)
+            .await?
+            .as_deref()
+            .unwrap_or("0")
+            != "0"
+            && tokio::time::Instant::now() < drain_until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         execute(
             &client,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
