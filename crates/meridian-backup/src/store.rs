@@ -42,6 +42,19 @@ impl fmt::Debug for Store {
 impl Store {
     /// Opens `location`, creating a local directory if it is missing.
     pub fn open(location: &str) -> anyhow::Result<Store> {
+        // Credentials belong in the environment; a location carrying them would be echoed in
+        // every message and listing, so it is refused without repeating it.
+        if let Some((_, rest)) = location.split_once("://")
+            && rest
+                .split('/')
+                .next()
+                .is_some_and(|host| host.contains('@'))
+        {
+            bail!(
+                "the backup location must not carry credentials: write s3://bucket/prefix and \
+                 set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            );
+        }
         let inner: Arc<dyn ObjectStore> = match location.split_once("://") {
             Some(("s3", rest)) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -262,5 +275,10 @@ mod tests {
         );
         let error = Store::open("s3:///prefix").unwrap_err().to_string();
         assert!(error.contains("no bucket"), "{error}");
+        let error = Store::open("s3://AKIA:hunter2@bucket/x")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must not carry credentials"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }
