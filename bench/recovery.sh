@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Recovery point and time, measured: a pgbench database of SCALE, archiving its WAL through
 # `meridian wal-archive` with archive_timeout, a base backup, then a steady write load. While
-# the load runs, the archive is snapshotted at one instant (the "disaster": everything not
-# archived by then is lost) and the newest write committed on the primary at that instant is
-# noted. The snapshot is then restored with `meridian restore`:
+# the load runs, the archive is snapshotted at TRIALS random instants (each a "disaster":
+# everything not archived by then is lost) and the newest write committed on the primary at
+# each instant is noted. Each snapshot is then restored with `meridian restore`:
 #   RTO = the restore's wall time, from an empty directory to a server accepting writes
 #         (fetch + checksum + unpack + pg_verifybackup, then WAL replay and promotion);
 #   RPO = newest write on the primary at the instant of the snapshot minus the newest write
 #         the restored server has (what the disaster lost, in seconds of commits).
 # The archiver's lag (now - last_archived_time) is also sampled every second during the load.
 #
-# usage: bench/recovery.sh   (env: SCALE=50 LOAD=60 RATE=300 ARCHIVE_TIMEOUT=10)
+# usage: bench/recovery.sh   (env: SCALE=50 LOAD=60 RATE=300 ARCHIVE_TIMEOUT=10 TRIALS=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ SCALE=${SCALE:-50}
 LOAD=${LOAD:-60}
 RATE=${RATE:-300}
 ARCHIVE_TIMEOUT=${ARCHIVE_TIMEOUT:-10}
+TRIALS=${TRIALS:-5}
 
 command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
 
@@ -103,42 +104,52 @@ pgbench -n -T "$LOAD" -R "$RATE" -c 4 -j 2 -b tpcb-like@1 -f "$work/tick.sql@1" 
 load_pid=$!
 pids+=($load_pid)
 
-# Sample the archiver's lag each second; snapshot the archive at a random moment in the last
-# third of the load (after several archive_timeouts).
-snap_at=$((LOAD * 2 / 3 + RANDOM % (LOAD / 4 + 1)))
+# Sample the archiver's lag each second; snapshot the archive at TRIALS random seconds of the
+# last two thirds of the load (after the first archive_timeouts), each one a disaster.
+snap_seconds=" $(for _ in $(seq "$TRIALS"); do echo $((LOAD / 3 + RANDOM % (LOAD * 2 / 3 - 2))); done | sort -nu | tr '\n' ' ')"
 lags=()
+newest=()
+trial=0
 for second in $(seq 1 $((LOAD - 2))); do
   sleep 1
   lags+=("$(psql_ "SELECT coalesce(extract(epoch FROM now() - last_archived_time), -1) FROM pg_stat_archiver")")
-  if [ "$second" = "$snap_at" ]; then
-    primary_newest=$(psql_ "SELECT max(at) FROM ticks")
+  if [[ "$snap_seconds" == *" $second "* ]]; then
+    trial=$((trial + 1))
+    newest+=("$(psql_ "SELECT max(at) FROM ticks")")
     mapfile -t files < <(ls "$work/wal")
-    mkdir -p "$work/snapshot"
-    for f in "${files[@]}"; do cp -a "$work/wal/$f" "$work/snapshot/"; done
-    chmod 755 "$work/snapshot"
+    mkdir -p "$work/snapshot-$trial"
+    for f in "${files[@]}"; do cp -a "$work/wal/$f" "$work/snapshot-$trial/"; done
+    chmod 755 "$work/snapshot-$trial"
   fi
 done
 wait "$load_pid" || true
 tps=$(awk '/^tps/ {print $3; exit}' "$work/load.out")
 
-echo "restoring the snapshot..."
-restored="$work/restore/data"
-restore_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-start=$(date +%s.%N)
-"$target/meridian" restore -c "$work/meridian.toml" --wal-archive "$work/snapshot" \
-  --to "$restored" --port "$restore_port" "${os_user[@]}" > "$work/restore.out" 2>"$work/restore.err" \
-  || { cat "$work/restore.err" >&2; exit 1; }
-rto=$(echo "$(date +%s.%N) - $start" | bc)
-restored_newest=$(psql -X -qAt -h 127.0.0.1 -p "$restore_port" -U postgres -d postgres -c "SELECT max(at) FROM ticks")
-rpo=$(psql_ "SELECT extract(epoch FROM '$primary_newest'::timestamptz - '$restored_newest'::timestamptz)")
-accounts=$(psql -X -qAt -h 127.0.0.1 -p "$restore_port" -U postgres -d postgres -c "SELECT count(*) FROM pgbench_accounts")
+rtos=()
+rpos=()
+for i in $(seq 1 "$trial"); do
+  echo "restoring snapshot $i of $trial..."
+  restored="$work/restore/data-$i"
+  restore_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  start=$(date +%s.%N)
+  "$target/meridian" restore -c "$work/meridian.toml" --wal-archive "$work/snapshot-$i" \
+    --to "$restored" --port "$restore_port" "${os_user[@]}" > "$work/restore-$i.out" 2>"$work/restore-$i.err" \
+    || { cat "$work/restore-$i.err" >&2; exit 1; }
+  rtos+=("$(echo "$(date +%s.%N) - $start" | bc)")
+  restored_newest=$(psql -X -qAt -h 127.0.0.1 -p "$restore_port" -U postgres -d postgres -c "SELECT max(at) FROM ticks")
+  rpos+=("$(psql_ "SELECT extract(epoch FROM '${newest[$((i - 1))]}'::timestamptz - '$restored_newest'::timestamptz)")")
+  accounts=$(psql -X -qAt -h 127.0.0.1 -p "$restore_port" -U postgres -d postgres -c "SELECT count(*) FROM pgbench_accounts")
+  grep -E '^restored backup' "$work/restore-$i.out"
+  echo "  pgbench_accounts rows restored: $accounts; RPO $(printf '%.2f' "${rpos[-1]}") s"
+  "${run_as[@]}" "$(pg_config --bindir)/pg_ctl" stop -m immediate -D "$restored" >/dev/null
+  rm -rf "$restored"
+done
+restored=""
 
-lag_max=$(printf '%s\n' "${lags[@]}" | sort -g | tail -1)
-lag_median=$(printf '%s\n' "${lags[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "database: pgbench scale $SCALE ($size), archive_timeout ${ARCHIVE_TIMEOUT}s, load ${LOAD}s at ${RATE} tx/s target (${tps} tps)"
 echo "backup: $(printf '%.1f' "$backup_s") s"
-grep -E '^restored backup' "$work/restore.out"
-echo "RTO (restore wall time, empty directory to accepting writes): $(printf '%.1f' "$rto") s; pgbench_accounts rows restored: $accounts"
-echo "RPO (newest commit on the primary at the snapshot minus newest restored): $(printf '%.2f' "$rpo") s"
-echo "archiver lag during the load (now - last_archived_time): median $(printf '%.1f' "$lag_median") s, max $(printf '%.1f' "$lag_max") s"
+echo "RTO (restore wall time, empty directory to accepting writes) over $trial restores: median $(printf '%.1f' "$(printf '%s\n' "${rtos[@]}" | median)") s, max $(printf '%.1f' "$(printf '%s\n' "${rtos[@]}" | sort -g | tail -1)") s"
+echo "RPO (newest commit on the primary at the disaster minus newest restored) over $trial disasters: $(printf '%s\n' "${rpos[@]}" | sort -g | xargs printf '%.2f ')s; median $(printf '%.2f' "$(printf '%s\n' "${rpos[@]}" | median)") s"
+echo "archiver lag during the load (now - last_archived_time): median $(printf '%.1f' "$(printf '%s\n' "${lags[@]}" | median)") s, max $(printf '%.1f' "$(printf '%s\n' "${lags[@]}" | sort -g | tail -1)") s"
