@@ -11,7 +11,7 @@ use meridian_control::locate::{Want, locate};
 
 use crate::catalog::{self, Backup, Kind, StoredFile};
 use crate::pack;
-use crate::programs::{Programs, run};
+use crate::programs::{Programs, run, with_password};
 use crate::store::Store;
 
 /// The roles and tablespaces' file in a logical backup.
@@ -70,12 +70,6 @@ pub async fn take(
     let started_at = catalog::now();
     let id = catalog::id_for(&started_at);
     let work = crate::work_dir(scratch)?;
-    let password = located.credentials.password.clone();
-    let with_password = |command: &mut tokio::process::Command| {
-        if let Some(password) = &password {
-            command.env("PGPASSWORD", password);
-        }
-    };
 
     let mut files = Vec::new();
     let globals = work.path().join(GLOBALS);
@@ -89,7 +83,7 @@ pub async fn take(
         .arg(&globals)
         .arg("--dbname")
         .arg(node.conninfo(&located.credentials, &located.credentials.database));
-    with_password(&mut dumpall);
+    with_password(&mut dumpall, &located.credentials);
     run(dumpall, "dump of the roles and tablespaces").await?;
     files.push((GLOBALS.to_owned(), globals, None));
 
@@ -102,7 +96,7 @@ pub async fn take(
             .arg(&path)
             .arg("--dbname")
             .arg(node.conninfo(&located.credentials, database));
-        with_password(&mut dump);
+        with_password(&mut dump, &located.credentials);
         run(dump, &format!("dump of database {database}")).await?;
         let mut list = programs.command("pg_restore");
         list.arg("--list").arg(&path);

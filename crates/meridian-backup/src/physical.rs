@@ -15,7 +15,7 @@ use meridian_control::locate::{Want, locate};
 
 use crate::catalog::{self, Backup, Kind, StoredFile};
 use crate::pack;
-use crate::programs::{Programs, run};
+use crate::programs::{Programs, run, with_password};
 use crate::store::Store;
 
 /// The packed data directory's name in a backup.
@@ -123,9 +123,7 @@ pub async fn take(
         .arg(format!("--label=meridian {id}"))
         .arg("--dbname")
         .arg(node.conninfo(&located.credentials, &located.credentials.database));
-    if let Some(password) = &located.credentials.password {
-        basebackup.env("PGPASSWORD", password);
-    }
+    with_password(&mut basebackup, &located.credentials);
     run(basebackup, &format!("backup of {}", node.name)).await?;
     let stopped_at = catalog::now();
     progress(&format!("backup {id}: pg_verifybackup"));

@@ -60,6 +60,17 @@ impl Programs {
     }
 }
 
+/// Gives a client program the password of `credentials` through `PGPASSWORD`, never on its
+/// command line (which any user can read in the process list).
+pub fn with_password(
+    command: &mut tokio::process::Command,
+    credentials: &meridian_control::credentials::Credentials,
+) {
+    if let Some(password) = &credentials.password {
+        command.env("PGPASSWORD", password);
+    }
+}
+
 /// Runs `command`; its output, or an error with the end of what it wrote to stderr.
 pub async fn run(mut command: tokio::process::Command, what: &str) -> anyhow::Result<Output> {
     let program = command.as_std().get_program().to_owned();

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meridian_control::archiving::restore_command;
 use meridian_control::credentials::Credentials;
 use meridian_control::locate::connect;
 use meridian_core::backups::{NoBackup, Target, choose};
@@ -280,20 +281,6 @@ fn conf_value(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// A word for the shell PostgreSQL runs its commands with.
-fn shell_word(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// `restore_command` for `meridian wal-restore` from `archive`.
-pub fn restore_command(meridian_bin: &Path, archive: &Path) -> String {
-    format!(
-        "{} wal-restore %f %p --dir {}",
-        shell_word(&meridian_bin.display().to_string()),
-        shell_word(&archive.display().to_string())
-    )
-}
-
 /// Writes the recovery settings into the restored directory.
 fn configure(dir: &Path, backup: &Backup, options: &RestoreOptions) -> anyhow::Result<()> {
     let mut settings = vec![
@@ -313,7 +300,7 @@ fn configure(dir: &Path, backup: &Backup, options: &RestoreOptions) -> anyhow::R
     if let Some(archive) = &options.wal_archive {
         settings.push((
             "restore_command",
-            conf_value(&restore_command(&options.meridian_bin, archive)),
+            conf_value(&restore_command(&options.meridian_bin, archive)?),
         ));
         settings.push(("recovery_target_timeline", conf_value("latest")));
         match options.target {

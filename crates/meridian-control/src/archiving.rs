@@ -106,10 +106,12 @@ pub async fn read_stats(client: &Client) -> Result<ArchiverStats, tokio_postgres
     })
 }
 
-/// A path that cannot go into an archive command.
+/// A path that cannot go into an archive or restore command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} = {path:?} cannot go into archive_command: {why}")]
+#[error("{field} = {path:?} cannot go into {setting}: {why}")]
 pub struct CommandError {
+    /// The PostgreSQL setting the command was for (`archive_command`, `restore_command`).
+    pub setting: &'static str,
     /// The configuration field it comes from.
     pub field: &'static str,
     /// The path.
@@ -123,8 +125,24 @@ pub struct CommandError {
 /// (the server runs the command from its data directory), UTF-8 and free of control
 /// characters; they are single-quoted for the shell and their `%` doubled.
 pub fn archive_command(meridian_bin: &Path, dir: &Path) -> Result<String, CommandError> {
+    wal_command("archive_command", "wal-archive %p %f", meridian_bin, dir)
+}
+
+/// `'<meridian_bin>' wal-restore %f %p --dir '<dir>'`: the `restore_command` that fetches
+/// from the archive in `dir`, its paths checked and quoted as for [`archive_command`].
+pub fn restore_command(meridian_bin: &Path, dir: &Path) -> Result<String, CommandError> {
+    wal_command("restore_command", "wal-restore %f %p", meridian_bin, dir)
+}
+
+fn wal_command(
+    setting: &'static str,
+    verb: &str,
+    meridian_bin: &Path,
+    dir: &Path,
+) -> Result<String, CommandError> {
     let quoted = |field: &'static str, path: &Path| -> Result<String, CommandError> {
         let fail = |why| CommandError {
+            setting,
             field,
             path: path.to_owned(),
             why,
@@ -146,7 +164,7 @@ pub fn archive_command(meridian_bin: &Path, dir: &Path) -> Result<String, Comman
         ))
     };
     Ok(format!(
-        "{} wal-archive %p %f --dir {}",
+        "{} {verb} --dir {}",
         quoted("backup.meridian_bin", meridian_bin)?,
         quoted("backup.wal_archive", dir)?
     ))

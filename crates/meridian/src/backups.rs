@@ -212,10 +212,15 @@ fn setup(place: &Place, need_cluster: bool) -> Result<Setup, ExitCode> {
     let pg_bin = config.as_ref().and_then(|c| c.failover.pg_bin.clone());
     let programs = Programs::locate(pg_bin.as_deref()).map_err(fail)?;
     Ok(Setup {
+        // The server runs restore_command from its data directory: paths given relative to
+        // here (a flag, the environment) are made absolute.
         wal_archive: place
             .wal_archive
             .clone()
-            .or_else(|| backup.as_ref().and_then(|b| b.wal_archive.clone())),
+            .or_else(|| backup.as_ref().and_then(|b| b.wal_archive.clone()))
+            .map(std::path::absolute)
+            .transpose()
+            .map_err(|e| fail(anyhow::anyhow!("cannot resolve the WAL archive path: {e}")))?,
         retention: Retention {
             keep: backup.as_ref().and_then(|b| b.keep),
             keep_for: backup.as_ref().and_then(|b| b.keep_for),

@@ -577,57 +577,29 @@ fn bad_arguments_and_missing_settings_are_refused_with_the_fix() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no backup in"));
 
-    let out = meridian(&[
-        "restore",
-        "--os-user",
-        user,
-        "--location",
-        location,
-        "--to",
-        to,
-        "--target-time",
-        "yesterday",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("RFC 3339"),
-        "{}",
-        describe(&out)
-    );
-
-    let out = meridian(&[
-        "restore",
-        "--os-user",
-        user,
-        "--location",
-        location,
-        "--to",
-        to,
-        "--target-lsn",
-        "0/1000000",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("needs the WAL archive"),
-        "{}",
-        describe(&out)
-    );
-
-    let out = meridian(&[
-        "restore",
-        "--os-user",
-        user,
-        "--location",
-        location,
-        "--to",
-        to,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no physical backup"),
-        "{}",
-        describe(&out)
-    );
+    // Each refused restore names the problem, exit code 1.
+    let restore = |extra: &[&str], says: &str| {
+        let mut args = vec![
+            "restore",
+            "--os-user",
+            user,
+            "--location",
+            location,
+            "--to",
+            to,
+        ];
+        args.extend(extra);
+        let out = meridian(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{says:?} expected: {}",
+            describe(&out)
+        );
+    };
+    restore(&["--target-time", "yesterday"], "RFC 3339");
+    restore(&["--target-lsn", "0/1000000"], "needs the WAL archive");
+    restore(&[], "no physical backup");
     assert!(!Path::new(to).exists(), "nothing was created");
 
     let out = meridian(&["backup", "verify", "latest", "--location", "ftp://host/x"]);
