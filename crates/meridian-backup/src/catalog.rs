@@ -127,8 +127,18 @@ pub struct Listing {
 
 /// Reads every catalog entry in `store`.
 pub async fn list(store: &Store) -> anyhow::Result<Listing> {
+    list_after(store, &[]).await
+}
+
+/// Reads the catalog, taking the entries of `known` (an earlier listing) as they are: an
+/// entry never changes once written, so only new backups cost a read (a request each on S3).
+pub async fn list_after(store: &Store, known: &[Backup]) -> anyhow::Result<Listing> {
     let mut listing = Listing::default();
     for name in store.top_level().await? {
+        if let Some(backup) = known.iter().find(|b| b.id == name) {
+            listing.backups.push(backup.clone());
+            continue;
+        }
         match store.get_bytes(&format!("{name}/{ENTRY}")).await? {
             None => listing.incomplete.push(name),
             Some(bytes) => {
@@ -207,15 +217,9 @@ pub fn parse_lsn(text: &str) -> anyhow::Result<Lsn> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ids_sort_by_time_and_sums_read_like_sha256sum() {
-        assert_eq!(
-            id_for("2026-12-07T15:30:12.345Z"),
-            "20261207T153012345Z".to_owned()
-        );
-        assert!(id_for("2026-12-07T15:30:12.345Z") < id_for("2026-12-07T15:30:13.001Z"));
-        let backup = Backup {
-            id: "x".into(),
+    fn sample(id: &str) -> Backup {
+        Backup {
+            id: id.into(),
             kind: Kind::Physical,
             node: "n".into(),
             region: "r".into(),
@@ -235,7 +239,37 @@ mod tests {
                 sha256: "ab".into(),
                 database: None,
             }],
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relisting_reads_only_the_entries_it_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        commit(&store, &sample("b1")).await.unwrap();
+        commit(&store, &sample("b2")).await.unwrap();
+        store.put_bytes("b3/base.tar.gz", vec![1]).await.unwrap();
+        let first = list(&store).await.unwrap();
+        assert_eq!(first.backups.len(), 2);
+        assert_eq!(first.incomplete, ["b3"]);
+        // What is known is taken as it is (an entry never changes); the rest is read.
+        let mut known = first.backups.clone();
+        known[0].node = "as known".into();
+        store.delete("b2/backup.json").await.unwrap();
+        let again = list_after(&store, &known[..1]).await.unwrap();
+        assert_eq!(again.backups.len(), 1);
+        assert_eq!(again.backups[0].node, "as known");
+        assert_eq!(again.incomplete, ["b2", "b3"]);
+    }
+
+    #[test]
+    fn ids_sort_by_time_and_sums_read_like_sha256sum() {
+        assert_eq!(
+            id_for("2026-12-07T15:30:12.345Z"),
+            "20261207T153012345Z".to_owned()
+        );
+        assert!(id_for("2026-12-07T15:30:12.345Z") < id_for("2026-12-07T15:30:13.001Z"));
+        let backup = sample("x");
         assert_eq!(backup.sums(), "ab  base.tar.gz\n");
         let restorable = backup.restorable().unwrap().unwrap();
         assert_eq!(restorable.stop_lsn, Lsn(0x2000100));

@@ -1,6 +1,7 @@
 //! The catalog as a running Meridian sees it: re-read on an interval, so the admin API and the
 //! metrics can say which backups exist and how old the newest is without touching the store on
-//! every request (an S3 listing costs requests and money).
+//! every request (an S3 listing costs requests and money); entries already read are not
+//! read again, since a catalog entry never changes once written.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -46,12 +47,16 @@ pub fn spawn(store: Store, every: Duration) -> CatalogWatch {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known: Arc<Listing> = Arc::default();
         loop {
             ticks.tick().await;
-            let listing = catalog::list(&store)
+            let listing = catalog::list_after(&store, &known.backups)
                 .await
                 .map(Arc::new)
                 .map_err(|e| format!("{e:#}"));
+            if let Ok(listing) = &listing {
+                known = listing.clone();
+            }
             if let Err(error) = &listing {
                 tracing::warn!(location = %store, %error, "cannot read the backup catalog");
             }
