@@ -173,28 +173,12 @@ async fn write_and_switch(primary: &Node, table: &str) -> String {
         ))
         .await
         .unwrap();
-    let segment = primary
-        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())")
-        .await
-        .unwrap()
-        .unwrap();
-    primary.execute("SELECT pg_switch_wal()").await.unwrap();
-    segment
+    support::switch_wal(primary).await
 }
 
 /// Waits until `name` is in the archive, reporting the primary's last failure meanwhile.
 async fn wait_archived(place: &Place, primary: &Node, name: &str) {
-    let path = place.archive().join(name);
-    let archived = wait_until(TIMEOUT, &format!("{name} archived"), || async {
-        let failed = primary
-            .query_one("SELECT last_failed_wal FROM pg_stat_archiver")
-            .await
-            .ok()
-            .flatten();
-        Check::when(path.exists(), (), format!("last failed: {failed:?}"))
-    })
-    .await;
-    archived.unwrap_or_else(|e| panic!("{e:#}\n{}", primary.log_tail(30)));
+    support::wait_archived(primary, &place.archive(), name).await;
 }
 
 #[tokio::test]

@@ -241,21 +241,28 @@ pub fn executable_meridian() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, bin)
 }
 
-/// Switches `primary`'s WAL and waits until the segment it closed is in `archive`; its name.
-pub async fn switch_and_wait_archived(
-    primary: &meridian_testkit::Node,
-    archive: &std::path::Path,
-) -> String {
+/// Switches `primary`'s WAL; the name of the segment the switch closed.
+pub async fn switch_wal(primary: &meridian_testkit::Node) -> String {
     let segment = primary
         .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())")
         .await
         .unwrap()
         .unwrap();
     primary.execute("SELECT pg_switch_wal()").await.unwrap();
-    let path = archive.join(&segment);
-    meridian_testkit::wait_until(
-        std::time::Duration::from_secs(60),
-        &format!("{segment} archived"),
+    segment
+}
+
+/// Waits until `name` is in `archive`, reporting `primary`'s last archiving failure meanwhile
+/// and its log on timeout.
+pub async fn wait_archived(
+    primary: &meridian_testkit::Node,
+    archive: &std::path::Path,
+    name: &str,
+) {
+    let path = archive.join(name);
+    let archived = meridian_testkit::wait_until(
+        std::time::Duration::from_secs(90),
+        &format!("{name} archived"),
         || async {
             let failed = primary
                 .query_one("SELECT last_failed_wal FROM pg_stat_archiver")
@@ -265,7 +272,16 @@ pub async fn switch_and_wait_archived(
             meridian_testkit::Check::when(path.exists(), (), format!("last failed: {failed:?}"))
         },
     )
-    .await
-    .unwrap();
+    .await;
+    archived.unwrap_or_else(|e| panic!("{e:#}\n{}", primary.log_tail(30)));
+}
+
+/// Switches `primary`'s WAL and waits until the segment it closed is in `archive`; its name.
+pub async fn switch_and_wait_archived(
+    primary: &meridian_testkit::Node,
+    archive: &std::path::Path,
+) -> String {
+    let segment = switch_wal(primary).await;
+    wait_archived(primary, archive, &segment).await;
     segment
 }
