@@ -154,8 +154,34 @@ fn meridian_log(dir: &std::path::Path) -> String {
     )
 }
 
-/// A `meridian run` of its own, on free ports with a data directory of its own; killed when
-/// dropped.
+/// The ports of Meridian's "accepting clients listen=… admin=…" or "control only … admin=…"
+/// log line: the client port (none for a control-only instance) and the admin port.
+fn bound_addresses(line: &str) -> Option<(Option<u16>, u16)> {
+    if !line.contains("accepting clients") && !line.contains("control only") {
+        return None;
+    }
+    // The log may be coloured (`ESC [ ... m` around field names): drop those sequences.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let port = |key: &str| {
+        plain
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(key))
+            .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+            .map(|addr| addr.port())
+    };
+    Some((port("listen="), port("admin=")?))
+}
+
+/// A `meridian run` of its own, on ports it picked and a data directory of its own; killed
+/// when dropped.
 pub struct RunningMeridian {
     _child: tokio::process::Child,
     /// The proxy listener.
@@ -169,7 +195,7 @@ impl RunningMeridian {
     /// Starts Meridian with `settings` (TOML after `listen`, `admin_listen` and `data_dir`)
     /// and waits until it runs a query; panics with its log if it does not within `timeout`.
     pub async fn start(settings: &str, timeout: std::time::Duration) -> RunningMeridian {
-        let meridian = RunningMeridian::spawn(settings);
+        let meridian = RunningMeridian::spawn(settings, 0, timeout).await;
         let ready = wait_ready(meridian.port, timeout).await;
         meridian.or_log(ready);
         meridian
@@ -181,7 +207,9 @@ impl RunningMeridian {
         settings: &str,
         timeout: std::time::Duration,
     ) -> RunningMeridian {
-        let meridian = RunningMeridian::spawn(settings);
+        // It binds no client port: a concrete one, so that a test can check nothing answers
+        // there.
+        let meridian = RunningMeridian::spawn(settings, free_port(), timeout).await;
         let admin = meridian.admin;
         let ready = meridian_testkit::wait_until(timeout, "the admin listener", || async {
             match http_json(admin, "GET", "/liveness", None, None).await {
@@ -194,16 +222,39 @@ impl RunningMeridian {
         meridian
     }
 
-    fn spawn(settings: &str) -> RunningMeridian {
+    /// Starts Meridian on ports it picks itself (port 0: no other process can take them
+    /// between choosing and binding) and reads them from its "accepting clients" (or "control
+    /// only") log line; panics with its log if it exits or says nothing within `timeout`.
+    async fn spawn(settings: &str, listen: u16, timeout: std::time::Duration) -> RunningMeridian {
         let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
         let toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+            "listen = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:0\"\n\
              data_dir = \"{}\"\n{settings}",
             dir.path().join("state").display(),
         );
+        let mut child = spawn_meridian(dir.path(), &toml);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (port, admin) = loop {
+            let log = std::fs::read_to_string(dir.path().join("meridian.log")).unwrap_or_default();
+            if let Some((bound, admin)) = log.lines().find_map(bound_addresses) {
+                break (bound.unwrap_or(listen), admin);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "Meridian exited ({status}) before listening\n{}",
+                    meridian_log(dir.path())
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "Meridian did not listen within {timeout:?}\n{}",
+                    meridian_log(dir.path())
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         RunningMeridian {
-            _child: spawn_meridian(dir.path(), &toml),
+            _child: child,
             port,
             admin,
             dir,
