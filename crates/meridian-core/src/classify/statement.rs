@@ -442,6 +442,11 @@ fn query(cur: &mut Cursor<'_, '_>, functions: &FunctionSet, first: Token) -> Cla
     evidence.conclude(StatementClass::Read, Reason::Query)
 }
 
+/// What [`query`] concludes for a query in which the scan finds nothing: a plain read.
+pub(crate) fn plain_read() -> Classification {
+    Evidence::default().conclude(StatementClass::Read, Reason::Query)
+}
+
 /// `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `CALL`: writes; calls are noted for flags and pins.
 fn data_modifying(
     cur: &mut Cursor<'_, '_>,
