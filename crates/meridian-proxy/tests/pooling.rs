@@ -156,6 +156,53 @@ async fn prepared_statements_survive_a_move_to_another_server_connection() {
     assert_eq!(row.get::<_, i32>(0), 100);
 }
 
+/// A plain `BEGIN` is answered by the proxy and sent with the transaction's first statement:
+/// until then the client holds no server connection (another client uses the only one), and
+/// the transaction is still one transaction on the server, from its first statement to its
+/// end (a rollback undoes its insert; after an error the server refuses the rest, 25P02).
+#[tokio::test]
+async fn a_plain_begin_holds_no_server_connection_until_its_first_statement() {
+    let cluster = TestCluster::builder().start().await.unwrap();
+    let proxy = ProxyUnderTest::start(
+        &cluster,
+        "[pool]\nmax_size = 1\ncheckout_timeout = \"1s\"\n",
+    )
+    .await;
+    let client = proxy.connect().await;
+    let other = proxy.connect().await;
+    client
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let stats = proxy.pool_stats();
+    assert_eq!(stats.open - stats.idle, 0, "no connection lent: {stats:?}");
+    assert_eq!(text(&other, "SELECT 'not blocked'").await, "not blocked");
+
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(text(&client, "SELECT count(*)::text FROM t").await, "1");
+    let stats = proxy.pool_stats();
+    assert_eq!(
+        stats.open - stats.idle,
+        1,
+        "the transaction's connection: {stats:?}"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(text(&other, "SELECT count(*)::text FROM t").await, "0");
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let error = client.batch_execute("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&error), "22012");
+    let error = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&error), "25P02", "{error}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(text(&client, "SELECT 'usable'").await, "usable");
+}
+
 #[tokio::test]
 async fn an_exhausted_pool_fails_a_query_with_53300_after_the_checkout_timeout() {
     let cluster = TestCluster::builder().start().await.unwrap();
@@ -166,7 +213,7 @@ async fn an_exhausted_pool_fails_a_query_with_53300_after_the_checkout_timeout()
     .await;
     let holder = proxy.connect().await;
     let waiter = proxy.connect().await;
-    holder.batch_execute("BEGIN").await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
 
     let started = Instant::now();
     let error = waiter.simple_query("SELECT 1").await.unwrap_err();
@@ -192,7 +239,7 @@ async fn a_waiting_query_gets_the_connection_when_it_is_given_back() {
     .await;
     let holder = proxy.connect().await;
     let waiter = proxy.connect().await;
-    holder.batch_execute("BEGIN").await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
 
     let query = tokio::spawn(async move {
         let row = waiter.query_one("SELECT 'got it'", &[]).await;

@@ -9,9 +9,11 @@ use super::*;
 
 impl Session {
     /// Whether a simple-protocol `BEGIN` can wait for the transaction's first statement
-    /// before it is routed: a plain `BEGIN` (no READ ONLY/READ WRITE, not SERIALIZABLE, no
-    /// hint, alone in its query) while reads may go to replicas and there are some, so that a `SET TRANSACTION
-    /// READ ONLY` after it can still take the transaction to a replica.
+    /// before it is routed and sent: a plain `BEGIN` (no READ ONLY/READ WRITE, not
+    /// SERIALIZABLE, no hint, alone in its query) in transaction pooling. The proxy answers it
+    /// and sends it with the first statement, so a `SET TRANSACTION READ ONLY` after it can
+    /// still take the transaction to a replica, the transaction holds no server connection
+    /// until it runs something, and the server is spared a round trip per transaction.
     pub(super) fn may_defer_begin(&self, classification: &Classification, sql: &[u8]) -> bool {
         let plain_begin = matches!(
             classification.transaction(),
@@ -21,15 +23,8 @@ impl Session {
         plain_begin
             && classification.statements == 1
             && self.shared.settings.pool_mode == PoolMode::Transaction
-            && self.shared.router.policy().split
             && self.target == RouteTarget::Auto
             && commands::leading_hint(sql) == RouteTarget::Auto
-            && self
-                .view
-                .borrow()
-                .nodes
-                .iter()
-                .any(|n| n.role == Role::Replica)
     }
 
     /// What routing needs to know of the request `message` starts: its classification and
