@@ -44,9 +44,13 @@ pub fn tag_clears_prepared(tag: &[u8]) -> bool {
 /// `set_config(..., false)` and the session-level advisory locks (the `_xact_` variants end
 /// with the transaction and are not matched).
 ///
-/// Runs on every simple query, so it looks only around underscores (each name has one at a
-/// known offset) instead of comparing every position.
+/// Runs on every simple query, so it gives up at once on a text without a parenthesis (no
+/// call), then looks only around underscores (each name has one at a known offset) instead of
+/// comparing every position.
 pub fn sql_changes_session(sql: &[u8]) -> bool {
+    if memchr::memchr(b'(', sql).is_none() {
+        return false;
+    }
     const NEEDLES: &[(usize, &[u8])] = &[
         (3, b"set_config"),
         (2, b"pg_advisory_lock"),
@@ -110,6 +114,9 @@ mod tests {
         assert!(!sql_changes_session(b"_"));
         assert!(!sql_changes_session(b"et_config"));
         assert!(sql_changes_session(b"x.set_config('a','b',false)"));
+        assert!(!sql_changes_session(
+            b"SELECT set_config FROM pg_advisory_lock"
+        ));
     }
 
     #[test]
