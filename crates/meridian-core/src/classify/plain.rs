@@ -1,14 +1,28 @@
-//! The common case decided from its bytes: a plain `SELECT`, the statement a proxy relays most.
+//! The common cases decided from their bytes: a plain `SELECT`, `UPDATE` or `DELETE`, the
+//! statements a proxy relays most.
 //!
-//! [`is_plain_select`] is true only for texts that the full classifier would call a plain read
-//! (class `Read`, reason `Query`, no flags, no pin, one statement), and it answers in one pass
-//! over the bytes, without tokens: a `SELECT` with no parenthesis (so no call, subquery or
-//! CTE), no string, quoted identifier, dollar quote or comment (so every word is SQL), and
-//! none of the words that can make a query write (`FOR` of a locking clause, `INTO`, and
-//! `INSERT`, `UPDATE`, `DELETE`, `MERGE`, which the scan takes as commands). Anything it is not
-//! sure of, it leaves to the full classifier: a `false` costs one partial pass, never a wrong
-//! answer. A test holds it to the full classifier's verdict over random texts built from the
-//! characters and words that matter, and over the statement corpus.
+//! [`plain`] recognises only texts that the full classifier would call a plain read (class
+//! `Read`, reason `Query`) or a plain write of their command (class `Write`, reason `UPDATE` or
+//! `DELETE`), with no flags, no pin and one statement, and it answers in one pass over the
+//! bytes, without tokens: no parenthesis (so no call, subquery or CTE), no string, quoted
+//! identifier, dollar quote or comment (so every word is SQL), and, for a `SELECT`, none of the
+//! words that can make a query write (`FOR` of a locking clause, `INTO`, and `INSERT`,
+//! `UPDATE`, `DELETE`, `MERGE`, which the scan takes as commands; in an `UPDATE` or `DELETE`
+//! only calls count). Anything it is not sure of, it leaves to the full classifier: `None`
+//! costs one partial pass, never a wrong answer. A test holds it to the full classifier's
+//! verdict over random texts built from the characters and words that matter, and over the
+//! statement corpus.
+
+use super::classification::Command;
+
+/// A statement [`plain`] recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Plain {
+    /// A `SELECT` that reads.
+    Read,
+    /// An `UPDATE` or `DELETE` that calls nothing.
+    Write(Command),
+}
 
 /// `[A-Za-z0-9_]`: a byte of a word or a number.
 const WORD: u8 = 1;
@@ -44,35 +58,40 @@ fn is(b: u8, class: u8) -> bool {
     BYTES[b as usize] & class != 0
 }
 
-/// True if `sql` is one plain `SELECT` that reads, by the rules of this module's note; false
-/// when it is not or when telling needs the full classifier.
-pub(super) fn is_plain_select(sql: &[u8]) -> bool {
+/// What `sql` is, if it is one plain statement by the rules of this module's note; `None` when
+/// it is not or when telling needs the full classifier.
+pub(super) fn plain(sql: &[u8]) -> Option<Plain> {
     let n = sql.len();
     let mut i = 0;
     while i < n && is(sql[i], SPACE) {
         i += 1;
     }
-    match sql.get(i..i + 6) {
-        Some(word) if word.eq_ignore_ascii_case(b"select") => i += 6,
-        _ => return false,
-    }
-    // `SELECT` must be a word of its own (`selectx`, `select1`, `select$1` are identifiers).
+    let plain = match sql.get(i..i + 6) {
+        Some(word) if word.eq_ignore_ascii_case(b"select") => Plain::Read,
+        Some(word) if word.eq_ignore_ascii_case(b"update") => Plain::Write(Command::Update),
+        Some(word) if word.eq_ignore_ascii_case(b"delete") => Plain::Write(Command::Delete),
+        _ => return None,
+    };
+    i += 6;
+    // The command must be a word of its own (`selectx`, `select1`, `select$1` are identifiers).
     if matches!(sql.get(i), Some(&b) if is(b, WORD) || b == b'$') {
-        return false;
+        return None;
     }
+    // Key words make a query write; in a write, only calls count.
+    let check_words = plain == Plain::Read;
     loop {
         let word = i;
         while i < n && is(sql[i], WORD) {
             i += 1;
         }
-        if !harmless(&sql[word..i]) {
-            return false;
+        if check_words && !harmless(&sql[word..i]) {
+            return None;
         }
         while i < n && is(sql[i], NEUTRAL) {
             i += 1;
         }
         let Some(&b) = sql.get(i) else {
-            return true;
+            return Some(plain);
         };
         if is(b, WORD) {
             continue;
@@ -82,8 +101,8 @@ pub(super) fn is_plain_select(sql: &[u8]) -> bool {
             b'$' if next.is_some_and(|n| n.is_ascii_digit()) => {}
             b'-' if next != Some(b'-') => {}
             b'/' if next != Some(b'*') => {}
-            b';' => return sql[i + 1..].iter().all(|&b| is(b, SPACE)),
-            _ => return false,
+            b';' if sql[i + 1..].iter().all(|&b| is(b, SPACE)) => return Some(plain),
+            _ => return None,
         }
         i += 1;
     }
@@ -111,7 +130,12 @@ fn harmless(run: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_plain_select;
+    use super::{Plain, plain};
+    use crate::classify::Command;
+
+    fn is_plain_select(sql: &str) -> bool {
+        plain(sql.as_bytes()) == Some(Plain::Read)
+    }
 
     #[test]
     fn plain_selects_are_recognised() {
@@ -126,7 +150,7 @@ mod tests {
             "SELECT a/b FROM t",
             "SELECT forecast, intoxicated, updated_at, deleted FROM t",
         ] {
-            assert!(is_plain_select(sql.as_bytes()), "{sql}");
+            assert!(is_plain_select(sql), "{sql}");
         }
     }
 
@@ -155,7 +179,23 @@ mod tests {
             "SELECT é FROM t",
             "SELECT a FROM t\\",
         ] {
-            assert!(!is_plain_select(sql.as_bytes()), "{sql}");
+            assert!(plain(sql.as_bytes()).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn plain_updates_and_deletes_are_writes_of_their_command() {
+        let update = b"UPDATE pgbench_accounts SET abalance = abalance + -4381 WHERE aid = 60;";
+        assert_eq!(plain(update), Some(Plain::Write(Command::Update)));
+        let delete = b"delete from t where id = $1 returning id, for_x, into_y";
+        assert_eq!(plain(delete), Some(Plain::Write(Command::Delete)));
+        for sql in [
+            "UPDATE t SET a = nextval('s')",
+            "UPDATE t SET a = 1; SELECT pg_advisory_lock(1)",
+            "DELETE FROM t WHERE a = 'x'",
+            "updated",
+        ] {
+            assert_eq!(plain(sql.as_bytes()), None, "{sql}");
         }
     }
 }

@@ -447,6 +447,11 @@ pub(crate) fn plain_read() -> Classification {
     Evidence::default().conclude(StatementClass::Read, Reason::Query)
 }
 
+/// What [`data_modifying`] concludes for `command` when the scan finds nothing.
+pub(crate) fn plain_write(command: Command) -> Classification {
+    Evidence::default().conclude(StatementClass::Write, Reason::Command(command))
+}
+
 /// `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `CALL`: writes; calls are noted for flags and pins.
 fn data_modifying(
     cur: &mut Cursor<'_, '_>,

@@ -116,6 +116,10 @@ const CANT_CHANGE: &str = "55P02";
 pub fn session_command(sql: &[u8]) -> Option<Result<SessionCommand, CommandError>> {
     // Cheap rejection first, without allocating: this runs on every simple query.
     let head = trim_start(sql);
+    // SET, RESET, SHOW, or a comment before one of them.
+    if !matches!(head.first(), Some(b's' | b'S' | b'r' | b'R' | b'/' | b'-')) {
+        return None;
+    }
     let word_end = head
         .iter()
         .position(|b| !b.is_ascii_alphabetic())
