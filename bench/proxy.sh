@@ -190,15 +190,29 @@ read -r replicas_after total_after < <(routed)
 median() { tr ' ' '\n' | grep -v '^$' | { mapfile -t v; if printf '%s\n' "${v[@]}" | grep -q fail; then echo fail; else printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.0f\n", a[int((NR+1)/2)]}'; fi; }; }
 ratio() { if [ "$1" = fail ] || [ "$2" = fail ]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; fi; }
 
+# Meridian / PgBouncer round by round (each pair ran back to back): the lowest and highest
+# ratio, and in how many rounds Meridian did at least as well.
+by_round() {
+  awk -v m="$1" -v b="$2" 'BEGIN {
+    n = split(m, mv, " "); split(b, bv, " ")
+    for (i = 1; i <= n; i++) {
+      if (mv[i] == "fail" || bv[i] == "fail") { print "-"; exit }
+      r = mv[i] / bv[i]; if (i == 1 || r < lo) lo = r; if (i == 1 || r > hi) hi = r; if (r >= 1) won++
+    }
+    printf "%.2f-%.2f, %d of %d", lo, hi, won, n
+  }'
+}
+
 # The table of medians and ratios of the workloads given.
 table() {
-  printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer
-  printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------"
+  printf '| %-28s | %9s | %9s | %9s | %15s | %18s | %26s |\n' workload direct pgbouncer meridian meridian/direct meridian/pgbouncer "by round: range, rounds >= 1"
+  printf '|%s|\n' "------------------------------|-----------|-----------|-----------|-----------------|--------------------|----------------------------"
   local workload name d b m
   for workload in "$@"; do
     name=${workload%%|*}
     d=$(median <<<"${tps[$name|direct]}"); b=$(median <<<"${tps[$name|pgbouncer]}"); m=$(median <<<"${tps[$name|meridian]}")
-    printf '| %-28s | %9s | %9s | %9s | %15s | %18s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")"
+    printf '| %-28s | %9s | %9s | %9s | %15s | %18s | %26s |\n' "$name" "$d" "$b" "$m" "$(ratio "$m" "$d")" "$(ratio "$m" "$b")" \
+      "$(by_round "${tps[$name|meridian]}" "${tps[$name|pgbouncer]}")"
   done
 }
 
