@@ -116,24 +116,21 @@ const CANT_CHANGE: &str = "55P02";
 pub fn session_command(sql: &[u8]) -> Option<Result<SessionCommand, CommandError>> {
     // Cheap rejection first, without allocating: this runs on every simple query.
     let head = trim_start(sql);
-    // SET, RESET, SHOW, or a comment before one of them.
-    if !matches!(head.first(), Some(b's' | b'S' | b'r' | b'R' | b'/' | b'-')) {
-        return None;
-    }
-    let word_end = head
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(head.len());
-    let first = &head[..word_end];
-    let verb_like = [&b"set"[..], b"reset", b"show"]
-        .iter()
-        .any(|verb| first.eq_ignore_ascii_case(verb));
     // A leading comment hides the first word: tokenize those (rare) texts.
-    if !verb_like && !head.starts_with(b"/*") && !head.starts_with(b"--") {
-        return None;
-    }
-    if verb_like && !contains_ignore_case(head, b"meridian.") {
-        return None;
+    let commented = head.starts_with(b"/*") || head.starts_with(b"--");
+    if !commented {
+        let verb = |word: &[u8]| {
+            head.get(..word.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(word))
+                && head
+                    .get(word.len())
+                    .is_none_or(|next| !next.is_ascii_alphabetic())
+        };
+        if !(verb(b"set") || verb(b"reset") || verb(b"show"))
+            || !contains_ignore_case(head, b"meridian.")
+        {
+            return None;
+        }
     }
     let tokens = tokenize(sql)?;
     let mut words = tokens.iter();
@@ -436,6 +433,10 @@ mod tests {
             ("reset meridian.min_lsn", SessionCommand::SetMinLsn(None)),
             ("SHOW meridian.lsn", SessionCommand::Show(Setting::Lsn)),
             (
+                "SET\tmeridian.route = auto",
+                SessionCommand::SetRoute(Target::Auto),
+            ),
+            (
                 " /* c */ show meridian.route;",
                 SessionCommand::Show(Setting::Route),
             ),
@@ -455,6 +456,9 @@ mod tests {
             "RESET ALL",
             "show",
             "",
+            "SELECT meridian.route FROM settings",
+            "SETmeridian.route = replica",
+            "resetting meridian.route",
         ] {
             assert_eq!(command(sql), None, "{sql}");
         }
