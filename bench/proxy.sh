@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy throughput and memory, side by side in one run: PostgreSQL direct vs PgBouncer vs
-# Meridian, pgbench interleaved round by round so that the noise of a shared machine hits all
-# three alike. Prints median TPS and ratios per workload, Meridian's resident memory idle and
+# Meridian, pgbench interleaved round by round (the order turning each round) so that the
+# noise of a shared machine hits all three alike. Prints median TPS and ratios per workload, Meridian's resident memory idle and
 # after the 64-client run, the memory per idle client (1,000 clients) and whether 10,000
 # concurrent clients are accepted.
 #
@@ -148,7 +148,12 @@ declare -A cpu idle
 bench_workload() {
   local -n target_ports=$1
   local name=${2%%|*} args=${2#*|} target_name out value busy0 total0 busy1 total1
-  for target_name in direct pgbouncer meridian; do
+  # The order turns each round (direct first, then PgBouncer first, then Meridian first...),
+  # so that a drift within a round (a checkpoint, dead rows piling up under TPC-B) does not
+  # always fall on the same target.
+  local order=(direct pgbouncer meridian) turn=$(( (round - 1) % 3 ))
+  order=("${order[@]:turn}" "${order[@]:0:turn}")
+  for target_name in "${order[@]}"; do
     read -r busy0 total0 < <(cpu_ticks)
     # shellcheck disable=SC2086
     out=$(pgbench -h 127.0.0.1 -p "${target_ports[$target_name]}" -U postgres -n -T "$DURATION" $args postgres 2>&1 || true)
