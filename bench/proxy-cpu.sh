@@ -12,84 +12,24 @@ cd "$(dirname "$0")/.."
 
 TX=${TX:-5000}
 CLIENTS=${CLIENTS:-8}
-for tool in pgbouncer pgbench strace; do
+for tool in pgbench strace; do
   command -v "$tool" >/dev/null || { echo "$tool is not installed (apt-get install -y pgbouncer postgresql strace)" >&2; exit 1; }
 done
 
-echo "building (release)..."
-cargo build --release -q -p meridian --bin meridian
-cargo build --release -q -p meridian-testkit --example cluster
-target=${CARGO_TARGET_DIR:-target}/release
-
-work=$(mktemp -d /tmp/meridian-cpu.XXXXXX)
-chmod 777 "$work"
-pids=()
-cleanup() {
-  exec 9>&- 2>/dev/null || true
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-mkfifo "$work/cluster.in"
-"$target/examples/cluster" --replicas 0 < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
-pids+=($!)
-exec 9>"$work/cluster.in"
-for _ in $(seq 600); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.1; done
-grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.err" >&2; exit 1; }
-pg_port=$(awk '$1 == "node" {print $5; exit}' "$work/cluster.out")
+. bench/lib.sh
+bench_setup cpu
+start_cluster --replicas 0
+pg_port=${node_ports[0]}
 pgbench -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
-
-run_as=()
-if [ "$(id -u)" = 0 ]; then run_as=(runuser -u "${MERIDIAN_PG_USER:-meridian-pg}" --); fi
-bouncer_port=$(free_port)
-cat > "$work/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/users.txt
-pool_mode = transaction
-default_pool_size = 20
-logfile = $work/pgbouncer.log
-EOF
-echo '"postgres" ""' > "$work/users.txt"
-"${run_as[@]}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-pids+=($!)
-
-meridian_port=$(free_port)
-cat > "$work/meridian.toml" <<EOF
-listen = "127.0.0.1:$meridian_port"
-admin_listen = "127.0.0.1:$(free_port)"
-data_dir = "$work/state"
-[proxy]
-pool_mode = "transaction"
-[pool]
-max_size = 20
-[[users]]
-name = "postgres"
-auth = "trust"
-[[regions]]
-name = "bench"
-[[regions.nodes]]
-name = "primary"
-host = "127.0.0.1"
-port = $pg_port
-EOF
+start_pgbouncer "$pg_port" 20
+meridian_config "$work/meridian.toml" "$pg_port" 20
 MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian.toml" > "$work/meridian.log" 2>&1 &
 meridian_pid=$!
 pids+=($meridian_pid)
-for port in "$bouncer_port" "$meridian_port"; do
-  for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
-done
+wait_port "$meridian_port"
 
 # The process (PgBouncer) or thread (Meridian's data plane) doing the pooling.
-bouncer_task=/proc/$(pgrep -f "pgbouncer $work/pgbouncer.ini" | tail -1)
+bouncer_task=/proc/$bouncer_pid
 meridian_task=$(for t in /proc/$meridian_pid/task/*; do [ "$(cat "$t/comm")" = meridian-proxy ] && echo "$t"; done)
 ticks() { awk '{print $14, $15}' "$1/stat"; }
 hz=$(getconf CLK_TCK)

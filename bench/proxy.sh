@@ -24,81 +24,19 @@ SCALE=${SCALE:-10}
 READ_YOUR_WRITES=${READ_YOUR_WRITES:-session}
 ONLY=${ONLY:-}
 
-command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: apt-get install -y pgbouncer" >&2; exit 1; }
 command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
 
-echo "building (release)..."
-cargo build --release -q -p meridian --bin meridian
-cargo build --release -q -p meridian-testkit --example cluster
-target=${CARGO_TARGET_DIR:-target}/release
-
-work=$(mktemp -d /tmp/meridian-bench.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  exec 9>&- 8<&- 2>/dev/null || true
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
+. bench/lib.sh
+bench_setup bench
 # A primary and two streaming replicas, from the test kit; it stops when this script ends.
-mkfifo "$work/cluster.in"
-"$target/examples/cluster" --replicas 2 < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
-pids+=($!)
-exec 9>"$work/cluster.in"   # keep the cluster's stdin open until exit
-for _ in $(seq 600); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.1; done
-grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.err" >&2; exit 1; }
-pg_port=$(awk '$1 == "node" {print $5; exit}' "$work/cluster.out")
-mapfile -t replica_ports < <(awk '$1 == "node" {print $5}' "$work/cluster.out" | tail -n +2)
+start_cluster --replicas 2
+pg_port=${node_ports[0]}
+replica_ports=("${node_ports[@]:1}")
 echo "cluster: primary on port $pg_port, replicas on ${replica_ports[*]}"
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# PgBouncer refuses to run as root: run it as the test kit's server user then.
-run_as=()
-if [ "$(id -u)" = 0 ]; then run_as=(runuser -u "${MERIDIAN_PG_USER:-meridian-pg}" --); chown "${MERIDIAN_PG_USER:-meridian-pg}" "$work"; fi
-bouncer_port=$(free_port)
-cat > "$work/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/users.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-max_client_conn = 20000
-logfile = $work/pgbouncer.log
-EOF
-echo '"postgres" ""' > "$work/users.txt"
-"${run_as[@]}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-pids+=($!)
-
-meridian_port=$(free_port)
-admin_port=$(free_port)
-cat > "$work/meridian.toml" <<EOF
-listen = "127.0.0.1:$meridian_port"
-admin_listen = "127.0.0.1:$admin_port"
-[proxy]
-pool_mode = "transaction"
-max_client_connections = 20000
-[pool]
-max_size = $POOL_SIZE
-[[users]]
-name = "postgres"
-auth = "trust"
-[[regions]]
-name = "bench"
-[[regions.nodes]]
-name = "primary"
-host = "127.0.0.1"
-port = $pg_port
-EOF
+start_pgbouncer "$pg_port" "$POOL_SIZE"
+meridian_config "$work/meridian.toml" "$pg_port" "$POOL_SIZE"
 MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian.toml" > "$work/meridian.log" 2>&1 &
 meridian_pid=$!
 pids+=($meridian_pid)
@@ -108,7 +46,8 @@ split_port=$(free_port)
 split_admin=$(free_port)
 {
   sed -e "s/^listen = .*/listen = \"127.0.0.1:$split_port\"/" \
-      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$split_admin\"/" "$work/meridian.toml"
+      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$split_admin\"/" \
+      -e "s|^data_dir = .*|data_dir = \"$work/state-split\"|" "$work/meridian.toml"
   i=1
   for port in "${replica_ports[@]}"; do
     printf '[[regions.nodes]]\nname = "replica%s"\nhost = "127.0.0.1"\nport = %s\n' "$i" "$port"
@@ -118,13 +57,6 @@ split_admin=$(free_port)
 MERIDIAN_LOG=warn MERIDIAN_READ_YOUR_WRITES=$READ_YOUR_WRITES "$target/meridian" run -c "$work/meridian-split.toml" > "$work/meridian-split.log" 2>&1 &
 pids+=($!)
 
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on $1; logs:" >&2
-  tail -n 5 "$work"/*.log >&2
-  exit 1
-}
-wait_port "$bouncer_port"
 wait_port "$meridian_port"
 wait_port "$split_port"
 # Until the monitor has judged the replicas healthy, reads fall back to the primary.

@@ -22,51 +22,29 @@ TRIALS=${TRIALS:-5}
 
 command -v pgbench >/dev/null || { echo "pgbench is not installed: apt-get install -y postgresql" >&2; exit 1; }
 
-echo "building (release)..."
-cargo build --release -q -p meridian --bin meridian
-cargo build --release -q -p meridian-testkit --example cluster
-target=${CARGO_TARGET_DIR:-target}/release
-
-work=$(mktemp -d /tmp/meridian-recovery.XXXXXX)
-chmod 755 "$work"
-pids=()
+. bench/lib.sh
+bench_setup recovery
 restored=""
-cleanup() {
-  exec 9>&- 2>/dev/null || true
+bench_on_exit() {
   if [ -n "$restored" ] && [ -f "$restored/postmaster.pid" ]; then
     "${run_as[@]}" "$(pg_config --bindir)/pg_ctl" stop -m immediate -D "$restored" >/dev/null 2>&1 || true
   fi
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
 }
-trap cleanup EXIT
 
-# The servers run as the test kit's unprivileged user when this runs as root: it must execute
-# meridian and write the archive.
-run_as=()
+# The servers run as the test kit's unprivileged user when this runs as root (bench_setup's
+# run_as): it must execute meridian and write the archive.
 os_user=()
-if [ "$(id -u)" = 0 ]; then
-  user=${MERIDIAN_PG_USER:-meridian-pg}
-  run_as=(runuser -u "$user" --)
-  os_user=(--os-user "$user")
-fi
+if [ "$(id -u)" = 0 ]; then os_user=(--os-user "${MERIDIAN_PG_USER:-meridian-pg}"); fi
 mkdir -p "$work/bin" "$work/wal" "$work/backups" "$work/restore"
 cp "$target/meridian" "$work/bin/meridian"
 chmod 755 "$work/bin" "$work/bin/meridian" "$work/restore"
 chmod 777 "$work/wal"
 
-mkfifo "$work/cluster.in"
-"$target/examples/cluster" --replicas 0 \
+start_cluster --replicas 0 \
   --set archive_mode=on \
   --set "archive_command=$work/bin/meridian wal-archive %p %f --dir $work/wal" \
-  --set "archive_timeout=$ARCHIVE_TIMEOUT" \
-  < "$work/cluster.in" > "$work/cluster.out" 2>"$work/cluster.err" &
-pids+=($!)
-exec 9>"$work/cluster.in"
-for _ in $(seq 600); do grep -q '^ready' "$work/cluster.out" && break; sleep 0.1; done
-grep -q '^ready' "$work/cluster.out" || { cat "$work/cluster.err" >&2; exit 1; }
-port=$(awk '$1 == "node" {print $5; exit}' "$work/cluster.out")
+  --set "archive_timeout=$ARCHIVE_TIMEOUT"
+port=${node_ports[0]}
 psql_() { psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
 
 echo "pgbench -i -s $SCALE..."
@@ -130,7 +108,7 @@ rpos=()
 for i in $(seq 1 "$trial"); do
   echo "restoring snapshot $i of $trial..."
   restored="$work/restore/data-$i"
-  restore_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  restore_port=$(free_port)
   start=$(date +%s.%N)
   "$target/meridian" restore -c "$work/meridian.toml" --wal-archive "$work/snapshot-$i" \
     --to "$restored" --port "$restore_port" "${os_user[@]}" > "$work/restore-$i.out" 2>"$work/restore-$i.err" \
