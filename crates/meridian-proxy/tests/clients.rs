@@ -93,6 +93,13 @@ async fn initialize_pgbench(primary: &Node) {
 /// Runs 4 pgbench clients of 200 TPC-B-like transactions each in `mode` through a proxy with a
 /// pool of 2 server connections, so that clients share connections and, in `prepared` mode,
 /// their prepared statements run on connections other than the one that prepared them.
+///
+/// One pgbench thread per client (`-j 4`): pgbench prepares a statement with a blocking
+/// `PQprepare` the first time a client reaches it, which stalls every client of that thread.
+/// With two clients per thread, a client waiting for a connection to prepare could stall the
+/// very client whose open transaction held it: with both threads stalled so, nothing moved
+/// until the checkout timeout (seen on a loaded CI machine; reproduced 1 run in 11 with `-j 2`
+/// and a 1 s checkout timeout, 0 in 30 with `-j 4`).
 async fn pgbench_through_the_proxy(mode: &str) {
     let cluster = TestCluster::builder().start().await.unwrap();
     initialize_pgbench(cluster.primary()).await;
@@ -100,7 +107,7 @@ async fn pgbench_through_the_proxy(mode: &str) {
 
     let output = run(proxy
         .libpq_command("pgbench", "app", PASSWORD)
-        .args(["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "200"]))
+        .args(["-n", "-M", mode, "-c", "4", "-j", "4", "-t", "200"]))
     .await;
 
     // pgbench exits non-zero when any client aborted on an error.
