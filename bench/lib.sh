@@ -54,6 +54,13 @@ start_cluster() {
   mapfile -t node_ports < <(awk '$1 == "node" {print $5}' "$work/cluster.out")
 }
 
+# start_primary SCALE: a one-node cluster holding pgbench's tables at SCALE; sets pg_port.
+start_primary() {
+  start_cluster --replicas 0
+  pg_port=${node_ports[0]}
+  pgbench -i -q -s "$1" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+}
+
 # start_pgbouncer PG_PORT POOL_SIZE: PgBouncer in transaction pooling in front of the server
 # on PG_PORT (user postgres, trust); sets bouncer_port and bouncer_pid.
 start_pgbouncer() {

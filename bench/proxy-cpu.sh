@@ -18,9 +18,7 @@ done
 
 . bench/lib.sh
 bench_setup cpu
-start_cluster --replicas 0
-pg_port=${node_ports[0]}
-pgbench -i -q -s 1 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+start_primary 1
 start_pgbouncer "$pg_port" 20
 meridian_config "$work/meridian.toml" "$pg_port" 20
 MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian.toml" > "$work/meridian.log" 2>&1 &

@@ -13,7 +13,8 @@
 #
 # usage: bench/proxy.sh            (env: ROUNDS=3 DURATION=10 POOL_SIZE=20 SCALE=10,
 #                                   READ_YOUR_WRITES=session for the split Meridian,
-#                                   ONLY=split to run the split workloads alone)
+#                                   ONLY=split to run the split workloads alone,
+#                                   ONLY=pooling for the pooling workloads alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,6 +113,7 @@ done
 # spreading reads over the replicas.
 declare -A ports_split=([direct]=$pg_port [pgbouncer]=$bouncer_port [meridian]=$split_port)
 split_workloads=("split select-only -c 8|-S -c 8 -j 2" "split 90/10 read/write -c 8|-b select-only@9 -b tpcb-like@1 -c 8 -j 2")
+[ "$ONLY" = pooling ] && split_workloads=()
 routed() {
   # Transactions Meridian routed to replicas and in all, from its metrics.
   curl -s "http://127.0.0.1:$split_admin/metrics" | awk '

@@ -52,16 +52,8 @@ pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/nul
 psql_ "CREATE TABLE ticks (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"
 size=$(psql_ "SELECT pg_size_pretty(pg_database_size('postgres'))")
 
-cat > "$work/meridian.toml" <<EOF
-[[users]]
-name = "postgres"
-auth = "trust"
-[[regions]]
-name = "bench"
-[[regions.nodes]]
-name = "primary"
-host = "127.0.0.1"
-port = $port
+meridian_config "$work/meridian.toml" "$port" 20
+cat >> "$work/meridian.toml" <<EOF
 [backup]
 location = "$work/backups"
 wal_archive = "$work/wal"
