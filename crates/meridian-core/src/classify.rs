@@ -170,7 +170,7 @@ impl Classifier {
     }
 
     /// [`classify`](Self::classify) by the tokens alone, without the byte-level shortcut for
-    /// plain `SELECT`s (which the tests hold to this).
+    /// plain statements (which the tests hold to this).
     fn classify_tokens(&self, sql: &[u8]) -> Classification {
         combine(
             self.statements(sql)
