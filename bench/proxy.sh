@@ -171,10 +171,12 @@ for workload in "${workloads[@]}"; do
   printf '| %-28s | %14s | %14s | %14s |\n' "$name" "${row[@]}"
 done
 echo
-echo "read/write split (Meridian over a primary and two replicas, read_your_writes = $READ_YOUR_WRITES; direct and PgBouncer on the primary)"
-table "${split_workloads[@]}"
-replicas=$((replicas_after - replicas_before)); total=$((total_after - total_before))
-echo "transactions served by replicas in the split runs: $replicas of $total ($(ratio "$replicas" "$total"))"
+if [ ${#split_workloads[@]} -gt 0 ]; then
+  echo "read/write split (Meridian over a primary and two replicas, read_your_writes = $READ_YOUR_WRITES; direct and PgBouncer on the primary)"
+  table "${split_workloads[@]}"
+  replicas=$((replicas_after - replicas_before)); total=$((total_after - total_before))
+  echo "transactions served by replicas in the split runs: $replicas of $total ($(ratio "$replicas" "$total"))"
+fi
 
 echo
 echo "Meridian resident memory: idle $((rss_idle / 1024)) MiB, after the -c 64 run $((rss_after_64 / 1024)) MiB"
