@@ -135,6 +135,13 @@ pub struct PoolStats {
     pub connect_failures: u64,
 }
 
+impl PoolStats {
+    /// Connections lent out: open and not idle (being made counts as lent).
+    pub fn in_use(&self) -> usize {
+        self.open.saturating_sub(self.idle)
+    }
+}
+
 /// One pool.
 pub struct Pool {
     login: ServerLogin,

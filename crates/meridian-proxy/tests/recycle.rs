@@ -149,7 +149,7 @@ async fn a_transaction_open_during_recycle_commits_then_its_backend_is_closed() 
         RecycleReport {
             pools: 1,
             idle: stats.idle,
-            in_use: stats.open - stats.idle,
+            in_use: stats.in_use(),
         }
     );
     assert_eq!(report.in_use, 1, "{stats:?}");

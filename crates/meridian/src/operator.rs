@@ -135,7 +135,7 @@ impl Control for Operator {
             .pool_reports()
             .into_iter()
             .map(|pool| PoolState {
-                in_use: pool.stats.open.saturating_sub(pool.stats.idle),
+                in_use: pool.stats.in_use(),
                 node: pool.node,
                 user: pool.user,
                 database: pool.database,

@@ -350,7 +350,7 @@ impl Collector for Telemetry {
             connections.push((idle, p.stats.idle as f64));
             let mut busy = pool_labels(p);
             busy.push(("state", "in_use".to_owned()));
-            connections.push((busy, p.stats.open.saturating_sub(p.stats.idle) as f64));
+            connections.push((busy, p.stats.in_use() as f64));
         }
         gauge(
             &mut encoder,

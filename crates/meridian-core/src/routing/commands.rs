@@ -120,11 +120,8 @@ pub fn session_command(sql: &[u8]) -> Option<Result<SessionCommand, CommandError
     let commented = head.starts_with(b"/*") || head.starts_with(b"--");
     if !commented {
         let verb = |word: &[u8]| {
-            head.get(..word.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(word))
-                && head
-                    .get(word.len())
-                    .is_none_or(|next| !next.is_ascii_alphabetic())
+            strip_prefix_ignore_case(head, word)
+                .is_some_and(|rest| rest.first().is_none_or(|next| !next.is_ascii_alphabetic()))
         };
         if !(verb(b"set") || verb(b"reset") || verb(b"show"))
             || !contains_ignore_case(head, b"meridian.")
