@@ -5,7 +5,8 @@
 # of a one-node test cluster in transaction pooling; a warm-up run is discarded (counters
 # zeroed), then CLIENTS x TX transactions are counted.
 #
-# usage: bench/proxy-profile.sh [pgbench args]   (default -S; env: CLIENTS=8 TX=1000 TOP=25)
+# usage: bench/proxy-profile.sh [pgbench args]   (default -S; env: CLIENTS=8 TX=1000 TOP=25,
+#        KEEP=FILE keeps the callgrind output for callgrind_annotate or kcachegrind)
 #        bench/proxy-profile.sh -b tpcb-like     (TPC-B-like transactions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ pgbench -n -c "$CLIENTS" -t 200 -h 127.0.0.1 -p "$meridian_port" -U postgres "$@
 callgrind_control --zero "$meridian_pid" >/dev/null 2>&1
 pgbench -n -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$meridian_port" -U postgres "$@" postgres >/dev/null 2>&1
 callgrind_control --dump "$meridian_pid" >/dev/null 2>&1
+[ -z "${KEEP:-}" ] || cp "$work/callgrind.out.1" "$KEEP"
 total=$((CLIENTS * TX))
 
 # Self cost by function from the dump taken after the zeroing (the .1 part), per transaction.

@@ -32,6 +32,7 @@ mod settings;
 mod statements;
 mod stream;
 mod tracker;
+mod woken;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -76,6 +76,7 @@ use crate::settings::User;
 use crate::statements::{ClientStatements, StatementDef, StatementId, route_of};
 use crate::stream::Stream;
 use crate::tracker::{Expect, Tracker};
+use crate::woken::Woken;
 
 /// The primary's WAL position, for read-your-writes: at or past the end of every commit
 /// acknowledged before it runs.
@@ -356,16 +357,16 @@ impl Session {
         views: watch::Receiver<Arc<ClusterView>>,
     ) -> Result<(), Failure> {
         // One future for the whole session, not one per loop turn: registering a waiter on
-        // the channel at every message showed up in profiles.
-        let stop = async {
+        // the channel at every message showed up in profiles; and polled only once the
+        // channel woke it (`Woken`), as checking the waiter did too.
+        let stop = Woken::new(async {
             // A dropped sender means the proxy itself is gone: shut down too.
             let _ = shutdown.wait_for(|stopping| *stopping).await;
-        };
+        });
         tokio::pin!(stop);
-        // The same for the view, renewed only when a view is published. It is polled only
-        // while a server is attached, and last: only on the turns where the session is about
-        // to sleep anyway.
-        let view_change = next_view(views);
+        // The same for the view, renewed only when a view is published. It is looked at only
+        // while a server is attached.
+        let view_change = Woken::new(next_view(views));
         tokio::pin!(view_change);
         loop {
             self.learn_write_lsn().await;
@@ -403,7 +404,7 @@ impl Session {
                 Event::Shutdown => self.closing = true,
                 Event::View(views) => {
                     let replaced = self.replaced_primary(&views.borrow());
-                    view_change.set(next_view(views));
+                    view_change.set(Woken::new(next_view(views)));
                     if let Some(failure) = replaced {
                         self.abandon_server(failure).await?;
                     }
