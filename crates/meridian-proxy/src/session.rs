@@ -1182,7 +1182,7 @@ impl Session {
         if self.server_out.is_empty() {
             return Ok(());
         }
-        let write = attached.conn.stream.write_all(&self.server_out).await;
+        let write = attached.conn.stream.send(&self.server_out).await;
         self.server_out.clear();
         if write.is_err() {
             return self.server_lost().await;
@@ -1195,7 +1195,7 @@ impl Session {
             // While a retry is possible the replica's answer is held back (see `Retry`).
             return Ok(());
         }
-        let result = self.client.write_all(&self.client_out).await;
+        let result = self.client.send(&self.client_out).await;
         self.client_out.clear();
         if self.client_out.capacity() > 4 * FLUSH_ABOVE {
             // A big result grew the buffer; do not keep it for an idle client.
