@@ -1,6 +1,5 @@
 //! A TCP connection, encrypted or not, as one type for the relay to read and write.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -65,20 +64,19 @@ impl Stream {
         tokio::io::AsyncWriteExt::write_all(self, &buf[written..]).await
     }
 
-    /// Whether the peer's FIN (or an error) has already been seen by the runtime's reactor,
-    /// checked without a system call: the socket's readiness is polled once, with a waker
-    /// that does nothing. Readiness for "read closed" is never cleared once set, so a server
-    /// that exited while the connection sat idle is always noticed; a stale "readable" bit
-    /// (left by the last read, which returned data) does not count.
+    /// Whether the peer's FIN (or an error) has already been seen by the runtime's reactor:
+    /// the socket's read readiness is polled once, with a waker that does nothing (an idle
+    /// pooled connection has no reader to displace). Readiness for "read closed" is never
+    /// cleared once set, so a server that exited while the connection sat idle is always
+    /// noticed. Not ready is the common answer and costs no system call; ready may also be a
+    /// "readable" bit left by the last read, which a peek then tells apart.
     pub fn closed_by_peer(&self) -> bool {
-        let ready = self.tcp().ready(tokio::io::Interest::READABLE);
-        let mut ready = std::pin::pin!(ready);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match ready.as_mut().poll(&mut cx) {
-            Poll::Ready(Ok(ready)) => ready.is_read_closed(),
+        match self.tcp().poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(())) => self.is_broken(),
             // The runtime is shutting down: the connection cannot be used anyway.
             Poll::Ready(Err(_)) => true,
-            Poll::Pending => false,
         }
     }
 }

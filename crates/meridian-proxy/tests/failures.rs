@@ -82,6 +82,39 @@ async fn a_server_connection_terminated_mid_query_fails_only_that_query() {
     assert_serves(&bystander, "another client").await;
 }
 
+async fn backend_pid(client: &Client) -> i32 {
+    let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
+    row.expect("served").get(0)
+}
+
+#[tokio::test]
+async fn an_idle_pooled_connection_whose_backend_was_terminated_is_not_handed_out() {
+    let cluster = TestCluster::builder().start().await.unwrap();
+    let primary = cluster.primary();
+    let proxy = ProxyUnderTest::start(&cluster, "").await;
+    let client = proxy.connect().await;
+    // Transaction pooling: the connection that ran this is idle in the pool, the next to go.
+    let pid = backend_pid(&client).await;
+    let terminated = primary
+        .query_one(&format!("SELECT pg_terminate_backend({pid})"))
+        .await
+        .unwrap();
+    assert_eq!(terminated.as_deref(), Some("t"));
+    wait_until(STEP, "the terminated backend to exit", || async {
+        let gone = primary
+            .query(&format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"))
+            .await;
+        Check::when(gone.as_ref().is_ok_and(Vec::is_empty), (), gone)
+    })
+    .await
+    .unwrap();
+
+    // At once, well within the pool's clock tick: the proxy's reactor has seen the closed
+    // socket, and the checkout skips it instead of failing the client's query with 57P01.
+    let next = backend_pid(&client).await;
+    assert_ne!(next, pid, "a new server connection serves the next query");
+}
+
 #[tokio::test]
 async fn a_transaction_whose_server_dies_while_it_is_idle_is_told_it_was_rolled_back() {
     let cluster = TestCluster::builder().start().await.unwrap();
