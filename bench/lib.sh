@@ -61,8 +61,9 @@ start_primary() {
   pgbench -i -q -s "$1" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 }
 
-# start_pgbouncer PG_PORT POOL_SIZE: PgBouncer in transaction pooling in front of the server
-# on PG_PORT (user postgres, trust); sets bouncer_port and bouncer_pid.
+# start_pgbouncer PG_PORT POOL_SIZE [WRAPPER...]: PgBouncer in transaction pooling in front of
+# the server on PG_PORT (user postgres, trust), run under WRAPPER if given (valgrind); sets
+# bouncer_port and bouncer_pid.
 start_pgbouncer() {
   command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed: apt-get install -y pgbouncer" >&2; exit 1; }
   bouncer_port=$(free_port)
@@ -81,7 +82,7 @@ max_client_conn = 20000
 logfile = $work/pgbouncer.log
 EOF
   echo '"postgres" ""' > "$work/users.txt"
-  "${run_as[@]}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+  "${run_as[@]}" "${@:3}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
   pids+=($!)
   wait_port "$bouncer_port"
   bouncer_pid=$(pgrep -f "pgbouncer $work/pgbouncer.ini" | tail -1)
