@@ -6,19 +6,22 @@
 # used). Both poolers are measured the same way on one cluster, in ABBA order (PgBouncer,
 # Meridian, Meridian, PgBouncer) so that a drift over the run favours neither.
 #
-# usage: bench/proxy-cpu.sh   (env: TX=5000 transactions per client, CLIENTS=8)
+# usage: bench/proxy-cpu.sh [pgbench args]   (default -S; env: TX=5000 transactions per
+#        client, CLIENTS=8, SCALE=10)
+#        TX=1000 bench/proxy-cpu.sh -b tpcb-like   (TPC-B-like transactions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TX=${TX:-5000}
 CLIENTS=${CLIENTS:-8}
+[ $# -gt 0 ] || set -- -S
 for tool in pgbench strace; do
   command -v "$tool" >/dev/null || { echo "$tool is not installed (apt-get install -y pgbouncer postgresql strace)" >&2; exit 1; }
 done
 
 . bench/lib.sh
 bench_setup cpu
-start_primary 1
+start_primary "${SCALE:-10}"
 start_pgbouncer "$pg_port" 20
 meridian_config "$work/meridian.toml" "$pg_port" 20
 MERIDIAN_LOG=warn "$target/meridian" run -c "$work/meridian.toml" > "$work/meridian.log" 2>&1 &
@@ -33,24 +36,26 @@ ticks() { awk '{print $14, $15}' "$1/stat"; }
 hz=$(getconf CLK_TCK)
 total=$((TX * CLIENTS))
 
-measure() { # name port task
-  pgbench -n -S -c "$CLIENTS" -t 200 -h 127.0.0.1 -p "$2" -U postgres postgres >/dev/null 2>&1
-  read -r u0 s0 < <(ticks "$3")
-  tps=$(pgbench -n -S -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$2" -U postgres postgres 2>&1 | awk '/^tps/ {print $3}')
-  read -r u1 s1 < <(ticks "$3")
-  strace -c -p "${3##*/}" -o "$work/$1.strace" 2>/dev/null & spid=$!
+measure() { # name port task (then the pgbench arguments)
+  local name=$1 port=$2 task=$3
+  shift 3
+  pgbench -n "$@" -c "$CLIENTS" -t 200 -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
+  read -r u0 s0 < <(ticks "$task")
+  tps=$(pgbench -n "$@" -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1 | awk '/^tps/ {print $3}')
+  read -r u1 s1 < <(ticks "$task")
+  strace -c -p "${task##*/}" -o "$work/$name.strace" 2>/dev/null & spid=$!
   sleep 0.5
-  pgbench -n -S -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$2" -U postgres postgres >/dev/null 2>&1
+  pgbench -n "$@" -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
   kill -INT "$spid"; wait "$spid" 2>/dev/null || true
-  calls=$(awk '$NF ~ /^(sendto|recvfrom|epoll_wait|read|write|writev|readv)$/ {n += $4} END {print n}' "$work/$1.strace")
-  printf '%-10s %8.0f tps  user %5.2f µs/tx  system %5.2f µs/tx  %4.2f syscalls/tx (%s)\n' "$1" "$tps" \
+  calls=$(awk '$NF ~ /^(sendto|recvfrom|epoll_wait|read|write|writev|readv)$/ {n += $4} END {print n}' "$work/$name.strace")
+  printf '%-10s %8.0f tps  user %5.2f µs/tx  system %5.2f µs/tx  %4.2f syscalls/tx (%s)\n' "$name" "$tps" \
     "$(echo "($u1 - $u0) * 1000000 / $hz / $total" | bc -l)" \
     "$(echo "($s1 - $s0) * 1000000 / $hz / $total" | bc -l)" \
     "$(echo "$calls / $total" | bc -l)" \
-    "$(awk '$NF ~ /^(sendto|recvfrom|epoll_wait|read|write)$/ {printf "%s %s ", $NF, $4}' "$work/$1.strace")"
+    "$(awk '$NF ~ /^(sendto|recvfrom|epoll_wait|read|write)$/ {printf "%s %s ", $NF, $4}' "$work/$name.strace")"
 }
-echo "pgbench -S -c $CLIENTS, $total transactions each, transaction pooling (ABBA order):"
-measure pgbouncer "$bouncer_port" "$bouncer_task"
-measure meridian "$meridian_port" "$meridian_task"
-measure meridian "$meridian_port" "$meridian_task"
-measure pgbouncer "$bouncer_port" "$bouncer_task"
+echo "pgbench $* -c $CLIENTS, $total transactions each, transaction pooling (ABBA order):"
+measure pgbouncer "$bouncer_port" "$bouncer_task" "$@"
+measure meridian "$meridian_port" "$meridian_task" "$@"
+measure meridian "$meridian_port" "$meridian_task" "$@"
+measure pgbouncer "$bouncer_port" "$bouncer_task" "$@"
