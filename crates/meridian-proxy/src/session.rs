@@ -369,8 +369,12 @@ impl Session {
         let view_change = Woken::new(next_view(views));
         tokio::pin!(view_change);
         loop {
-            self.learn_write_lsn().await;
-            self.release_if_done().await;
+            if self.write_lsn_due() {
+                self.learn_write_lsn().await;
+            }
+            if self.release_due() {
+                self.release_if_done().await;
+            }
             if self.closing && self.server_is_idle() {
                 return Err(Failure::ShuttingDown);
             }
@@ -1151,17 +1155,24 @@ impl Session {
     /// In transaction pooling, gives the server connection back once the transaction is over
     /// and nothing is owed, resetting it first if this client changed session state.
     async fn release_if_done(&mut self) {
-        if self.shared.settings.pool_mode != PoolMode::Transaction || self.pinned.is_some() {
-            return;
-        }
-        let done = self.server.as_ref().is_some_and(|a| {
-            self.tracker.is_idle() && a.status == TransactionStatus::Idle && a.streaming.is_none()
-        }) && self.server_out.is_empty();
-        if done {
+        if self.release_due() {
             let attached = self.server.take().expect("checked");
             self.cancel.set_target(None);
             release(&self.shared, attached).await;
         }
+    }
+
+    /// Whether [`release_if_done`](Self::release_if_done) gives the server connection back
+    /// now: the relay asks before every turn, without building that future for nothing.
+    fn release_due(&self) -> bool {
+        self.shared.settings.pool_mode == PoolMode::Transaction
+            && self.pinned.is_none()
+            && self.server_out.is_empty()
+            && self.server.as_ref().is_some_and(|a| {
+                self.tracker.is_idle()
+                    && a.status == TransactionStatus::Idle
+                    && a.streaming.is_none()
+            })
     }
 
     /// Makes `attached` the session's server, first re-applying the client's parameters.

@@ -277,21 +277,28 @@ impl Session {
         );
     }
 
+    /// Whether [`learn_write_lsn`](Self::learn_write_lsn) has a position to learn now: the
+    /// relay asks before every turn, without building that future for nothing.
+    pub(super) fn write_lsn_due(&self) -> bool {
+        self.server.as_ref().is_some_and(|attached| {
+            attached.may_write
+                && attached.status == TransactionStatus::Idle
+                && self.tracker.is_idle()
+                && attached.streaming.is_none()
+                && self.server_out.is_empty()
+        })
+    }
+
     /// At the end of a transaction that may have written on the primary, learns the
     /// primary's WAL position (read-your-writes): one query on the same server connection,
     /// after the client already has its answer (before, in `global` mode).
     pub(super) async fn learn_write_lsn(&mut self) {
+        if !self.write_lsn_due() {
+            return;
+        }
         let Some(attached) = &mut self.server else {
             return;
         };
-        if !attached.may_write
-            || attached.status != TransactionStatus::Idle
-            || !self.tracker.is_idle()
-            || attached.streaming.is_some()
-            || !self.server_out.is_empty()
-        {
-            return;
-        }
         attached.may_write = false;
         let max = self.shared.settings.max_message_size;
         let timeout = self.shared.settings.connect_timeout;
