@@ -71,8 +71,13 @@ const IDENT_START: u8 = 2;
 const IDENT_CONT: u8 = 4;
 const OPERATOR: u8 = 8;
 
+/// Whether `b` is whitespace to PostgreSQL's scanner: `[ \t\n\r\f\v]`.
+pub(super) const fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
 /// Character classes of every byte, after the definitions in PostgreSQL's scanner: `space` is
-/// `[ \t\n\r\f\v]`, `ident_start` is `[A-Za-z\200-\377_]`, `ident_cont` adds digits and `$`,
+/// [`is_space`], `ident_start` is `[A-Za-z\200-\377_]`, `ident_cont` adds digits and `$`,
 /// operator characters are `+ - * / < > = ~ ! @ # % ^ & | ` ?` (4.1.3).
 const CLASSES: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -80,7 +85,7 @@ const CLASSES: [u8; 256] = {
     while i < 256 {
         let b = i as u8;
         let mut class = 0;
-        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+        if is_space(b) {
             class |= SPACE;
         }
         if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {

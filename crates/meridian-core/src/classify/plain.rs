@@ -14,6 +14,7 @@
 //! statement corpus.
 
 use super::classification::Command;
+use super::lexer::is_space;
 
 /// A statement [`plain`] recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub(super) enum Plain {
 
 /// `[A-Za-z0-9_]`: a byte of a word or a number.
 const WORD: u8 = 1;
-/// Bytes that end a word and mean nothing here: whitespace (`[ \t\n\r\f\v]`, as
-/// PostgreSQL's scanner), operators and punctuation that can open neither a quote, a comment
+/// Bytes that end a word and mean nothing here: whitespace (as PostgreSQL's scanner:
+/// [`is_space`]), operators and punctuation that can open neither a quote, a comment
 /// nor a group.
 const NEUTRAL: u8 = 2;
 /// Whitespace, the part of [`NEUTRAL`] that may follow the final `;`.
@@ -43,7 +44,7 @@ const BYTES: [u8; 256] = {
     while i < 256 {
         let b = i as u8;
         table[i] = match b {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => NEUTRAL | SPACE,
+            _ if is_space(b) => NEUTRAL | SPACE,
             b'a'..=b'z' | b'A'..=b'Z' | b'_' | b'0'..=b'9' => WORD,
             b'.' | b',' | b'=' | b'<' | b'>' | b'*' | b'+' | b':' | b'[' | b']' | b'%' | b'^'
             | b'|' | b'~' | b'!' | b'@' | b'#' | b'?' | b'&' => NEUTRAL,
