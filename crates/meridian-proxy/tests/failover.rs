@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use meridian_core::topology::{ClusterView, NodeId, ProxySignal};
 use meridian_testkit::{Check, Node, TestCluster, wait_until};
-use support::{PASSWORD, ProxyUnderTest, STEP, active_backend, sqlstate, view_of};
+use support::{PASSWORD, ProxyUnderTest, STEP, active_backend, backend_pid_of, sqlstate, view_of};
 use tokio_postgres::Client;
 
 /// How quickly a client must hear the outcome once its cause has happened.
@@ -57,11 +57,7 @@ async fn server_port(client: &Client) -> i32 {
 }
 
 async fn backend_pid(client: &Client) -> i32 {
-    client
-        .query_one("/* meridian:primary */ SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
+    backend_pid_of(client, "/* meridian:primary */ SELECT pg_backend_pid()").await
 }
 
 /// Waits until `node` has no backend with process id `pid` any more.

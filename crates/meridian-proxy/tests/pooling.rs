@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use meridian_testkit::{Check, TestCluster, wait_until};
-use support::{PASSWORD, ProxyUnderTest, STEP, sqlstate};
+use support::{PASSWORD, ProxyUnderTest, STEP, backend_pid, sqlstate};
 use tokio_postgres::Client;
 
 const ONE_CONNECTION: &str = "[pool]\nmax_size = 1\n";
@@ -22,14 +22,6 @@ async fn text(client: &Client, sql: &str) -> String {
         .query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn backend_pid(client: &Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
         .get(0)
 }
 

@@ -11,16 +11,7 @@ use std::collections::BTreeSet;
 use meridian_core::topology::NodeId;
 use meridian_proxy::RecycleReport;
 use meridian_testkit::{Check, Node, TestCluster, wait_until};
-use support::{ProxyUnderTest, STEP};
-use tokio_postgres::Client;
-
-async fn backend_pid(client: &Client, sql: &str) -> i32 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
+use support::{ProxyUnderTest, STEP, backend_pid, backend_pid_of};
 
 /// The backends of `node` that serve the proxy: client backends other than the test kit's own
 /// sessions (it logs in with `application_name = meridian-testkit`).
@@ -77,7 +68,7 @@ async fn after_recycle_transactions_run_on_new_backends_and_the_old_ones_are_clo
     let node = cluster.primary();
     let proxy = ProxyUnderTest::start(&cluster, "[pool]\nmin_size = 3\nmax_size = 4\n").await;
     let client = proxy.connect().await;
-    let first = backend_pid(&client, "SELECT pg_backend_pid()").await;
+    let first = backend_pid(&client).await;
     // One client, one transaction at a time: the pool holds `min_size`.
     assert_eq!(wait_idle(&proxy, 3).await, 3);
     let old = proxy_backends(node).await.unwrap();
@@ -103,7 +94,7 @@ async fn after_recycle_transactions_run_on_new_backends_and_the_old_ones_are_clo
     // No new transaction gets a connection from before the recycle, even one that asks
     // before the pool's maintenance has run.
     for _ in 0..3 {
-        let pid = backend_pid(&client, "SELECT pg_backend_pid()").await;
+        let pid = backend_pid(&client).await;
         assert!(!old.contains(&pid), "{pid} is one of the old {old:?}");
     }
     wait_gone(node, &old, "the old backends closed").await;
@@ -140,7 +131,7 @@ async fn a_transaction_open_during_recycle_commits_then_its_backend_is_closed() 
         .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    let pid = backend_pid(&client, "SELECT pg_backend_pid()").await;
+    let pid = backend_pid(&client).await;
     let stats = proxy.pool_stats();
 
     let report = proxy.proxy.recycle(None);
@@ -159,7 +150,7 @@ async fn a_transaction_open_during_recycle_commits_then_its_backend_is_closed() 
         .await
         .unwrap();
     assert_eq!(
-        backend_pid(&client, "SELECT pg_backend_pid()").await,
+        backend_pid(&client).await,
         pid,
         "the transaction stays on its backend"
     );
@@ -176,7 +167,7 @@ async fn a_transaction_open_during_recycle_commits_then_its_backend_is_closed() 
     )
     .await;
     assert_ne!(
-        backend_pid(&client, "SELECT pg_backend_pid()").await,
+        backend_pid(&client).await,
         pid,
         "the next transaction runs on a new backend"
     );
@@ -193,7 +184,7 @@ async fn a_pinned_session_keeps_its_backend_until_it_ends() {
         .batch_execute("CREATE TEMP TABLE scratch (id int)")
         .await
         .unwrap();
-    let pid = backend_pid(&pinned, "SELECT pg_backend_pid()").await;
+    let pid = backend_pid(&pinned).await;
 
     let report = proxy.proxy.recycle(None);
     assert_eq!(report.in_use, 1, "{report:?}");
@@ -213,10 +204,10 @@ async fn a_pinned_session_keeps_its_backend_until_it_ends() {
             .get::<_, i64>(0),
         3
     );
-    assert_eq!(backend_pid(&pinned, "SELECT pg_backend_pid()").await, pid);
+    assert_eq!(backend_pid(&pinned).await, pid);
     // Another client meanwhile gets a new backend.
     let other = proxy.connect().await;
-    assert_ne!(backend_pid(&other, "SELECT pg_backend_pid()").await, pid);
+    assert_ne!(backend_pid(&other).await, pid);
 
     drop(pinned);
     wait_gone(
@@ -236,8 +227,8 @@ async fn recycling_one_node_leaves_the_other_nodes_pools_alone() {
     let client = proxy.connect().await;
     const ON_PRIMARY: &str = "/* meridian:primary */ SELECT pg_backend_pid()";
     const ON_REPLICA: &str = "/* meridian:replica */ SELECT pg_backend_pid()";
-    let primary_pid = backend_pid(&client, ON_PRIMARY).await;
-    let replica_pid = backend_pid(&client, ON_REPLICA).await;
+    let primary_pid = backend_pid_of(&client, ON_PRIMARY).await;
+    let replica_pid = backend_pid_of(&client, ON_REPLICA).await;
     assert!(
         proxy_backends(primary)
             .await
@@ -271,7 +262,7 @@ async fn recycling_one_node_leaves_the_other_nodes_pools_alone() {
         "the replica's old backend closed",
     )
     .await;
-    assert_ne!(backend_pid(&client, ON_REPLICA).await, replica_pid);
+    assert_ne!(backend_pid_of(&client, ON_REPLICA).await, replica_pid);
     assert!(
         proxy_backends(primary)
             .await
@@ -279,7 +270,7 @@ async fn recycling_one_node_leaves_the_other_nodes_pools_alone() {
             .contains(&primary_pid),
         "the primary's backend is still there"
     );
-    assert_eq!(backend_pid(&client, ON_PRIMARY).await, primary_pid);
+    assert_eq!(backend_pid_of(&client, ON_PRIMARY).await, primary_pid);
     assert_eq!(
         primary_connects(&proxy),
         connects,

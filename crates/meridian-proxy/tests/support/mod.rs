@@ -336,6 +336,20 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
+/// The PID of the server backend that runs `sql` (a query of `pg_backend_pid()`) for `client`.
+pub async fn backend_pid_of(client: &Client, sql: &str) -> i32 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// The PID of the server backend that serves `client`'s next statement.
+pub async fn backend_pid(client: &Client) -> i32 {
+    backend_pid_of(client, "SELECT pg_backend_pid()").await
+}
+
 /// The PID of the backend of `node` that is running a statement containing `needle`, once
 /// there is one (the query that looks for it excluded).
 pub async fn active_backend(node: &Node, needle: &str) -> i32 {
