@@ -3,8 +3,8 @@
 //! A session waits on its two sockets and, all along, on two signals that almost never come
 //! (shutdown, a new cluster view). `select!` polls every branch each time the task wakes,
 //! and polling a `watch` receiver that has nothing new costs a few hundred instructions (it
-//! takes the channel's lock to check its waiter): more than a turn's own bookkeeping, twice
-//! per transaction. [`Woken`] gives the inner future a waker of its own that raises a flag
+//! takes the channel's lock to check its waiter), on each of the two or three turns of a
+//! transaction (about 600 of a select-only transaction's 10k instructions, callgrind). [`Woken`] gives the inner future a waker of its own that raises a flag
 //! before waking the task, and polls the inner future only when the flag is up (or the task's
 //! waker changed): a signal that did not fire costs an atomic swap.
 //!
