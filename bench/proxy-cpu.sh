@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where a pooler's CPU goes, per transaction: the same pgbench select-only run (transaction
 # pooling, primary only) through PgBouncer and through Meridian's data-plane thread, reporting
-# each one's user and system CPU per transaction (from /proc, without tracing), then the
+# each one's CPU time per transaction (the scheduler's nanosecond count) and its user and
+# system parts (10 ms ticks: a coarse split) from /proc, without tracing, then the
 # system calls per transaction (a second, traced run: strace -c slows it, so its times are not
 # used). Both poolers are measured the same way on one cluster, in ABBA order (PgBouncer,
 # Meridian, Meridian, PgBouncer) so that a drift over the run favours neither.
@@ -33,6 +34,7 @@ wait_port "$meridian_port"
 bouncer_task=/proc/$bouncer_pid
 meridian_task=$(for t in /proc/$meridian_pid/task/*; do [ "$(cat "$t/comm")" = meridian-proxy ] && echo "$t"; done)
 ticks() { awk '{print $14, $15}' "$1/stat"; }
+cpu_ns() { awk '{print $1}' "$1/schedstat"; }
 hz=$(getconf CLK_TCK)
 total=$((TX * CLIENTS))
 
@@ -41,14 +43,17 @@ measure() { # name port task (then the pgbench arguments)
   shift 3
   pgbench -n "$@" -c "$CLIENTS" -t 200 -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
   read -r u0 s0 < <(ticks "$task")
+  c0=$(cpu_ns "$task")
   tps=$(pgbench -n "$@" -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1 | awk '/^tps/ {print $3}')
+  c1=$(cpu_ns "$task")
   read -r u1 s1 < <(ticks "$task")
   strace -c -p "${task##*/}" -o "$work/$name.strace" 2>/dev/null & spid=$!
   sleep 0.5
   pgbench -n "$@" -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
   kill -INT "$spid"; wait "$spid" 2>/dev/null || true
   calls=$(awk '$NF ~ /^(sendto|recvfrom|epoll_wait|read|write|writev|readv)$/ {n += $4} END {print n}' "$work/$name.strace")
-  printf '%-10s %8.0f tps  user %5.2f µs/tx  system %5.2f µs/tx  %4.2f syscalls/tx (%s)\n' "$name" "$tps" \
+  printf '%-10s %8.0f tps  cpu %6.2f µs/tx = user %5.2f + system %6.2f  %4.2f syscalls/tx (%s)\n' "$name" "$tps" \
+    "$(echo "($c1 - $c0) / 1000 / $total" | bc -l)" \
     "$(echo "($u1 - $u0) * 1000000 / $hz / $total" | bc -l)" \
     "$(echo "($s1 - $s0) * 1000000 / $hz / $total" | bc -l)" \
     "$(echo "$calls / $total" | bc -l)" \

@@ -56,7 +56,7 @@ use meridian_core::topology::{ClusterView, NodeId, Role};
 use meridian_wire::backend::{self, TransactionStatus};
 use meridian_wire::frontend::{self, FrontendMessage, Target};
 use meridian_wire::{Frame, WireError, frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -391,7 +391,7 @@ impl Session {
                     // spares the random draw on every turn.
                     biased;
                     read = read_server(server) => Event::Server(read),
-                    read = client.read_buf(client_in) => Event::Client(read),
+                    read = client.fill(client_in) => Event::Client(read),
                     () = &mut stop, if !self.closing => Event::Shutdown,
                     views = &mut view_change, if attached => Event::View(views),
                 }
@@ -672,12 +672,14 @@ impl Session {
             None => {}
         }
         let mut query_transaction = None;
+        let mut pins = false;
         match &message {
             FrontendMessage::Query { sql } => {
                 let classification =
                     query.unwrap_or_else(|| self.shared.settings.classifier.classify(sql));
                 self.note_statement(&classification);
                 query_transaction = classification.transaction();
+                pins = classification.pin.is_some();
             }
             FrontendMessage::Bind { statement, .. } => {
                 if let Some(def) = self.client_statement(statement) {
@@ -695,7 +697,9 @@ impl Session {
         let attached = self.server.as_mut().expect("attached before forwarding");
         match message {
             FrontendMessage::Query { sql } => {
-                attached.dirty |= transaction_pooling && sql_changes_session(&sql);
+                // A call of one of those functions pins (whatever the router's policy does
+                // with the pin): a text that pins nothing is not searched for them.
+                attached.dirty |= transaction_pooling && pins && sql_changes_session(&sql);
                 self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Query, None);
                 let ends = match query_transaction {
@@ -1271,7 +1275,7 @@ async fn read_server(server: &mut Option<Attached>) -> std::io::Result<usize> {
             if buf.capacity() - buf.len() < READ_CHUNK / 2 {
                 buf.reserve(READ_CHUNK);
             }
-            attached.conn.stream.read_buf(buf).await
+            attached.conn.stream.fill(buf).await
         }
         None => std::future::pending().await,
     }

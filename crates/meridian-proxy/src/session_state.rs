@@ -70,6 +70,7 @@ pub fn sql_changes_session(sql: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_core::classify::Classifier;
 
     #[test]
     fn session_changing_tags() {
@@ -117,6 +118,27 @@ mod tests {
         assert!(!sql_changes_session(
             b"SELECT set_config FROM pg_advisory_lock"
         ));
+    }
+
+    /// The session forwards a simple query to [`sql_changes_session`] only when the
+    /// classifier found a pin: every call it looks for must pin, whatever the side-effecting
+    /// function set.
+    #[test]
+    fn every_session_changing_call_pins() {
+        let no_write_functions = Classifier::with_write_functions::<&str>(&[]).unwrap();
+        for sql in [
+            "SELECT SET_CONFIG('work_mem', '1MB', false)",
+            "select pg_advisory_lock(1)",
+            "select pg_advisory_lock_shared(1)",
+            "select pg_try_advisory_lock(1, 2)",
+            "select pg_try_advisory_lock_shared(1)",
+            "SELECT 1; select x.set_config('a', 'b', false)",
+        ] {
+            assert!(sql_changes_session(sql.as_bytes()), "{sql}");
+            for classifier in [&Classifier::default(), &no_write_functions] {
+                assert!(classifier.classify(sql.as_bytes()).pin.is_some(), "{sql}");
+            }
+        }
     }
 
     #[test]
