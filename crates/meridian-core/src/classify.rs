@@ -114,6 +114,11 @@ use statement::{Cursor, MAX_NESTING};
 pub struct Classifier {
     functions: FunctionSet,
     standard_conforming_strings: bool,
+    /// Whether the byte-level shortcut may decide an `INSERT ... VALUES (...)`: the scan takes
+    /// `VALUES (` for a call of `values`, so not when a pattern matches that name.
+    plain_inserts: bool,
+    /// The classifications of [`plain::TRANSACTION_WORDS`], for the shortcut.
+    transactions: [Classification; 4],
 }
 
 impl Classifier {
@@ -135,19 +140,27 @@ impl Classifier {
             .iter()
             .copied()
             .chain(extra_write_functions.iter().map(AsRef::as_ref));
-        Ok(Classifier {
-            functions: FunctionSet::new(patterns)?,
-            standard_conforming_strings: true,
-        })
+        Ok(Classifier::with_functions(FunctionSet::new(patterns)?))
     }
 
     /// A classifier whose side-effecting functions are exactly `patterns`, for operators who
     /// want to drop a built-in one (start from [`DEFAULT_WRITE_FUNCTIONS`]).
     pub fn with_write_functions<S: AsRef<str>>(patterns: &[S]) -> Result<Classifier, PatternError> {
-        Ok(Classifier {
-            functions: FunctionSet::new(patterns.iter().map(AsRef::as_ref))?,
+        Ok(Classifier::with_functions(FunctionSet::new(
+            patterns.iter().map(AsRef::as_ref),
+        )?))
+    }
+
+    fn with_functions(functions: FunctionSet) -> Classifier {
+        let mut classifier = Classifier {
+            plain_inserts: !functions.matches(b"values", true),
+            functions,
             standard_conforming_strings: true,
-        })
+            transactions: [Classification::empty(); 4],
+        };
+        classifier.transactions =
+            plain::TRANSACTION_WORDS.map(|sql| classifier.classify_tokens(sql));
+        classifier
     }
 
     /// Sets whether the server has `standard_conforming_strings` on (the default). Off, a
@@ -162,9 +175,10 @@ impl Classifier {
     /// [`Flags::MULTIPLE_STATEMENTS`]). The text is bytes in the client's encoding; any bytes
     /// are accepted.
     pub fn classify(&self, sql: &[u8]) -> Classification {
-        match plain::plain(sql) {
+        match plain::plain(sql, self.plain_inserts) {
             Some(Plain::Read) => combine([statement::plain_read()]),
             Some(Plain::Write(command)) => combine([statement::plain_write(command)]),
+            Some(Plain::Transaction(k)) => self.transactions[k],
             None => self.classify_tokens(sql),
         }
     }
@@ -402,7 +416,7 @@ mod tests {
     }
 
     /// The byte-level shortcut for plain statements never changes an answer: over random
-    /// `SELECT`s, `UPDATE`s and `DELETE`s made of the words and characters that decide a
+    /// `SELECT`s, `UPDATE`s, `DELETE`s and `INSERT`s made of the words and characters that decide a
     /// statement (key words of every case, numbers glued to letters, quotes, comments, dollar
     /// quotes, parentheses, semicolons, non-ASCII), `classify` equals the full classifier's
     /// verdict, and the shortcut takes a good share of each kind (a shortcut that takes
@@ -412,7 +426,18 @@ mod tests {
         use proptest::prelude::*;
         use proptest::test_runner::{Config, TestRunner};
 
-        const HEADS: &[&str] = &["SELECT ", "UPDATE t SET ", "DELETE FROM t "];
+        const HEADS: &[&str] = &[
+            "SELECT ",
+            "UPDATE t SET ",
+            "DELETE FROM t ",
+            "INSERT INTO t VALUES (",
+            "insert into s.t (a, b) values ",
+            "INSERT INTO t ",
+            "BEGIN",
+            "end ",
+            "Commit;",
+            "ROLLBACK",
+        ];
         const PIECES: &[&str] = &[
             "SELECT",
             "select",
@@ -468,6 +493,13 @@ mod tests {
             "as",
             "with",
             "temp",
+            "values",
+            "VALUES (",
+            "DEFAULT",
+            "returning",
+            "on conflict",
+            "set_config",
+            "currval",
         ];
         const GLUE: &[&str] = &[" ", "", "\n", "\t"];
         let text = (
@@ -486,7 +518,9 @@ mod tests {
                 text
             });
         let classifier = Classifier::default();
-        let taken = std::cell::RefCell::new([0u32; 3]);
+        // One whose side-effecting functions include `values`: `VALUES (` calls it.
+        let values = Classifier::new(&["v*"]).unwrap();
+        let taken = std::cell::RefCell::new([0u32; 4]);
         let mut runner = TestRunner::new(Config {
             cases: 30_000,
             failure_persistence: None,
@@ -496,11 +530,13 @@ mod tests {
             .run(&text, |text| {
                 let sql = text.as_bytes();
                 prop_assert_eq!(classifier.classify(sql), classifier.classify_tokens(sql));
-                let kind = match plain::plain(sql) {
+                prop_assert_eq!(values.classify(sql), values.classify_tokens(sql));
+                let kind = match plain::plain(sql, true) {
                     Some(Plain::Read) => 0,
                     Some(Plain::Write(Command::Update)) => 1,
-                    Some(Plain::Write(_)) => 2,
-                    None => return Ok(()),
+                    Some(Plain::Write(Command::Delete)) => 2,
+                    Some(Plain::Write(_)) => 3,
+                    Some(Plain::Transaction(_)) | None => return Ok(()),
                 };
                 taken.borrow_mut()[kind] += 1;
                 Ok(())

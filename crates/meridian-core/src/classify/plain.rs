@@ -1,17 +1,20 @@
-//! The common cases decided from their bytes: a plain `SELECT`, `UPDATE` or `DELETE`, the
-//! statements a proxy relays most.
+//! The common cases decided from their bytes: a plain `SELECT`, `UPDATE`, `DELETE` or
+//! `INSERT`, and a lone `BEGIN`, `COMMIT`, `END` or `ROLLBACK`, the statements a proxy relays
+//! most.
 //!
 //! [`plain`] recognises only texts that the full classifier would call a plain read (class
-//! `Read`, reason `Query`) or a plain write of their command (class `Write`, reason `UPDATE` or
-//! `DELETE`), with no flags, no pin and one statement, and it answers in one pass over the
-//! bytes, without tokens: no parenthesis (so no call, subquery or CTE), no string, quoted
-//! identifier, dollar quote or comment (so every word is SQL), and, for a `SELECT`, none of the
-//! words that can make a query write (`FOR` of a locking clause, `INTO`, and `INSERT`,
-//! `UPDATE`, `DELETE`, `MERGE`, which the scan takes as commands; in an `UPDATE` or `DELETE`
-//! only calls count). Anything it is not sure of, it leaves to the full classifier: `None`
-//! costs one partial pass, never a wrong answer. A test holds it to the full classifier's
-//! verdict over random texts built from the characters and words that matter, and over the
-//! statement corpus.
+//! `Read`, reason `Query`) or a plain write of their command (class `Write`, reason `UPDATE`,
+//! `DELETE` or `INSERT`), with no flags, no pin and one statement, or one of the four
+//! transaction control words alone (whose classifications the classifier holds ready). It
+//! answers in one pass over the bytes, without tokens: no string, quoted identifier, dollar
+//! quote or comment (so every word is SQL), no call (a word before a parenthesis), and, for a
+//! `SELECT`, no parenthesis at all (no subquery or CTE) and none of the words that can make a
+//! query write (`FOR` of a locking clause, `INTO`, and `INSERT`, `UPDATE`, `DELETE`, `MERGE`,
+//! which the scan takes as commands; in a write only calls count). An `INSERT` may have the
+//! parentheses of its column list, rows and expressions, which are not calls. Anything it is
+//! not sure of, it leaves to the full classifier: `None` costs one partial pass, never a wrong
+//! answer. A test holds it to the full classifier's verdict over random texts built from the
+//! characters and words that matter, and over the statement corpus.
 
 use super::classification::Command;
 use super::lexer::is_space;
@@ -21,9 +24,14 @@ use super::lexer::is_space;
 pub(super) enum Plain {
     /// A `SELECT` that reads.
     Read,
-    /// An `UPDATE` or `DELETE` that calls nothing.
+    /// An `UPDATE`, `DELETE` or `INSERT` that calls nothing.
     Write(Command),
+    /// The transaction control statement `TRANSACTION_WORDS[i]`, alone.
+    Transaction(usize),
 }
+
+/// The transaction control statements of one word that [`plain`] recognises.
+pub(super) const TRANSACTION_WORDS: [&[u8]; 4] = [b"begin", b"commit", b"end", b"rollback"];
 
 /// `[A-Za-z0-9_]`: a byte of a word or a number.
 const WORD: u8 = 1;
@@ -36,8 +44,8 @@ const SPACE: u8 = 4;
 
 /// The class of every byte. Those of none (0) need a closer look: `$` (a parameter `$1`, or a
 /// dollar quote), `-` (`--` starts a comment), `/` (`/*` does), `;` (the end of the
-/// statement); the others (quotes, parentheses, backslash, control and non-ASCII bytes) send
-/// the text to the full classifier.
+/// statement), parentheses (allowed in an `INSERT` unless they make a call); the others
+/// (quotes, backslash, control and non-ASCII bytes) send the text to the full classifier.
 const BYTES: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut i = 0;
@@ -60,53 +68,177 @@ fn is(b: u8, class: u8) -> bool {
 }
 
 /// What `sql` is, if it is one plain statement by the rules of this module's note; `None` when
-/// it is not or when telling needs the full classifier.
-pub(super) fn plain(sql: &[u8]) -> Option<Plain> {
-    let n = sql.len();
-    let mut i = 0;
-    while i < n && is(sql[i], SPACE) {
-        i += 1;
-    }
-    let plain = match sql.get(i..i + 6) {
-        Some(word) if word.eq_ignore_ascii_case(b"select") => Plain::Read,
-        Some(word) if word.eq_ignore_ascii_case(b"update") => Plain::Write(Command::Update),
-        Some(word) if word.eq_ignore_ascii_case(b"delete") => Plain::Write(Command::Delete),
+/// it is not or when telling needs the full classifier. `inserts`: whether `INSERT`s may be
+/// decided (not when the side-effecting functions include one named `values`).
+pub(super) fn plain(sql: &[u8], inserts: bool) -> Option<Plain> {
+    let start = skip_space(sql, 0);
+    let i = word_end(sql, start);
+    let word = &sql[start..i];
+    let plain = match word.len() {
+        6 if word.eq_ignore_ascii_case(b"select") => Plain::Read,
+        6 if word.eq_ignore_ascii_case(b"update") => Plain::Write(Command::Update),
+        6 if word.eq_ignore_ascii_case(b"delete") => Plain::Write(Command::Delete),
+        6 if inserts && word.eq_ignore_ascii_case(b"insert") => Plain::Write(Command::Insert),
+        3..=8 => {
+            let k = TRANSACTION_WORDS
+                .iter()
+                .position(|known| word.eq_ignore_ascii_case(known))?;
+            // Alone: nothing but a final `;` may follow.
+            return match &sql[skip_space(sql, i)..] {
+                [] => Some(Plain::Transaction(k)),
+                [b';', rest @ ..] if rest.iter().all(|&b| is(b, SPACE)) => {
+                    Some(Plain::Transaction(k))
+                }
+                _ => None,
+            };
+        }
         _ => return None,
     };
-    i += 6;
-    // The command must be a word of its own (`selectx`, `select1`, `select$1` are identifiers).
-    if matches!(sql.get(i), Some(&b) if is(b, WORD) || b == b'$') {
+    // The command must be a word of its own (`select$1` is an identifier).
+    if sql.get(i) == Some(&b'$') {
         return None;
     }
-    // Key words make a query write; in a write, only calls count.
-    let check_words = plain == Plain::Read;
+    match plain {
+        Plain::Write(Command::Insert) => insert(sql, i),
+        Plain::Write(command) => write(sql, i, command),
+        _ => select(sql, i),
+    }
+}
+
+/// The rest of a `SELECT` from `i`: no parenthesis, and none of the key words that make a
+/// query write.
+fn select(sql: &[u8], mut i: usize) -> Option<Plain> {
+    let n = sql.len();
     loop {
         let word = i;
-        while i < n && is(sql[i], WORD) {
-            i += 1;
-        }
-        if check_words && !harmless(&sql[word..i]) {
+        i = word_end(sql, i);
+        if !harmless(&sql[word..i]) {
             return None;
         }
         while i < n && is(sql[i], NEUTRAL) {
             i += 1;
         }
         let Some(&b) = sql.get(i) else {
-            return Some(plain);
+            return Some(Plain::Read);
         };
         if is(b, WORD) {
             continue;
         }
-        let next = sql.get(i + 1).copied();
-        match b {
-            b'$' if next.is_some_and(|n| n.is_ascii_digit()) => {}
-            b'-' if next != Some(b'-') => {}
-            b'/' if next != Some(b'*') => {}
-            b';' if sql[i + 1..].iter().all(|&b| is(b, SPACE)) => return Some(plain),
-            _ => return None,
+        if !other_byte_is_harmless(sql, i) {
+            return end_of_statement(sql, i).then_some(Plain::Read);
         }
         i += 1;
     }
+}
+
+/// The rest of an `UPDATE`, `DELETE` or `INSERT` from `i`: only calls count in a write, so the
+/// words pass with the bytes that mean nothing here. A parenthesis (only in an `INSERT`, whose
+/// column list [`insert`] has passed) is allowed unless a word other than `VALUES` stands
+/// before it: the full classifier's scan takes `name (` for a call, and `VALUES (` for a call
+/// of a function named `values`, which [`plain`] is told does not pin or write.
+fn write(sql: &[u8], mut i: usize, command: Command) -> Option<Plain> {
+    let parens = command == Command::Insert;
+    loop {
+        while i < sql.len() && BYTES[sql[i] as usize] != 0 {
+            i += 1;
+        }
+        let Some(&b) = sql.get(i) else {
+            return Some(Plain::Write(command));
+        };
+        let allowed = match b {
+            b'(' => parens && !follows_name(sql, i),
+            b')' => parens,
+            _ => other_byte_is_harmless(sql, i),
+        };
+        if !allowed {
+            return end_of_statement(sql, i).then_some(Plain::Write(command));
+        }
+        i += 1;
+    }
+}
+
+/// Whether the byte at `i`, of none of the classes, is part of the SQL and nothing more: a
+/// parameter's `$`, a `-` or `/` that does not open a comment.
+fn other_byte_is_harmless(sql: &[u8], i: usize) -> bool {
+    let next = sql.get(i + 1).copied();
+    match sql[i] {
+        b'$' => next.is_some_and(|n| n.is_ascii_digit()),
+        b'-' => next != Some(b'-'),
+        b'/' => next != Some(b'*'),
+        _ => false,
+    }
+}
+
+/// Whether the byte at `i` is a `;` followed by nothing but whitespace.
+fn end_of_statement(sql: &[u8], i: usize) -> bool {
+    sql[i] == b';' && sql[i + 1..].iter().all(|&b| is(b, SPACE))
+}
+
+/// Whether the `(` at `i` follows a word other than `VALUES` (whitespace between).
+fn follows_name(sql: &[u8], i: usize) -> bool {
+    let end = sql[..i]
+        .iter()
+        .rposition(|&b| !is(b, SPACE))
+        .map_or(0, |p| p + 1);
+    let start = sql[..end]
+        .iter()
+        .rposition(|&b| !is(b, WORD))
+        .map_or(0, |p| p + 1);
+    start < end && !sql[start..end].eq_ignore_ascii_case(b"values")
+}
+
+/// The rest of an `INSERT` from `i`, after its key word: `INTO`, the table's name (possibly
+/// qualified) and its column list (which the full classifier's scan does not take for a
+/// call's arguments), then the rest as [`write`] reads it.
+fn insert(sql: &[u8], i: usize) -> Option<Plain> {
+    let mut i = skip_space(sql, i);
+    let into = word_end(sql, i);
+    if i == into || !sql[i..into].eq_ignore_ascii_case(b"into") {
+        return None;
+    }
+    i = skip_space(sql, into);
+    // The table: words joined by dots.
+    loop {
+        let end = word_end(sql, i);
+        if end == i {
+            return None;
+        }
+        i = end;
+        if sql.get(i) != Some(&b'.') {
+            break;
+        }
+        i += 1;
+    }
+    i = skip_space(sql, i);
+    if sql.get(i) == Some(&b'(') {
+        // The column list: names and commas.
+        i += 1;
+        loop {
+            match sql.get(i) {
+                Some(b')') => break,
+                Some(&b) if is(b, WORD) || is(b, SPACE) || b == b',' || b == b'.' => i += 1,
+                _ => return None,
+            }
+        }
+        i += 1;
+    }
+    write(sql, i, Command::Insert)
+}
+
+/// The first byte at or after `i` that is not whitespace (or the end).
+fn skip_space(sql: &[u8], mut i: usize) -> usize {
+    while i < sql.len() && is(sql[i], SPACE) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the run of word bytes starting at `i`.
+fn word_end(sql: &[u8], mut i: usize) -> usize {
+    while i < sql.len() && is(sql[i], WORD) {
+        i += 1;
+    }
+    i
 }
 
 /// Whether a run of letters, digits and underscores is neither a word that can make a query
@@ -135,7 +267,7 @@ mod tests {
     use crate::classify::Command;
 
     fn is_plain_select(sql: &str) -> bool {
-        plain(sql.as_bytes()) == Some(Plain::Read)
+        plain(sql.as_bytes(), true) == Some(Plain::Read)
     }
 
     #[test]
@@ -160,7 +292,6 @@ mod tests {
         for sql in [
             "",
             "   ",
-            "INSERT INTO t VALUES (1)",
             "SELECTED",
             "select1",
             "SELECT$1",
@@ -180,23 +311,78 @@ mod tests {
             "SELECT é FROM t",
             "SELECT a FROM t\\",
         ] {
-            assert!(plain(sql.as_bytes()).is_none(), "{sql}");
+            assert!(plain(sql.as_bytes(), true).is_none(), "{sql}");
         }
     }
 
     #[test]
     fn plain_updates_and_deletes_are_writes_of_their_command() {
         let update = b"UPDATE pgbench_accounts SET abalance = abalance + -4381 WHERE aid = 60;";
-        assert_eq!(plain(update), Some(Plain::Write(Command::Update)));
+        assert_eq!(plain(update, true), Some(Plain::Write(Command::Update)));
         let delete = b"delete from t where id = $1 returning id, for_x, into_y";
-        assert_eq!(plain(delete), Some(Plain::Write(Command::Delete)));
+        assert_eq!(plain(delete, true), Some(Plain::Write(Command::Delete)));
         for sql in [
             "UPDATE t SET a = nextval('s')",
             "UPDATE t SET a = 1; SELECT pg_advisory_lock(1)",
             "DELETE FROM t WHERE a = 'x'",
             "updated",
         ] {
-            assert_eq!(plain(sql.as_bytes()), None, "{sql}");
+            assert_eq!(plain(sql.as_bytes(), true), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn lone_transaction_control_words_are_recognised() {
+        for (sql, k) in [
+            ("BEGIN;", 0),
+            ("  commit", 1),
+            ("END ;  \n", 2),
+            ("Rollback", 3),
+        ] {
+            assert_eq!(plain(sql.as_bytes(), true), Some(Plain::Transaction(k)));
+        }
+        for sql in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "BEGIN; SELECT 1",
+            "COMMIT AND CHAIN",
+            "END$1",
+            "ENDX",
+            "ROLLBACK TO SAVEPOINT a",
+            "BEGIN -- comment",
+        ] {
+            assert_eq!(plain(sql.as_bytes(), true), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn inserts_of_values_without_calls_are_writes() {
+        let insert = Some(Plain::Write(Command::Insert));
+        for sql in [
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES (37, 4, 604211, -4381, CURRENT_TIMESTAMP);",
+            "insert into s.t values ($1, $2), ($3, (4 + 5) * 6) returning id",
+            "INSERT INTO t(a) VALUES(1)",
+            "INSERT INTO t DEFAULT VALUES",
+            "INSERT INTO t SELECT a FROM u",
+            "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING ;\n",
+        ] {
+            assert_eq!(plain(sql.as_bytes(), true), insert, "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (nextval('s'))",
+            "INSERT INTO t VALUES (now())",
+            "INSERT INTO t VALUES (1) ON CONFLICT (a) DO NOTHING",
+            "INSERT INTO t AS x (a) VALUES (1)",
+            "INSERT INTO t (a(1)) VALUES (1)",
+            "INSERT INTO \"t\" VALUES (1)",
+            "INSERT INTO t VALUES ('x')",
+            "INSERT INTO t VALUES (1); SELECT 1",
+            "INSERT t VALUES (1)",
+            "INSERTX INTO t VALUES (1)",
+        ] {
+            assert_eq!(plain(sql.as_bytes(), true), None, "{sql}");
+        }
+        // With a side-effecting function named `values`, `VALUES (` is a call to it.
+        assert_eq!(plain(b"INSERT INTO t VALUES (1)", false), None);
     }
 }
