@@ -697,8 +697,9 @@ impl Session {
         let attached = self.server.as_mut().expect("attached before forwarding");
         match message {
             FrontendMessage::Query { sql } => {
-                // A call of one of those functions pins (whatever the router's policy does
-                // with the pin): a text that pins nothing is not searched for them.
+                // The calls `sql_changes_session` looks for (`set_config(..., false)`, the
+                // session advisory locks) always make the classifier report a pin, whatever
+                // the router's policy does with it: a text without one is not searched.
                 attached.dirty |= transaction_pooling && pins && sql_changes_session(&sql);
                 self.server_out.extend_from_slice(&raw);
                 self.tracker.forward(Expect::Query, None);
