@@ -684,6 +684,13 @@ impl Failover {
         match self.primary {
             None => self.adopt(now, out),
             Some(primary) if primary == node => {
+                // A node seen writable on a newer timeline while this primary still answered
+                // (the probes raced the promotion made outside Meridian): followed now that
+                // the primary fails, as if the probes had come the other way round.
+                if let (Err(_), Some(newer)) = (&observation.outcome, self.promoted_outside(node)) {
+                    self.follow_promoted(newer, primary, out);
+                    return;
+                }
                 if writable {
                     if self.suspicion.take().is_some() {
                         out.push(Action::Log(
@@ -707,25 +714,7 @@ impl Failover {
                 let timeline = self.status(node).and_then(|s| s.timeline);
                 let primary_failing = self.tracked[usize::from(primary.0)].consecutive_failures > 0;
                 if primary_failing && timeline > primary_timeline {
-                    out.push(Action::Log(
-                        Level::Warn,
-                        format!(
-                            "{} was promoted outside Meridian (timeline {:?}) while primary {} does not answer: following it",
-                            self.name(node),
-                            timeline,
-                            self.name(primary)
-                        ),
-                    ));
-                    self.needs_rejoin.insert(primary);
-                    self.suspicion = None;
-                    out.push(Action::Resolve(
-                        AlertKind::PrimaryUnreachable,
-                        Some(primary),
-                    ));
-                    self.generation += 1;
-                    self.primary = Some(node);
-                    self.orphaned = None;
-                    self.publish(out);
+                    self.follow_promoted(node, primary, out);
                 } else {
                     self.needs_rejoin.insert(node);
                     out.push(Action::Log(
@@ -743,6 +732,45 @@ impl Failover {
         if self.suspicion.is_some() {
             self.try_confirm(now, out);
         }
+    }
+
+    /// A node other than `primary` whose last probe found it writable on a newer timeline
+    /// than `primary`'s: promoted outside Meridian.
+    fn promoted_outside(&self, primary: NodeId) -> Option<NodeId> {
+        let primary_timeline = self.status(primary).and_then(|s| s.timeline);
+        self.nodes.iter().map(|n| n.id).find(|&id| {
+            id != primary
+                && self.tracked[usize::from(id.0)].consecutive_failures == 0
+                && self.status(id).is_some_and(|s| {
+                    !s.in_recovery && s.timeline.is_some() && s.timeline > primary_timeline
+                })
+        })
+    }
+
+    /// Makes `node`, promoted outside Meridian while `primary` does not answer, the primary
+    /// of a new generation; `primary` needs a rejoin.
+    fn follow_promoted(&mut self, node: NodeId, primary: NodeId, out: &mut Vec<Action>) {
+        let timeline = self.status(node).and_then(|s| s.timeline);
+        out.push(Action::Log(
+            Level::Warn,
+            format!(
+                "{} was promoted outside Meridian (timeline {:?}) while primary {} does not answer: following it",
+                self.name(node),
+                timeline,
+                self.name(primary)
+            ),
+        ));
+        self.needs_rejoin.remove(&node);
+        self.needs_rejoin.insert(primary);
+        self.suspicion = None;
+        out.push(Action::Resolve(
+            AlertKind::PrimaryUnreachable,
+            Some(primary),
+        ));
+        self.generation += 1;
+        self.primary = Some(node);
+        self.orphaned = None;
+        self.publish(out);
     }
 
     /// Chooses the first primary once every node has been observed: the writable one, or among
@@ -2093,6 +2121,54 @@ mod tests {
     #[test]
     fn the_writable_node_is_adopted_once_every_node_was_observed() {
         steady();
+    }
+
+    /// n1 promoted outside Meridian: writable, on timeline 2.
+    fn promoted(at: u64) -> Input {
+        let mut status = primary_status(120, &[]);
+        status.timeline = Some(2);
+        ok(1, at, status)
+    }
+
+    fn following_n1() -> Vec<Published> {
+        vec![Published {
+            generation: 2,
+            primary: Some(NodeId(1)),
+            paused: false,
+        }]
+    }
+
+    #[test]
+    fn a_replica_promoted_outside_meridian_after_the_primary_died_is_followed() {
+        let mut m = steady();
+        m.handle(Timestamp(1000), failed(0, 1000, ProbeError::Refused));
+        let actions = m.handle(Timestamp(1100), promoted(1100));
+        assert_eq!(published(&actions), following_n1());
+    }
+
+    #[test]
+    fn a_promotion_seen_before_the_primary_fails_is_followed_when_it_does() {
+        // The probes race the promotion: the promoted replica answers writable while the old
+        // primary's last probe still succeeded. The outcome must not depend on that order.
+        let mut m = steady();
+        assert!(published(&m.handle(Timestamp(1000), promoted(1000))).is_empty());
+        let actions = m.handle(Timestamp(1100), failed(0, 1100, ProbeError::Refused));
+        assert_eq!(published(&actions), following_n1());
+        assert!(work(&actions).is_empty(), "nothing to promote: {actions:?}");
+    }
+
+    #[test]
+    fn a_second_writable_node_on_the_same_timeline_is_not_followed() {
+        let mut m = steady();
+        // Writable on the primary's own timeline: a split brain, not a promotion.
+        m.handle(Timestamp(1000), ok(1, 1000, primary_status(120, &[])));
+        let actions = m.handle(Timestamp(1100), failed(0, 1100, ProbeError::Refused));
+        assert!(
+            published(&actions)
+                .iter()
+                .all(|p| p.primary != Some(NodeId(1))),
+            "{actions:?}"
+        );
     }
 
     #[test]
