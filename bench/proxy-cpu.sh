@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Where a pooler's CPU goes, per transaction: the same pgbench select-only run (transaction
-# pooling, primary only) through PgBouncer and through Meridian's data-plane thread, reporting
+# Where a pooler's CPU goes, per transaction: the same pgbench run (select-only unless told
+# otherwise; transaction pooling, primary only) through PgBouncer and through Meridian's data-plane thread, reporting
 # each one's CPU time per transaction (the scheduler's nanosecond count) and its user and
 # system parts (10 ms ticks: a coarse split) from /proc, without tracing, then the
 # system calls per transaction (a second, traced run: strace -c slows it, so its times are not
@@ -38,18 +38,24 @@ cpu_ns() { awk '{print $1}' "$1/schedstat"; }
 hz=$(getconf CLK_TCK)
 total=$((TX * CLIENTS))
 
+run_pgbench() { # port transactions-per-client (then the pgbench arguments)
+  local port=$1 tx=$2
+  shift 2
+  pgbench -n "$@" -c "$CLIENTS" -t "$tx" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1
+}
+
 measure() { # name port task (then the pgbench arguments)
   local name=$1 port=$2 task=$3
   shift 3
-  pgbench -n "$@" -c "$CLIENTS" -t 200 -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
+  run_pgbench "$port" 200 "$@" >/dev/null
   read -r u0 s0 < <(ticks "$task")
   c0=$(cpu_ns "$task")
-  tps=$(pgbench -n "$@" -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1 | awk '/^tps/ {print $3}')
+  tps=$(run_pgbench "$port" "$TX" "$@" | awk '/^tps/ {print $3}')
   c1=$(cpu_ns "$task")
   read -r u1 s1 < <(ticks "$task")
   strace -c -p "${task##*/}" -o "$work/$name.strace" 2>/dev/null & spid=$!
   sleep 0.5
-  pgbench -n "$@" -c "$CLIENTS" -t "$TX" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
+  run_pgbench "$port" "$TX" "$@" >/dev/null
   kill -INT "$spid"; wait "$spid" 2>/dev/null || true
   calls=$(awk '$NF ~ /^(sendto|recvfrom|epoll_wait|read|write|writev|readv)$/ {n += $4} END {print n}' "$work/$name.strace")
   printf '%-10s %8.0f tps  cpu %6.2f µs/tx = user %5.2f + system %6.2f  %4.2f syscalls/tx (%s)\n' "$name" "$tps" \

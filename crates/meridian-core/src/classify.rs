@@ -416,11 +416,12 @@ mod tests {
     }
 
     /// The byte-level shortcut for plain statements never changes an answer: over random
-    /// `SELECT`s, `UPDATE`s, `DELETE`s and `INSERT`s made of the words and characters that decide a
-    /// statement (key words of every case, numbers glued to letters, quotes, comments, dollar
-    /// quotes, parentheses, semicolons, non-ASCII), `classify` equals the full classifier's
-    /// verdict, and the shortcut takes a good share of each kind (a shortcut that takes
-    /// nothing would pass the first check too).
+    /// `SELECT`s, `UPDATE`s, `DELETE`s, `INSERT`s and transaction control words made of the
+    /// words and characters that decide a statement (key words of every case, numbers glued
+    /// to letters, quotes, comments, dollar quotes, parentheses, semicolons, non-ASCII),
+    /// `classify` equals the full classifier's verdict, also for a classifier that counts
+    /// `VALUES (` as a call, and the shortcut takes a good share of each kind of statement (a
+    /// shortcut that takes nothing would pass the first check too).
     #[test]
     fn the_plain_statement_shortcut_agrees_with_the_full_classifier() {
         use proptest::prelude::*;

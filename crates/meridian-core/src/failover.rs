@@ -710,10 +710,8 @@ impl Failover {
             Some(primary) if writable => {
                 // A second writable node. Promoted by someone else after the primary died (a
                 // newer timeline while the primary does not answer), or a split brain.
-                let primary_timeline = self.status(primary).and_then(|s| s.timeline);
-                let timeline = self.status(node).and_then(|s| s.timeline);
                 let primary_failing = self.tracked[usize::from(primary.0)].consecutive_failures > 0;
-                if primary_failing && timeline > primary_timeline {
+                if primary_failing && self.is_promoted_outside(node, primary) {
                     self.follow_promoted(node, primary, out);
                 } else {
                     self.needs_rejoin.insert(node);
@@ -734,17 +732,21 @@ impl Failover {
         }
     }
 
-    /// A node other than `primary` whose last probe found it writable on a newer timeline
-    /// than `primary`'s: promoted outside Meridian.
+    /// A node other than `primary` whose last probe succeeded and found it promoted outside
+    /// Meridian.
     fn promoted_outside(&self, primary: NodeId) -> Option<NodeId> {
-        let primary_timeline = self.status(primary).and_then(|s| s.timeline);
         self.nodes.iter().map(|n| n.id).find(|&id| {
             id != primary
                 && self.tracked[usize::from(id.0)].consecutive_failures == 0
-                && self.status(id).is_some_and(|s| {
-                    !s.in_recovery && s.timeline.is_some() && s.timeline > primary_timeline
-                })
+                && self.is_promoted_outside(id, primary)
         })
+    }
+
+    /// Whether `node` was last seen writable on a newer timeline than `primary`'s.
+    fn is_promoted_outside(&self, node: NodeId, primary: NodeId) -> bool {
+        let primary_timeline = self.status(primary).and_then(|s| s.timeline);
+        self.status(node)
+            .is_some_and(|s| !s.in_recovery && s.timeline > primary_timeline)
     }
 
     /// Makes `node`, promoted outside Meridian while `primary` does not answer, the primary

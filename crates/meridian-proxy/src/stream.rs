@@ -70,7 +70,7 @@ impl Stream {
     /// read path, polled for the client and the server on every turn.
     ///
     /// A plain socket is read through `try_io` once the runtime knows it is readable, which
-    /// skips the layers of tokio's read future (about 90 instructions per read, counted by
+    /// skips the layers of tokio's read future (under 100 instructions per read, counted by
     /// `bench/proxy-profile.sh`). Like that future, a read that does not fill the buffer
     /// clears the readiness it consumed (the socket is drained: epoll reports it again when
     /// more arrives), so the next turn waits instead of paying a system call to find the

@@ -4,9 +4,10 @@
 //! (shutdown, a new cluster view). `select!` polls every branch each time the task wakes,
 //! and polling a `watch` receiver that has nothing new costs a few hundred instructions (it
 //! takes the channel's lock to check its waiter), on each of the two or three turns of a
-//! transaction (about 600 of a select-only transaction's 10k instructions, callgrind). [`Woken`] gives the inner future a waker of its own that raises a flag
-//! before waking the task, and polls the inner future only when the flag is up (or the task's
-//! waker changed): a signal that did not fire costs an atomic swap.
+//! transaction (about 600 of a select-only transaction's 10k instructions, callgrind).
+//! [`Woken`] gives the inner future a waker of its own that raises a flag before waking the
+//! task, and polls the inner future only when the flag is up (or the task's waker changed): a
+//! signal that did not fire costs an atomic swap.
 //!
 //! Written here because no crate of the workspace offers it (`futures` has no such
 //! combinator; tokio's task machinery is private).

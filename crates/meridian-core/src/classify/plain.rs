@@ -84,13 +84,9 @@ pub(super) fn plain(sql: &[u8], inserts: bool) -> Option<Plain> {
                 .iter()
                 .position(|known| word.eq_ignore_ascii_case(known))?;
             // Alone: nothing but a final `;` may follow.
-            return match &sql[skip_space(sql, i)..] {
-                [] => Some(Plain::Transaction(k)),
-                [b';', rest @ ..] if rest.iter().all(|&b| is(b, SPACE)) => {
-                    Some(Plain::Transaction(k))
-                }
-                _ => None,
-            };
+            let rest = skip_space(sql, i);
+            return (rest == sql.len() || end_of_statement(sql, rest))
+                .then_some(Plain::Transaction(k));
         }
         _ => return None,
     };
