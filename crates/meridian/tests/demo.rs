@@ -15,8 +15,16 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A safety bound far above the demo's usual 30–40 s (debug build, loaded 2-core machine).
-const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
+/// A safety bound far above the demo's usual 30–40 s (debug build, loaded 2-core machine),
+/// and with [`STOP_TIMEOUT`] and [`STATEMENT_TIMEOUT`] under the test runner's 300 s, so that
+/// a demo that hangs fails here with everything it printed rather than being killed silently.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(200);
+
+/// How long the demo may take to stop once interrupted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How long a statement through the kept demo's Meridian may take.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `meridian demo`, its standard output and error collected line by line.
 struct Demo {
@@ -98,10 +106,10 @@ impl Demo {
     /// Waits for it to exit (within the safety bound) and for its output to be read to the
     /// end; returns its exit code and everything it printed.
     async fn finish(mut self) -> (Option<i32>, String) {
-        let status = match tokio::time::timeout(DEMO_TIMEOUT, self.child.wait()).await {
+        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
-                "the demo did not end within {DEMO_TIMEOUT:?}:\n{}",
+                "the demo did not end within {STOP_TIMEOUT:?}:\n{}",
                 self.output()
             ),
         };
@@ -157,19 +165,28 @@ async fn the_quick_demo_fails_over_twice_rejoins_and_loses_no_acknowledged_write
         .find_map(|l| l.trim().strip_prefix("psql \""))
         .and_then(|l| l.strip_suffix('"'))
         .unwrap_or_else(|| panic!("no psql line: {text}"));
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let port = client
-        .query_one(
-            "INSERT INTO demo_writes (writer, seq) VALUES (99, 1) RETURNING inet_server_port()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i32>(0);
-    drop(client);
+    let insert = async {
+        let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "INSERT INTO demo_writes (writer, seq) VALUES (99, 1) RETURNING inet_server_port()",
+                &[],
+            )
+            .await
+            .map(|row| row.get::<_, i32>(0))
+    };
+    let port = match tokio::time::timeout(STATEMENT_TIMEOUT, insert).await {
+        Ok(Ok(port)) => port,
+        Ok(Err(e)) => panic!(
+            "the write through the kept demo failed: {e}\n{}",
+            demo.output()
+        ),
+        Err(_) => panic!(
+            "the write through the kept demo had no answer within {STATEMENT_TIMEOUT:?}:\n{}",
+            demo.output()
+        ),
+    };
     // On eu-west-1, the primary after both failovers (its port: line 4 of postmaster.pid).
     let pid_file = dir.path().join("cluster/eu-west-1/data/postmaster.pid");
     let eu_west_1: i32 = std::fs::read_to_string(&pid_file)

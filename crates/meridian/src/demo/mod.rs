@@ -405,7 +405,7 @@ async fn scenario(
 
     let _ = stop_display.send(true);
     let _ = display.await;
-    let log = workload.stop().await;
+    let log = workload.stop(STEP_DEADLINE).await;
     let ended = Instant::now();
     screen.finish();
     let primary = primary_name(monitor).context("no primary at the end")?;

@@ -42,6 +42,8 @@ pub struct Results {
     rejoins: Vec<Rejoin>,
     acknowledged: usize,
     lost: Vec<(u32, i64)>,
+    /// Clients that had no answer when the workload stopped.
+    unanswered: Vec<String>,
     primary: String,
     reads_by_region: BTreeMap<&'static str, usize>,
 }
@@ -85,15 +87,18 @@ impl Results {
                 .filter(|w| w.acknowledged().is_some())
                 .count(),
             lost: report::lost(&log.writes, present),
+            unanswered: log.unanswered.clone(),
             primary,
             reads_by_region,
         }
     }
 
-    /// Every failover passed, every rejoin worked, nothing acknowledged was lost.
+    /// Every failover passed, every rejoin worked, every client had its answer, nothing
+    /// acknowledged was lost.
     pub fn passed(&self) -> bool {
         self.failovers.iter().all(|(_, _, passed)| *passed)
             && self.rejoins.iter().all(|(_, result)| result.is_ok())
+            && self.unanswered.is_empty()
             && self.lost.is_empty()
     }
 
@@ -170,6 +175,14 @@ impl Results {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if !self.unanswered.is_empty() {
+            let _ = writeln!(
+                out,
+                "  NO ANSWER: {} still waited for their statement when the workload stopped \
+                 (stopped after the bound)",
+                self.unanswered.join(", ")
+            );
+        }
         let missing = if self.lost.is_empty() {
             String::new()
         } else {
@@ -206,6 +219,7 @@ impl Results {
             "passed": self.passed(),
             "acknowledged": self.acknowledged,
             "lost": self.lost.iter().map(|(w, s)| json!([w, s])).collect::<Vec<_>>(),
+            "unanswered": self.unanswered,
             "final_primary": self.primary,
             "reads_by_region": self.reads_by_region,
             "failovers": self

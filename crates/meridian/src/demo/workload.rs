@@ -25,6 +25,10 @@ pub const TABLE: &str = "CREATE TABLE demo_writes (\
 pub struct Log {
     pub writes: Vec<Write>,
     pub reads: Vec<Read>,
+    /// The clients whose statement in flight had no answer when the workload stopped (within
+    /// the bound given to [`Workload::stop`]): a statement that hangs is a failure to report,
+    /// not one to wait for forever.
+    pub unanswered: Vec<String>,
 }
 
 /// The running clients.
@@ -32,7 +36,8 @@ pub struct Log {
 pub struct Workload {
     log: Arc<Mutex<Log>>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Each client's name (its `application_name`) and task.
+    tasks: Vec<(String, JoinHandle<()>)>,
 }
 
 /// How many clients, how often.
@@ -51,23 +56,27 @@ impl Workload {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         for writer in 1..=shape.writers {
-            tasks.push(tokio::spawn(write_loop(
-                format!("{conninfo} application_name=demo-writer-{writer}"),
+            let name = format!("demo-writer-{writer}");
+            let task = tokio::spawn(write_loop(
+                format!("{conninfo} application_name={name}"),
                 writer,
                 shape.write_every,
                 log.clone(),
                 stopped.clone(),
-            )));
+            ));
+            tasks.push((name, task));
         }
         for reader in 1..=shape.readers {
-            tasks.push(tokio::spawn(read_loop(
-                format!("{conninfo} application_name=demo-reader-{reader}"),
+            let name = format!("demo-reader-{reader}");
+            let task = tokio::spawn(read_loop(
+                format!("{conninfo} application_name={name}"),
                 // Each reader follows one writer's rows.
                 (reader - 1) % shape.writers.max(1) + 1,
                 shape.read_every,
                 log.clone(),
                 stopped.clone(),
-            )));
+            ));
+            tasks.push((name, task));
         }
         Workload { log, stop, tasks }
     }
@@ -82,13 +91,22 @@ impl Workload {
         self.log.clone()
     }
 
-    /// Stops every client after its statement in flight and returns the whole log.
-    pub async fn stop(self) -> Log {
+    /// Stops every client after its statement in flight and returns the whole log. A client
+    /// still waiting for an answer after `bound` is stopped where it is and named in
+    /// [`Log::unanswered`].
+    pub async fn stop(self, bound: Duration) -> Log {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut unanswered = Vec::new();
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                unanswered.push(name);
+            }
         }
-        std::mem::take(&mut *lock(&self.log))
+        let mut log = std::mem::take(&mut *lock(&self.log));
+        log.unanswered = unanswered;
+        log
     }
 }
 
@@ -217,5 +235,75 @@ async fn read_loop(
             .map(|port| port as u16)
             .map_err(|e| code(&e).unwrap_or_else(|| e.to_string()));
         lock(&log).reads.push(Read { sent, outcome });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_testkit::{Check, TestCluster, wait_until};
+
+    const SHAPE: Shape = Shape {
+        writers: 1,
+        readers: 1,
+        write_every: Duration::from_millis(10),
+        read_every: Duration::from_millis(10),
+    };
+
+    /// A statement that never gets its answer (the table locked by another session) does not
+    /// hold the stop forever: the clients waiting are stopped after the bound and named.
+    #[tokio::test]
+    async fn a_stop_names_the_clients_still_waiting_after_its_bound() {
+        let cluster = TestCluster::builder().replicas(0).start().await.unwrap();
+        let primary = cluster.primary();
+        primary.execute(TABLE).await.unwrap();
+
+        // Answered statements: the stop waits for them and names no one.
+        let workload = Workload::start(&primary.conninfo(), SHAPE);
+        wait_until(Duration::from_secs(30), "a write and a read", || async {
+            let log = workload.log();
+            let (writes, reads) = (log.writes.len(), log.reads.len());
+            Check::when(
+                writes > 0 && reads > 0,
+                (),
+                format!("{writes} writes, {reads} reads"),
+            )
+        })
+        .await
+        .unwrap();
+        let log = workload.stop(Duration::from_secs(30)).await;
+        assert!(log.unanswered.is_empty(), "{:?}", log.unanswered);
+        assert!(log.writes.iter().all(|w| w.acknowledged().is_some()));
+
+        // Now every statement waits on a lock held until the end of the test.
+        let locker = primary.client().await.unwrap();
+        locker
+            .batch_execute("BEGIN; LOCK TABLE demo_writes IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let workload = Workload::start(&primary.conninfo(), SHAPE);
+        wait_until(
+            Duration::from_secs(30),
+            "both clients blocked on the lock",
+            || async {
+                let waiting = primary
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name LIKE 'demo-%' AND wait_event_type = 'Lock'",
+                    )
+                    .await;
+                Check::when(
+                    matches!(&waiting, Ok(Some(n)) if n == "2"),
+                    (),
+                    format!("{waiting:?} waiting"),
+                )
+            },
+        )
+        .await
+        .unwrap();
+        let log = workload.stop(Duration::from_millis(500)).await;
+        assert_eq!(log.unanswered, ["demo-writer-1", "demo-reader-1"]);
+        assert!(log.writes.is_empty() && log.reads.is_empty(), "{log:?}");
+        locker.batch_execute("ROLLBACK").await.unwrap();
     }
 }
