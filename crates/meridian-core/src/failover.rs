@@ -36,7 +36,8 @@
 //! Failover: publish a paused view (the proxies hold new transactions), fence the old primary
 //! unless it is known dead, give the best candidate ([`crate::candidates`]) the synchronous
 //! replicas it must wait for (those of the old primary that survive, the gaps filled with
-//! replicas that will stream from it; none if the old primary was asynchronous) *before*
+//! replicas that will stream from it, never one that received WAL past the candidate's and so
+//! cannot follow its timeline; none if the old primary was asynchronous) *before*
 //! promoting it, so that its first commit already waits for them; promote it, publish the new
 //! view (generation + 1), repoint the other replicas (region leaders to the new primary, the
 //! other members of their region to their leader). Switchover: pause, fence the primary (its last WAL position comes back),
@@ -440,6 +441,10 @@ struct Run {
     synchronous: Option<String>,
     /// The names the candidate got before its promotion (then nothing is left to set after).
     secured: bool,
+    /// The WAL position the candidate's new timeline starts from, as last seen (its received
+    /// WAL when it was given its synchronous replicas): a replica that received more cannot
+    /// follow it.
+    fork: Option<Lsn>,
     /// The old primary was fenced (to undo if a switchover aborts).
     fenced: bool,
 }
@@ -1132,12 +1137,18 @@ impl Failover {
                     } else {
                         tracked.health.health()
                     },
-                    received: status.and_then(|s| s.receive_lsn.or(s.replay_lsn)),
+                    received: self.received(n.id),
                     latency: status.map(|s| s.latency),
                     synchronous: synchronous.contains(&*n.name),
                 })
             })
             .collect()
+    }
+
+    /// A replica's received WAL position (replayed, if it reports no receiver), as last seen.
+    fn received(&self, node: NodeId) -> Option<Lsn> {
+        self.status(node)
+            .and_then(|s| s.receive_lsn.or(s.replay_lsn))
     }
 
     fn synchronous_mode(&self, primary: NodeId) -> Option<String> {
@@ -1256,6 +1267,7 @@ impl Failover {
             pending: Vec::new(),
             synchronous,
             secured: false,
+            fork: None,
             fenced: false,
         };
         let old_error = self.tracked[usize::from(old.0)].last_error.clone();
@@ -1322,9 +1334,14 @@ impl Failover {
         else {
             return;
         };
+        let fork = self.received(new);
+        if let Some(run) = &mut self.run {
+            run.fork = fork;
+        }
         let value = synchronous
             .and_then(|names| {
-                new_synchronous(&names, &self.name(new), &self.synchronous_candidates(new))
+                let live = self.synchronous_candidates(new, fork, out);
+                new_synchronous(&names, &self.name(new), &live)
             })
             .unwrap_or_default();
         self.set_stage(Stage::Securing, now);
@@ -1565,6 +1582,7 @@ impl Failover {
         self.suspicion = None;
         self.needs_rejoin.insert(old);
         let synchronous = run.synchronous.clone().filter(|_| !run.secured);
+        let fork = run.fork;
         self.publish(out);
         self.phase("publish", now, format!("generation {}", self.generation));
         out.push(Action::Log(
@@ -1580,7 +1598,7 @@ impl Failover {
             self.execute(now, Work::Repoint { node, upstream }, out);
         }
         if let Some(names) = synchronous {
-            let live: Vec<Arc<str>> = self.synchronous_candidates(new);
+            let live: Vec<Arc<str>> = self.synchronous_candidates(new, fork, out);
             match new_synchronous(&names, &self.name(new), &live) {
                 Some(value) => self.execute(now, Work::SetSynchronous { node: new, value }, out),
                 None => out.push(Action::Log(
@@ -1614,14 +1632,39 @@ impl Failover {
     /// has streaming from it directly (a cascaded replica never connects to the primary, so
     /// naming it in `synchronous_standby_names` would make commits wait forever), those of its
     /// region first, then in configuration order.
-    fn synchronous_candidates(&self, primary: NodeId) -> Vec<Arc<str>> {
+    ///
+    /// Nor a replica that received WAL past `fork`, where the new primary's timeline begins:
+    /// the old primary sent it WAL the candidate never had (an asynchronous replica may be
+    /// ahead of the synchronous one promoted), so it cannot follow the new timeline until it is
+    /// rewound (rejoined) and would never confirm a commit. Each one left out is logged.
+    fn synchronous_candidates(
+        &self,
+        primary: NodeId,
+        fork: Option<Lsn>,
+        out: &mut Vec<Action>,
+    ) -> Vec<Arc<str>> {
         let region = self.spec(primary).region.clone();
-        let mut direct: Vec<&NodeSpec> = self
-            .upstreams(primary)
-            .into_iter()
-            .filter(|&(_, upstream)| upstream == primary)
-            .map(|(node, _)| self.spec(node))
-            .collect();
+        let mut direct: Vec<&NodeSpec> = Vec::new();
+        for (node, upstream) in self.upstreams(primary) {
+            if upstream != primary {
+                continue;
+            }
+            if let (Some(fork), Some(received)) = (fork, self.received(node))
+                && received > fork
+            {
+                out.push(Action::Log(
+                    Level::Warn,
+                    format!(
+                        "{} received WAL up to {received}, past {fork} where {}'s timeline begins: it cannot follow {} until it is rejoined (pg_rewind), so commits do not wait for it",
+                        self.name(node),
+                        self.name(primary),
+                        self.name(primary)
+                    ),
+                ));
+                continue;
+            }
+            direct.push(self.spec(node));
+        }
         direct.sort_by_key(|n| n.region != region);
         direct.into_iter().map(|n| n.name.clone()).collect()
     }
@@ -1876,6 +1919,7 @@ impl Failover {
                     pending: Vec::new(),
                     synchronous: None,
                     secured: false,
+                    fork: None,
                     fenced: false,
                 });
                 self.execute(
@@ -2751,6 +2795,56 @@ mod tests {
             },
         );
         assert_eq!(published(&out)[0].generation, 4);
+    }
+
+    /// A synchronous primary (`ANY 2 (n1, n2)`) dies while its asynchronous replica n3 had
+    /// received more WAL than either synchronous one (commits not yet confirmed by both). n3
+    /// cannot follow the promoted n1's timeline without a rewind: naming it among n1's
+    /// synchronous replicas would make every commit wait forever. n2 alone is named.
+    #[test]
+    fn a_replica_ahead_of_the_promoted_one_is_not_named_synchronous() {
+        let mut m = Failover::new(
+            FailoverPolicy::default(),
+            (0..4).map(|id| spec(id, "us", 10)).collect(),
+            1,
+        );
+        let primary = NodeStatus {
+            synchronous_standby_names: "ANY 2 (n1, n2)".into(),
+            ..primary_status(100, &[("n1", "quorum"), ("n2", "quorum"), ("n3", "async")])
+        };
+        m.handle(Timestamp(0), ok(0, 0, primary));
+        for node in 1..4 {
+            m.handle(
+                Timestamp(0),
+                ok(node, 0, replica_status(100, Some(5000), Duration::ZERO)),
+            );
+        }
+        let mut started = m.handle(Timestamp(1000), failed(0, 1000, ProbeError::Refused));
+        for at in [1200, 1400] {
+            for (node, received) in [(1, 150), (2, 140), (3, 170)] {
+                m.handle(
+                    Timestamp(at),
+                    ok(node, at, replica_status(received, None, Duration::ZERO)),
+                );
+            }
+            started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
+        }
+        let [(_, Work::SetSynchronous { node, value })] = &work(&started)[..] else {
+            panic!("the candidate's synchronous setting comes first: {started:?}");
+        };
+        assert_eq!(
+            *node,
+            NodeId(1),
+            "the synchronous replica with the most WAL"
+        );
+        assert_eq!(value, "ANY 1 (\"n2\")");
+        assert!(
+            started.iter().any(|a| matches!(a,
+                Action::Log(Level::Warn, message)
+                    if message.starts_with("n3 received WAL up to")
+                        && message.contains("until it is rejoined"))),
+            "{started:?}"
+        );
     }
 
     #[test]

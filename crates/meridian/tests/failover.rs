@@ -738,3 +738,80 @@ async fn an_old_primary_back_on_its_timeline_gets_no_writes_until_rejoined_from_
         )
         .await;
 }
+
+/// The synchronous replica main-2 stops receiving (its link blackholed) while a
+/// commit waits for it; the asynchronous main-3 receives that commit's WAL; then the primary
+/// dies. main-2, holding every acknowledged commit, is promoted; main-3 is ahead of it and
+/// cannot follow its timeline without a rewind. Were main-3 named among main-2's synchronous
+/// replicas (the old primary's `ANY 1 (main-2)` with the promoted name replaced), every commit
+/// on the new primary would wait forever: writes through Meridian must commit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_ahead_of_the_promoted_one_does_not_hold_its_commits() {
+    use meridian_testkit::{Direction, Fault};
+    let cluster = TestCluster::builder()
+        .replicas(2)
+        .synchronous_among(1, &["main-2"])
+        .replication_links()
+        .start()
+        .await
+        .unwrap();
+    cluster.primary().execute(TABLE).await.unwrap();
+    cluster.wait_replicated(TIMEOUT).await.unwrap();
+    let meridian = Meridian::start(&cluster, Some(TOKEN), "").await;
+
+    let link = cluster.replication_link("main-2").unwrap();
+    link.set(Direction::ToClient, Fault::Blackhole);
+    let direct = cluster.primary().client().await.unwrap();
+    // Never acknowledged: main-2 does not confirm it, and the primary dies waiting.
+    let unconfirmed =
+        tokio::spawn(async move { direct.execute("INSERT INTO writes VALUES (1)", &[]).await });
+    let main_3 = cluster.node("main-3");
+    wait_until(
+        TIMEOUT,
+        "main-3 to replay the unconfirmed commit",
+        || async {
+            let count = main_3.query_one("SELECT count(*) FROM writes").await;
+            Check::when(
+                matches!(&count, Ok(Some(n)) if n == "1"),
+                (),
+                format!("{count:?}"),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    // The link stays blackholed: what it holds never reaches main-2.
+    cluster.primary().kill();
+    assert!(unconfirmed.await.unwrap().is_err(), "never acknowledged");
+
+    let history = meridian.wait_run_finished().await;
+    let run = &history[0];
+    assert_eq!(run["outcome"], "completed", "{run:#}\n{}", meridian.log());
+    assert_eq!(
+        run["new_primary"], "main-2",
+        "the synchronous replica: {run:#}"
+    );
+    let write = async {
+        let client = connect(meridian.port).await?;
+        client
+            .query_one(
+                "INSERT INTO writes VALUES (2) RETURNING inet_server_port()",
+                &[],
+            )
+            .await
+            .map(|row| row.get::<_, i32>(0))
+    };
+    let port = match tokio::time::timeout(WRITE_GAP, write).await {
+        Ok(result) => result.unwrap_or_else(|e| panic!("{e}\n{}", meridian.log())),
+        Err(_) => panic!(
+            "a write on the new primary had no answer within {WRITE_GAP:?}:\n{}",
+            meridian.log()
+        ),
+    };
+    assert_eq!(port, i32::from(cluster.node("main-2").port()));
+    let log = meridian.log();
+    assert!(
+        log.contains("main-3 received WAL up to") && log.contains("until it is rejoined"),
+        "the replica left out is named: {log}"
+    );
+}
