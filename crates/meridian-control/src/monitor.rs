@@ -1211,7 +1211,14 @@ pub fn view_of(status: &ClusterStatus) -> ClusterView {
                 host: n.host.clone(),
                 port: n.port,
                 role: n.role,
-                health: n.health,
+                // A node awaiting rejoin serves nothing: an old primary writable on its own
+                // timeline, or a replica holding WAL the primary's timeline lacks (it could
+                // answer reads with a commit that was never acknowledged).
+                health: if n.needs_rejoin {
+                    Health::Down
+                } else {
+                    n.health
+                },
                 lag: n.lag,
                 replayed: n.lsn.filter(|_| n.role == Role::Replica),
                 latency: n.latency,

@@ -441,10 +441,9 @@ struct Run {
     synchronous: Option<String>,
     /// The names the candidate got before its promotion (then nothing is left to set after).
     secured: bool,
-    /// The WAL position the candidate's new timeline starts from, as last seen (its received
-    /// WAL when it was given its synchronous replicas): a replica that received more cannot
-    /// follow it.
-    fork: Option<Lsn>,
+    /// The replicas that received more WAL than the candidate when it was given its
+    /// synchronous replicas, just before its promotion: they cannot follow its timeline.
+    ahead: BTreeSet<NodeId>,
     /// The old primary was fenced (to undo if a switchover aborts).
     fenced: bool,
 }
@@ -468,6 +467,13 @@ pub struct Failover {
     completed: Option<RunRecord>,
     last_automatic: Option<Timestamp>,
     needs_rejoin: BTreeSet<NodeId>,
+    /// Replicas that received WAL past the point where the primary's timeline began (ahead of
+    /// the replica promoted), with the position they received: they cannot follow it until
+    /// rejoined, so they are neither candidates nor served traffic (reported as needing
+    /// rejoin) until a rejoin of theirs succeeds or a probe sees them replay past that
+    /// position (which a replica stuck on the old timeline never does; its WAL receiver's
+    /// timeline says nothing, as it fetches the new timeline's history all the same).
+    diverged: BTreeMap<NodeId, Lsn>,
     next_step: u64,
     next_run: u64,
     /// This instance leads (or is alone): it may fail over and take commands.
@@ -522,6 +528,7 @@ impl Failover {
             completed: None,
             last_automatic: None,
             needs_rejoin: BTreeSet::new(),
+            diverged: BTreeMap::new(),
             next_step: 1,
             next_run: next_run.max(1),
             active: true,
@@ -538,7 +545,14 @@ impl Failover {
             suspect_since: self.suspicion.as_ref().map(|s| s.since),
             running: self.run.as_ref().map(|r| r.record.id),
             halted: self.halted.clone(),
-            needs_rejoin: self.needs_rejoin.iter().copied().collect(),
+            needs_rejoin: self
+                .needs_rejoin
+                .iter()
+                .chain(self.diverged.keys())
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -673,6 +687,19 @@ impl Failover {
         }
         let writable = matches!(&observation.outcome, Ok(status) if !status.in_recovery);
 
+        if let Some(&stuck) = self.diverged.get(&node)
+            && matches!(&observation.outcome,
+                Ok(status) if status.in_recovery && status.replay_lsn.is_some_and(|r| r > stuck))
+        {
+            self.diverged.remove(&node);
+            out.push(Action::Log(
+                Level::Info,
+                format!(
+                    "{} replays past {stuck}: it follows the primary's timeline",
+                    self.name(node)
+                ),
+            ));
+        }
         if self.needs_rejoin.contains(&node) {
             if matches!(&observation.outcome, Ok(status) if status.in_recovery) {
                 self.needs_rejoin.remove(&node);
@@ -1116,7 +1143,11 @@ impl Failover {
             .unwrap_or_default();
         self.nodes
             .iter()
-            .filter(|n| Some(n.id) != primary && !self.needs_rejoin.contains(&n.id))
+            .filter(|n| {
+                Some(n.id) != primary
+                    && !self.needs_rejoin.contains(&n.id)
+                    && !self.diverged.contains_key(&n.id)
+            })
             .filter_map(|n| {
                 let tracked = &self.tracked[usize::from(n.id.0)];
                 let status = tracked.last_ok.as_ref().map(|(_, s)| s);
@@ -1267,7 +1298,7 @@ impl Failover {
             pending: Vec::new(),
             synchronous,
             secured: false,
-            fork: None,
+            ahead: BTreeSet::new(),
             fenced: false,
         };
         let old_error = self.tracked[usize::from(old.0)].last_error.clone();
@@ -1335,15 +1366,29 @@ impl Failover {
             return;
         };
         let fork = self.received(new);
-        if let Some(run) = &mut self.run {
-            run.fork = fork;
+        let ahead = self.ahead_of(new, fork);
+        for &node in &ahead {
+            out.push(Action::Log(
+                Level::Warn,
+                format!(
+                    "{} received WAL up to {}, past {} where {}'s timeline will begin: it cannot follow {} until it is rejoined (pg_rewind); until then commits do not wait for it and no traffic goes to it",
+                    self.name(node),
+                    self.received(node).map(|l| l.to_string()).unwrap_or_default(),
+                    fork.map(|l| l.to_string()).unwrap_or_default(),
+                    self.name(new),
+                    self.name(new)
+                ),
+            ));
         }
         let value = synchronous
             .and_then(|names| {
-                let live = self.synchronous_candidates(new, fork, out);
+                let live = self.synchronous_candidates(new, &ahead);
                 new_synchronous(&names, &self.name(new), &live)
             })
             .unwrap_or_default();
+        if let Some(run) = &mut self.run {
+            run.ahead = ahead;
+        }
         self.set_stage(Stage::Securing, now);
         self.execute(now, Work::SetSynchronous { node: new, value }, out);
     }
@@ -1520,6 +1565,8 @@ impl Failover {
                 let failed = result.is_err();
                 let outcome = match result {
                     Ok(_) => {
+                        // Rewound onto the primary's timeline.
+                        self.diverged.remove(node);
                         // It runs again: look at it now rather than when its probe's reconnect
                         // backoff (up to reconnect_max) next allows.
                         out.push(Action::Probe(vec![*node]));
@@ -1582,7 +1629,12 @@ impl Failover {
         self.suspicion = None;
         self.needs_rejoin.insert(old);
         let synchronous = run.synchronous.clone().filter(|_| !run.secured);
-        let fork = run.fork;
+        let ahead = run.ahead.clone();
+        for &node in &ahead {
+            if let Some(received) = self.received(node) {
+                self.diverged.insert(node, received);
+            }
+        }
         self.publish(out);
         self.phase("publish", now, format!("generation {}", self.generation));
         out.push(Action::Log(
@@ -1598,7 +1650,7 @@ impl Failover {
             self.execute(now, Work::Repoint { node, upstream }, out);
         }
         if let Some(names) = synchronous {
-            let live: Vec<Arc<str>> = self.synchronous_candidates(new, fork, out);
+            let live: Vec<Arc<str>> = self.synchronous_candidates(new, &ahead);
             match new_synchronous(&names, &self.name(new), &live) {
                 Some(value) => self.execute(now, Work::SetSynchronous { node: new, value }, out),
                 None => out.push(Action::Log(
@@ -1631,42 +1683,36 @@ impl Failover {
     /// The replicas that may replicate synchronously from `primary`: those the repoint plan
     /// has streaming from it directly (a cascaded replica never connects to the primary, so
     /// naming it in `synchronous_standby_names` would make commits wait forever), those of its
-    /// region first, then in configuration order.
-    ///
-    /// Nor a replica that received WAL past `fork`, where the new primary's timeline begins:
-    /// the old primary sent it WAL the candidate never had (an asynchronous replica may be
-    /// ahead of the synchronous one promoted), so it cannot follow the new timeline until it is
-    /// rewound (rejoined) and would never confirm a commit. Each one left out is logged.
-    fn synchronous_candidates(
-        &self,
-        primary: NodeId,
-        fork: Option<Lsn>,
-        out: &mut Vec<Action>,
-    ) -> Vec<Arc<str>> {
+    /// region first, then in configuration order; never one of `ahead` (see
+    /// [`ahead_of`](Self::ahead_of)), which would never confirm a commit either.
+    fn synchronous_candidates(&self, primary: NodeId, ahead: &BTreeSet<NodeId>) -> Vec<Arc<str>> {
         let region = self.spec(primary).region.clone();
-        let mut direct: Vec<&NodeSpec> = Vec::new();
-        for (node, upstream) in self.upstreams(primary) {
-            if upstream != primary {
-                continue;
-            }
-            if let (Some(fork), Some(received)) = (fork, self.received(node))
-                && received > fork
-            {
-                out.push(Action::Log(
-                    Level::Warn,
-                    format!(
-                        "{} received WAL up to {received}, past {fork} where {}'s timeline begins: it cannot follow {} until it is rejoined (pg_rewind), so commits do not wait for it",
-                        self.name(node),
-                        self.name(primary),
-                        self.name(primary)
-                    ),
-                ));
-                continue;
-            }
-            direct.push(self.spec(node));
-        }
+        let mut direct: Vec<&NodeSpec> = self
+            .upstreams(primary)
+            .into_iter()
+            .filter(|&(node, upstream)| upstream == primary && !ahead.contains(&node))
+            .map(|(node, _)| self.spec(node))
+            .collect();
         direct.sort_by_key(|n| n.region != region);
         direct.into_iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// The live replicas that received WAL past `fork`, where the `candidate`'s timeline will
+    /// begin once it is promoted: the old primary sent them WAL the candidate never had (an
+    /// asynchronous replica may be ahead of the synchronous one promoted), so they cannot
+    /// follow the new timeline until they are rewound (rejoined). Asked just before the
+    /// promotion, when the old timeline no longer moves; a replica streaming from the
+    /// candidate itself is never ahead of it, whatever the timing of the probes says.
+    fn ahead_of(&self, candidate: NodeId, fork: Option<Lsn>) -> BTreeSet<NodeId> {
+        let Some(fork) = fork else {
+            return BTreeSet::new();
+        };
+        self.upstreams(candidate)
+            .into_iter()
+            .map(|(node, _)| node)
+            .filter(|&node| self.streams_from(node) != Some(candidate))
+            .filter(|&node| self.received(node).is_some_and(|received| received > fork))
+            .collect()
     }
 
     /// Where each surviving replica should stream from: the new primary for its own region and
@@ -1919,7 +1965,7 @@ impl Failover {
                     pending: Vec::new(),
                     synchronous: None,
                     secured: false,
-                    fork: None,
+                    ahead: BTreeSet::new(),
                     fenced: false,
                 });
                 self.execute(
@@ -2800,9 +2846,11 @@ mod tests {
     /// A synchronous primary (`ANY 2 (n1, n2)`) dies while its asynchronous replica n3 had
     /// received more WAL than either synchronous one (commits not yet confirmed by both). n3
     /// cannot follow the promoted n1's timeline without a rewind: naming it among n1's
-    /// synchronous replicas would make every commit wait forever. n2 alone is named.
+    /// synchronous replicas would make every commit wait forever, so n2 alone is named; and
+    /// until a probe sees n3 replay past where it was stuck (rejoined), it needs rejoin and is
+    /// no candidate.
     #[test]
-    fn a_replica_ahead_of_the_promoted_one_is_not_named_synchronous() {
+    fn a_replica_ahead_of_the_promoted_one_is_left_out_until_it_follows_its_timeline() {
         let mut m = Failover::new(
             FailoverPolicy::default(),
             (0..4).map(|id| spec(id, "us", 10)).collect(),
@@ -2829,7 +2877,7 @@ mod tests {
             }
             started.extend(m.handle(Timestamp(at), failed(0, at, ProbeError::Refused)));
         }
-        let [(_, Work::SetSynchronous { node, value })] = &work(&started)[..] else {
+        let [(step, Work::SetSynchronous { node, value })] = &work(&started)[..] else {
             panic!("the candidate's synchronous setting comes first: {started:?}");
         };
         assert_eq!(
@@ -2844,6 +2892,57 @@ mod tests {
                     if message.starts_with("n3 received WAL up to")
                         && message.contains("until it is rejoined"))),
             "{started:?}"
+        );
+        assert_eq!(
+            m.state().needs_rejoin,
+            Vec::<NodeId>::new(),
+            "not before the promotion"
+        );
+
+        let promote = m.handle(
+            Timestamp(1450),
+            Input::Outcome {
+                step: *step,
+                result: Ok(StepOutput::Done),
+            },
+        );
+        let [(promote, Work::Promote { node: NodeId(1) })] = &work(&promote)[..] else {
+            panic!("n1 is promoted: {promote:?}");
+        };
+        m.handle(
+            Timestamp(1600),
+            Input::Outcome {
+                step: *promote,
+                result: Ok(StepOutput::Promoted { timeline: Some(2) }),
+            },
+        );
+        assert_eq!(m.state().needs_rejoin, vec![NodeId(0), NodeId(3)]);
+        assert!(
+            m.candidates(Some(NodeId(1)))
+                .iter()
+                .all(|c| c.node != NodeId(3)),
+            "n3 is never promoted: it would drop n1's timeline"
+        );
+
+        // n3 stays where it was stuck (its receiver may well report the new timeline), then
+        // (rejoined) replays past it.
+        m.handle(Timestamp(2000), ok(1, 2000, primary_status(200, &[])));
+        let stuck = NodeStatus {
+            timeline: Some(2),
+            ..replica_status(170, Some(5001), Duration::ZERO)
+        };
+        m.handle(Timestamp(2000), ok(3, 2000, stuck));
+        assert_eq!(m.state().needs_rejoin, vec![NodeId(0), NodeId(3)]);
+        let followed = m.handle(
+            Timestamp(3000),
+            ok(3, 3000, replica_status(200, Some(5001), Duration::ZERO)),
+        );
+        assert_eq!(m.state().needs_rejoin, vec![NodeId(0)]);
+        assert!(
+            followed.iter().any(|a| matches!(a,
+                Action::Log(Level::Info, message)
+                    if message.starts_with("n3 replays past"))),
+            "{followed:?}"
         );
     }
 

@@ -744,9 +744,11 @@ async fn an_old_primary_back_on_its_timeline_gets_no_writes_until_rejoined_from_
 /// dies. main-2, holding every acknowledged commit, is promoted; main-3 is ahead of it and
 /// cannot follow its timeline without a rewind. Were main-3 named among main-2's synchronous
 /// replicas (the old primary's `ANY 1 (main-2)` with the promoted name replaced), every commit
-/// on the new primary would wait forever: writes through Meridian must commit again.
+/// on the new primary would wait forever: writes through Meridian must commit again. And
+/// main-3 holds a commit main-2 lacks: it needs a rejoin and serves no read until an
+/// operator's rejoin rewinds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_ahead_of_the_promoted_one_does_not_hold_its_commits() {
+async fn a_replica_ahead_of_the_promoted_one_neither_holds_commits_nor_serves_reads() {
     use meridian_testkit::{Direction, Fault};
     let cluster = TestCluster::builder()
         .replicas(2)
@@ -813,5 +815,52 @@ async fn a_replica_ahead_of_the_promoted_one_does_not_hold_its_commits() {
     assert!(
         log.contains("main-3 received WAL up to") && log.contains("until it is rejoined"),
         "the replica left out is named: {log}"
+    );
+
+    // main-3 holds row 1, which was never acknowledged and which main-2 does not have: it
+    // needs a rejoin, and no read through Meridian may see that row.
+    meridian
+        .wait_metrics(
+            "main-3 marked for rejoin",
+            &["meridian_node_needs_rejoin{node=\"main-3\",region=\"main\"} 1".into()],
+        )
+        .await;
+    for _ in 0..20 {
+        let client = connect(meridian.port).await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE id = 1), inet_server_port() FROM writes",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i32>(1)),
+            (0, i32::from(cluster.node("main-2").port())),
+            "a read answered from the replica ahead\n{}",
+            meridian.log()
+        );
+    }
+
+    // The operator rejoins it: rewound onto main-2's timeline, without the row, and in
+    // service again.
+    let out = meridian.cli(&["rejoin", "main-3"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", meridian.log());
+    meridian.or_log(main_3.adopt());
+    wait_streams_from(&cluster, "main-3", "main-2", &meridian).await;
+    meridian
+        .wait_metrics(
+            "main-3 back in service",
+            &["meridian_node_needs_rejoin{node=\"main-3\",region=\"main\"} 0".into()],
+        )
+        .await;
+    assert_eq!(
+        main_3
+            .query_one("SELECT count(*) FILTER (WHERE id = 1) FROM writes")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("0"),
+        "the unacknowledged row is gone from main-3"
     );
 }
