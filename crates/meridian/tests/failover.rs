@@ -754,6 +754,9 @@ async fn a_replica_ahead_of_the_promoted_one_neither_holds_commits_nor_serves_re
         .replicas(2)
         .synchronous_among(1, &["main-2"])
         .replication_links()
+        // main-2's blackholed stream looks alive, proving the primary alive, for half of this
+        // (PostgreSQL's default of 60 s would hold the failover 30 s).
+        .setting("wal_receiver_timeout", "4s")
         .start()
         .await
         .unwrap();
