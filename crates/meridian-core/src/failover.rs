@@ -442,8 +442,9 @@ struct Run {
     /// The names the candidate got before its promotion (then nothing is left to set after).
     secured: bool,
     /// The replicas that received more WAL than the candidate when it was given its
-    /// synchronous replicas, just before its promotion: they cannot follow its timeline.
-    ahead: BTreeSet<NodeId>,
+    /// synchronous replicas, just before its promotion, with what they received: they cannot
+    /// follow its timeline.
+    ahead: BTreeMap<NodeId, Lsn>,
     /// The old primary was fenced (to undo if a switchover aborts).
     fenced: bool,
 }
@@ -547,11 +548,8 @@ impl Failover {
             halted: self.halted.clone(),
             needs_rejoin: self
                 .needs_rejoin
-                .iter()
-                .chain(self.diverged.keys())
+                .union(&self.diverged.keys().copied().collect())
                 .copied()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
                 .collect(),
         }
     }
@@ -1298,7 +1296,7 @@ impl Failover {
             pending: Vec::new(),
             synchronous,
             secured: false,
-            ahead: BTreeSet::new(),
+            ahead: BTreeMap::new(),
             fenced: false,
         };
         let old_error = self.tracked[usize::from(old.0)].last_error.clone();
@@ -1365,20 +1363,21 @@ impl Failover {
         else {
             return;
         };
-        let fork = self.received(new);
-        let ahead = self.ahead_of(new, fork);
-        for &node in &ahead {
-            out.push(Action::Log(
-                Level::Warn,
-                format!(
-                    "{} received WAL up to {}, past {} where {}'s timeline will begin: it cannot follow {} until it is rejoined (pg_rewind); until then commits do not wait for it and no traffic goes to it",
-                    self.name(node),
-                    self.received(node).map(|l| l.to_string()).unwrap_or_default(),
-                    fork.map(|l| l.to_string()).unwrap_or_default(),
-                    self.name(new),
-                    self.name(new)
-                ),
-            ));
+        let mut ahead = BTreeMap::new();
+        // The candidate's timeline will begin where its received WAL ends.
+        if let Some(fork) = self.received(new) {
+            ahead = self.ahead_of(new, fork);
+            for (&node, received) in &ahead {
+                out.push(Action::Log(
+                    Level::Warn,
+                    format!(
+                        "{} received WAL up to {received}, past {fork} where {}'s timeline will begin: it cannot follow {} until it is rejoined (pg_rewind); until then commits do not wait for it and no traffic goes to it",
+                        self.name(node),
+                        self.name(new),
+                        self.name(new)
+                    ),
+                ));
+            }
         }
         let value = synchronous
             .and_then(|names| {
@@ -1629,12 +1628,8 @@ impl Failover {
         self.suspicion = None;
         self.needs_rejoin.insert(old);
         let synchronous = run.synchronous.clone().filter(|_| !run.secured);
-        let ahead = run.ahead.clone();
-        for &node in &ahead {
-            if let Some(received) = self.received(node) {
-                self.diverged.insert(node, received);
-            }
-        }
+        let ahead = std::mem::take(&mut run.ahead);
+        self.diverged.extend(&ahead);
         self.publish(out);
         self.phase("publish", now, format!("generation {}", self.generation));
         out.push(Action::Log(
@@ -1685,12 +1680,16 @@ impl Failover {
     /// naming it in `synchronous_standby_names` would make commits wait forever), those of its
     /// region first, then in configuration order; never one of `ahead` (see
     /// [`ahead_of`](Self::ahead_of)), which would never confirm a commit either.
-    fn synchronous_candidates(&self, primary: NodeId, ahead: &BTreeSet<NodeId>) -> Vec<Arc<str>> {
+    fn synchronous_candidates(
+        &self,
+        primary: NodeId,
+        ahead: &BTreeMap<NodeId, Lsn>,
+    ) -> Vec<Arc<str>> {
         let region = self.spec(primary).region.clone();
         let mut direct: Vec<&NodeSpec> = self
             .upstreams(primary)
             .into_iter()
-            .filter(|&(node, upstream)| upstream == primary && !ahead.contains(&node))
+            .filter(|&(node, upstream)| upstream == primary && !ahead.contains_key(&node))
             .map(|(node, _)| self.spec(node))
             .collect();
         direct.sort_by_key(|n| n.region != region);
@@ -1703,15 +1702,12 @@ impl Failover {
     /// follow the new timeline until they are rewound (rejoined). Asked just before the
     /// promotion, when the old timeline no longer moves; a replica streaming from the
     /// candidate itself is never ahead of it, whatever the timing of the probes says.
-    fn ahead_of(&self, candidate: NodeId, fork: Option<Lsn>) -> BTreeSet<NodeId> {
-        let Some(fork) = fork else {
-            return BTreeSet::new();
-        };
+    fn ahead_of(&self, candidate: NodeId, fork: Lsn) -> BTreeMap<NodeId, Lsn> {
         self.upstreams(candidate)
             .into_iter()
-            .map(|(node, _)| node)
-            .filter(|&node| self.streams_from(node) != Some(candidate))
-            .filter(|&node| self.received(node).is_some_and(|received| received > fork))
+            .filter(|&(node, _)| self.streams_from(node) != Some(candidate))
+            .filter_map(|(node, _)| Some((node, self.received(node)?)))
+            .filter(|&(_, received)| received > fork)
             .collect()
     }
 
@@ -1965,7 +1961,7 @@ impl Failover {
                     pending: Vec::new(),
                     synchronous: None,
                     secured: false,
-                    ahead: BTreeSet::new(),
+                    ahead: BTreeMap::new(),
                     fenced: false,
                 });
                 self.execute(
